@@ -1,0 +1,107 @@
+"""The contract every backend honours: a blob container and a Batch-like compute service.
+
+The workflow (common/workflow.py) talks only to these two abstract classes, so a campaign
+runs the same on Azure Batch and on the local machine. Each method's docstring is its
+promise; a backend that cannot keep one raises ToolError with the service's own words.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Callable, Iterable
+
+from common.model import BlobInfo, JobSpec, PoolSpec, TaskCounts, TaskFailure
+
+StatusCallback = Callable[[str], None]
+
+
+class BlobStore(ABC):
+    """One blob container. Blob names use '/' as the folder separator."""
+
+    container: str
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the container is, for messages (a URL without any SAS, or a folder)."""
+
+    @abstractmethod
+    def exists(self) -> bool:
+        """Whether the container exists."""
+
+    @abstractmethod
+    def create(self) -> bool:
+        """Create the container if it is missing; True if it was created, False if reused."""
+
+    @abstractmethod
+    def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
+        """Every blob whose name starts with `prefix`, with its size and MD5 when known."""
+
+    @abstractmethod
+    def upload_file(self, source: Path, blob: str, md5: bytes) -> None:
+        """Store the file as `blob` (replacing it), recording `md5` as its Content-MD5."""
+
+    @abstractmethod
+    def download_blob(self, blob: BlobInfo, dest: Path) -> None:
+        """Write the blob's bytes to `dest` (parent folders exist). No verification here."""
+
+    @abstractmethod
+    def delete_blobs(self, names: Iterable[str]) -> None:
+        """Delete these blobs; names that do not exist are ignored."""
+
+    @abstractmethod
+    def delete_container(self) -> None:
+        """Delete the container and everything in it. Callers check for unsaved data first."""
+
+
+class Backend(ABC):
+    """A compute service with pools of nodes that run jobs of tasks, Azure Batch style."""
+
+    name: str
+
+    @abstractmethod
+    def blob_store(self, container: str) -> BlobStore:
+        """The campaign's container on this backend's storage (not created yet)."""
+
+    @abstractmethod
+    def prepare_pool(self, spec: PoolSpec, on_status: StatusCallback) -> None:
+        """Return once a pool with spec.pool_id can run tasks.
+
+        Creates the pool, or reuses an existing one that matches the spec (and says so
+        through on_status); raises ToolError at once when the pool cannot become usable
+        (wrong existing pool, quota, allocation or start task failures).
+        """
+
+    @abstractmethod
+    def submit_job(self, job: JobSpec) -> None:
+        """Create the job on its pool and add every task; return once all are accepted.
+
+        The job ends by itself when all its tasks have completed. Resubmitting a task id
+        that already exists never creates a second task.
+        """
+
+    @abstractmethod
+    def task_counts(self, job_id: str) -> TaskCounts:
+        """How many of the job's tasks are active, running, succeeded and failed (cheap)."""
+
+    @abstractmethod
+    def task_failures(self, job_id: str) -> list[TaskFailure]:
+        """Every failed task with its exit code, failure info and the end of its stderr."""
+
+    @abstractmethod
+    def task_output(self, job_id: str, task_id: str, name: str) -> str:
+        """The text of the task's stdout.txt or stderr.txt ('' when there is none)."""
+
+    @abstractmethod
+    def delete_job(self, job_id: str) -> None:
+        """Delete the job, stopping its running tasks. Missing jobs are not an error."""
+
+    @abstractmethod
+    def delete_pool(self, pool_id: str) -> None:
+        """Delete the pool so that it stops costing money; return once it is gone or going.
+
+        Missing pools are not an error. Data in blob storage is never touched.
+        """
+
+    def close(self) -> None:
+        """Release clients and connections."""

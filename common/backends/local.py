@@ -1,0 +1,238 @@
+"""The local backend: the Batch contract honoured on one machine, with a folder as storage.
+
+A pool is a detached agent process (common/backends/local_agent.py) running at most
+min(nodes x slots, CPUs) tasks at once; jobs and tasks are folders it watches (layout in
+local_layout.py). The blob container is a folder with the same blob names as on Azure.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable
+
+from common.backends import local_layout as lay
+from common.backends.base import Backend, BlobStore, StatusCallback
+from common.config import SECRET_KEYS
+from common.errors import ToolError
+from common.model import BlobInfo, JobSpec, PoolSpec, TaskCounts, TaskFailure
+from common.transfer import md5_of
+
+STDERR_TAIL_LINES = 10
+STOP_TIMEOUT_SECONDS = 15.0
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+
+
+class LocalBlobStore(BlobStore):
+    """A blob container kept as a folder: blob 'a/b.csv' is the file <folder>/a/b.csv."""
+
+    def __init__(self, folder: Path, container: str) -> None:
+        self.folder = folder
+        self.container = container
+
+    @property
+    def location(self) -> str:
+        return str(self.folder)
+
+    def exists(self) -> bool:
+        return self.folder.is_dir()
+
+    def create(self) -> bool:
+        created = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return created
+
+    def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
+        start = self.folder / prefix.rsplit("/", 1)[0] if "/" in prefix else self.folder
+        if not start.exists():
+            return []
+        found = []
+        for path in sorted(start.rglob("*")) if start.is_dir() else [start]:
+            name = path.relative_to(self.folder).as_posix()
+            if path.is_file() and name.startswith(prefix) and not _in_flight(path):
+                found.append(BlobInfo(name, path.stat().st_size, md5_of(path)))
+        return found
+
+    def upload_file(self, source: Path, blob: str, md5: bytes) -> None:
+        target = self.folder / blob
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.uploading")
+        shutil.copyfile(source, partial)
+        os.replace(partial, target)
+
+    def download_blob(self, blob: BlobInfo, dest: Path) -> None:
+        shutil.copyfile(self.folder / blob.name, dest)
+
+    def delete_blobs(self, names: Iterable[str]) -> None:
+        for name in names:
+            (self.folder / name).unlink(missing_ok=True)
+
+    def delete_container(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _in_flight(path: Path) -> bool:
+    return path.name.startswith(".") and path.name.endswith(".uploading")
+
+
+def usable_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, root: Path, cpus: int | None = None) -> None:
+        self.root = root
+        self.cpus = cpus or usable_cpus()
+
+    # -- storage -----------------------------------------------------------------------
+
+    def blob_store(self, container: str) -> BlobStore:
+        return LocalBlobStore(lay.storage_dir(self.root, container), container)
+
+    # -- pools -------------------------------------------------------------------------
+
+    def slots_for(self, spec: PoolSpec) -> int:
+        return max(1, min(spec.node_count * spec.slots_per_node, self.cpus))
+
+    def prepare_pool(self, spec: PoolSpec, on_status: StatusCallback) -> None:
+        pool = lay.pool_dir(self.root, spec.pool_id)
+        slots = self.slots_for(spec)
+        existing = lay.read_json(pool / "pool.json")
+        if existing and existing.get("slots") != slots and self._agent_alive(pool):
+            raise ToolError(
+                f"local pool {spec.pool_id} is running with {existing.get('slots')} slots, "
+                f"not {slots}: let its tasks finish, or delete it (answer yes to 'Delete job/pool')")
+        reused = bool(existing) and self._agent_alive(pool)
+        lay.write_json(pool / "pool.json", {"pool_id": spec.pool_id, "slots": slots,
+                                            "node_count": spec.node_count,
+                                            "storage_root": str(self.root / "storage")})
+        self._ensure_agent(pool)
+        verb = "reusing" if reused else "started"
+        on_status(f"local pool {spec.pool_id}: {verb}, {slots} task(s) at once "
+                  f"({spec.node_count} node(s), {self.cpus} CPU(s))")
+
+    def _agent_alive(self, pool: Path) -> bool:
+        lock = pool / "agent.lock"
+        if not lock.exists():
+            return False
+        with lock.open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            return False
+
+    def _ensure_agent(self, pool: Path) -> None:
+        if self._agent_alive(pool):
+            return
+        env = {k: v for k, v in os.environ.items() if k not in SECRET_KEYS}
+        env["PYTHONPATH"] = str(_PACKAGE_ROOT)
+        with (pool / "agent.log").open("ab") as log:
+            subprocess.Popen([sys.executable, "-m", "common.backends.local_agent", str(pool)],
+                             cwd=pool, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                             start_new_session=True, close_fds=True)
+        deadline = time.monotonic() + 10
+        while not self._agent_alive(pool):
+            if time.monotonic() > deadline:
+                raise ToolError(f"the local pool agent did not start: see {pool / 'agent.log'}")
+            time.sleep(0.02)
+
+    # -- jobs --------------------------------------------------------------------------
+
+    def _job(self, job_id: str) -> Path | None:
+        found = list(self.root.glob(f"pools/*/jobs/{job_id}/job.json"))
+        return found[0].parent if found else None
+
+    def submit_job(self, job: JobSpec) -> None:
+        pool = lay.pool_dir(self.root, job.pool_id)
+        if not (pool / "pool.json").exists():
+            raise ToolError(f"local pool {job.pool_id} does not exist: create it before the job")
+        jdir = lay.job_dir(pool, job.job_id)
+        known = (lay.read_json(jdir / "job.json") or {}).get("tasks", [])
+        new = [t for t in job.tasks if t.task_id not in known]
+        for task in new:
+            lay.write_json(lay.task_dir(jdir, task.task_id) / "task.json", lay.task_to_json(task))
+        lay.write_json(jdir / "job.json", {"job_id": job.job_id, "pool_id": job.pool_id,
+                                           "container": job.container,
+                                           "tasks": known + [t.task_id for t in new]})
+        batch = len(list((jdir / "queue").glob("*.json")))
+        lay.write_json(jdir / "queue" / f"{batch:06d}.json", [t.task_id for t in new])
+        self._ensure_agent(pool)
+
+    def _states(self, job_id: str) -> tuple[Path, list[tuple[str, dict]]]:
+        jdir = self._job(job_id)
+        if jdir is None:
+            raise ToolError(f"local job {job_id} does not exist")
+        tasks = (lay.read_json(jdir / "job.json") or {}).get("tasks", [])
+        states = [(t, lay.read_json(lay.task_dir(jdir, t) / "state.json") or {}) for t in tasks]
+        return jdir, states
+
+    def task_counts(self, job_id: str) -> TaskCounts:
+        jdir, states = self._states(job_id)
+        counts = {"active": 0, "running": 0, "succeeded": 0, "failed": 0}
+        for _, state in states:
+            if state.get("state") == lay.COMPLETED:
+                counts["succeeded" if state.get("result") == "success" else "failed"] += 1
+            else:
+                counts["running" if state.get("state") == lay.RUNNING else "active"] += 1
+        if counts["active"] or counts["running"]:
+            self._ensure_agent(jdir.parent.parent)  # an agent that idled out or died resumes
+        return TaskCounts(**counts)
+
+    def task_failures(self, job_id: str) -> list[TaskFailure]:
+        jdir, states = self._states(job_id)
+        failures = []
+        for task_id, state in states:
+            if state.get("state") == lay.COMPLETED and state.get("result") != "success":
+                tail = self.task_output(job_id, task_id, "stderr.txt").splitlines()
+                failures.append(TaskFailure(task_id, state.get("exit_code"),
+                                            state.get("failure_code"), state.get("failure_message"),
+                                            tuple(tail[-STDERR_TAIL_LINES:])))
+        return failures
+
+    def task_output(self, job_id: str, task_id: str, name: str) -> str:
+        jdir = self._job(job_id)
+        if jdir is None or name not in ("stdout.txt", "stderr.txt"):
+            return ""
+        try:
+            return (lay.task_dir(jdir, task_id) / name).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def delete_job(self, job_id: str) -> None:
+        jdir = self._job(job_id)
+        if jdir is None:
+            return
+        pool = jdir.parent.parent
+        (jdir / "DELETE").touch()
+        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+        while self._agent_alive(pool) and not (jdir / "DELETED").exists():
+            if time.monotonic() > deadline:
+                raise ToolError(f"local job {job_id}: its tasks did not stop; see {pool / 'agent.log'}")
+            time.sleep(0.05)
+        shutil.rmtree(jdir, ignore_errors=True)
+
+    def delete_pool(self, pool_id: str) -> None:
+        pool = lay.pool_dir(self.root, pool_id)
+        if not pool.exists():
+            return
+        if self._agent_alive(pool):
+            pid = int((pool / "agent.pid").read_text() or 0)
+            if pid > 0:
+                os.kill(pid, signal.SIGTERM)  # the lock proves this pid is still our agent
+            deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+            while self._agent_alive(pool):
+                if time.monotonic() > deadline:
+                    raise ToolError(f"local pool {pool_id}: its agent (pid {pid}) did not stop")
+                time.sleep(0.05)
+        shutil.rmtree(pool, ignore_errors=True)

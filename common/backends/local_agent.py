@@ -1,0 +1,280 @@
+"""The local backend's "Batch service": one detached process per pool that runs its tasks.
+
+Started by common/backends/local.py as `python -m common.backends.local_agent POOL_DIR`, it
+outlives the script that started it, as an Azure pool does: a closed terminal or Ctrl-C
+does not stop the tasks, and a later run can read their states from disk. Each task gets
+its own working directory with its inputs copied from the storage folder, runs with bash
+as its own process group, and has its output files copied back to the container when it
+ends (logs always, results only on success, like Batch's upload conditions).
+
+At most `slots` tasks run at once. SIGTERM (pool deletion) stops every task and the agent.
+After IDLE_SECONDS with nothing queued or running the agent exits; the client starts a new
+one when it next needs the pool.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path, PurePosixPath
+
+from common.backends import local_layout as lay
+from common.model import SUCCESS, OutputFile, TaskSpec
+
+POLL_SECONDS = 0.05
+KILL_GRACE_SECONDS = 3.0
+IDLE_SECONDS = float(os.environ.get("LOCALBATCH_AGENT_IDLE_SECONDS", "600"))
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+def now() -> float:
+    return time.time()
+
+
+class Agent:
+    def __init__(self, pool: Path) -> None:
+        self.pool = pool
+        spec = lay.read_json(pool / "pool.json") or {}
+        self.pool_id = spec.get("pool_id", pool.name)
+        self.storage_root = Path(spec["storage_root"])
+        self.slots = max(1, int(spec.get("slots", 1)))
+        self.queue: queue.Queue[tuple[Path, str] | None] = queue.Queue()
+        self.seen_batches: set[Path] = set()
+        self.running: dict[Path, subprocess.Popen] = {}  # task dir -> process
+        self.deleted_jobs: set[Path] = set()
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.last_busy = now()
+
+    # -- discovery ---------------------------------------------------------------------
+
+    def recover(self) -> None:
+        """Tasks a dead agent left 'running' cannot be followed any more: fail them."""
+        for state_file in self.pool.glob("jobs/*/tasks/*/state.json"):
+            state = lay.read_json(state_file) or {}
+            if state.get("state") == lay.RUNNING:
+                state.update(state=lay.COMPLETED, result="failure", exit_code=None,
+                             failure_code="NodeAgentLost",
+                             failure_message="the local agent running this task stopped",
+                             end_time=now())
+                lay.write_json(state_file, state)
+
+    def discover(self) -> None:
+        for batch in sorted(self.pool.glob("jobs/*/queue/*.json")):
+            if batch in self.seen_batches:
+                continue
+            self.seen_batches.add(batch)
+            job = batch.parent.parent
+            for task_id in lay.read_json(batch) or []:
+                if not (lay.task_dir(job, task_id) / "state.json").exists():
+                    self.queue.put((job, task_id))
+
+    def handle_deletions(self) -> None:
+        for marker in self.pool.glob("jobs/*/DELETE"):
+            job = marker.parent
+            if job in self.deleted_jobs:
+                continue
+            self.deleted_jobs.add(job)
+            self.kill(lambda task: task.parent.parent == job)
+            lay.write_json(job / "DELETED", {"time": now()})
+
+    # -- running -----------------------------------------------------------------------
+
+    def slot(self, node_id: str) -> None:
+        while not self.stopping.is_set():
+            try:
+                item = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            job, task_id = item
+            if job in self.deleted_jobs or not job.exists():
+                continue
+            self.last_busy = now()
+            try:
+                self.run_task(job, task_id, node_id)
+            except Exception as exc:  # a vanished job folder must not stop the slot
+                print(f"{task_id}: {exc!r}", file=sys.stderr, flush=True)
+            finally:
+                self.last_busy = now()
+
+    def run_task(self, job: Path, task_id: str, node_id: str) -> None:
+        tdir = lay.task_dir(job, task_id)
+        task = lay.task_from_json(lay.read_json(tdir / "task.json"))
+        container = self.storage_root / (lay.read_json(job / "job.json") or {})["container"]
+        wd = tdir / "wd"
+        state = {"state": lay.RUNNING, "node_id": node_id, "start_time": now()}
+        lay.write_json(tdir / "state.json", state)
+        try:
+            stage_inputs(task, container, wd)
+        except OSError as exc:
+            self.finish(tdir, state, None, "ResourceFileDownloadError", f"input not staged: {exc}")
+            return
+        with (tdir / "stdout.txt").open("wb") as out, (tdir / "stderr.txt").open("wb") as err:
+            proc = subprocess.Popen(["bash", "-c", task.command], cwd=wd, stdout=out, stderr=err,
+                                    stdin=subprocess.DEVNULL, env=self.task_env(job, tdir, task, node_id),
+                                    start_new_session=True)
+            with self.lock:
+                self.running[tdir] = proc
+            if job in self.deleted_jobs or self.stopping.is_set():
+                _signal_group(proc, signal.SIGKILL)
+            code = proc.wait()
+            with self.lock:
+                self.running.pop(tdir, None)
+        if job in self.deleted_jobs or self.stopping.is_set():
+            return
+        failure = collect_outputs(task, tdir, container, succeeded=code == 0)
+        self.finish(tdir, state, code, *failure)
+
+    def finish(self, tdir: Path, state: dict, code: int | None, failure_code: str | None,
+               failure_message: str | None) -> None:
+        ok = code == 0 and failure_code is None
+        state.update(state=lay.COMPLETED, result="success" if ok else "failure", exit_code=code,
+                     failure_code=failure_code, failure_message=failure_message, end_time=now())
+        lay.write_json(tdir / "state.json", state)
+
+    def task_env(self, job: Path, tdir: Path, task: TaskSpec, node_id: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({
+            "AZ_BATCH_POOL_ID": self.pool_id,
+            "AZ_BATCH_JOB_ID": job.name,
+            "AZ_BATCH_TASK_ID": task.task_id,
+            "AZ_BATCH_NODE_ID": node_id,
+            "AZ_BATCH_TASK_DIR": str(tdir),
+            "AZ_BATCH_TASK_WORKING_DIR": str(tdir / "wd"),
+        })
+        env.update(dict(task.environment))
+        # Tasks call `python3`: make it the interpreter (and venv) the tool itself runs in.
+        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+        env.pop("PYTHONPATH", None)
+        return env
+
+    def kill(self, which) -> None:
+        with self.lock:
+            procs = [p for t, p in self.running.items() if which(t)]
+        for proc in procs:
+            _signal_group(proc, signal.SIGTERM)
+        deadline = now() + KILL_GRACE_SECONDS
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - now()))
+            except subprocess.TimeoutExpired:
+                _signal_group(proc, signal.SIGKILL)
+
+    # -- main loop ---------------------------------------------------------------------
+
+    def idle(self) -> bool:
+        with self.lock:
+            busy = bool(self.running)
+        return not busy and self.queue.empty() and now() - self.last_busy > IDLE_SECONDS
+
+    def serve(self) -> None:
+        self.recover()
+        threads = [threading.Thread(target=self.slot, args=(f"local-node-{n}",), daemon=True)
+                   for n in range(1, self.slots + 1)]
+        for thread in threads:
+            thread.start()
+        while not self.stopping.is_set() and self.pool.exists() and not self.idle():
+            self.discover()
+            self.handle_deletions()
+            time.sleep(POLL_SECONDS)
+        self.stopping.set()
+        self.kill(lambda task: True)
+
+
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stage_inputs(task: TaskSpec, container: Path, wd: Path) -> None:
+    """Copy the task's input blobs from the storage folder, as Batch resource files do."""
+    wd.mkdir(parents=True, exist_ok=True)
+    for item in task.inputs:
+        base = wd / item.path
+        if item.is_prefix:
+            for source in sorted(container.glob(item.blob + "**/*")):
+                if source.is_file():
+                    _copy(source, base / source.relative_to(container))
+        else:
+            source = container / item.blob
+            if not source.is_file():
+                raise FileNotFoundError(f"blob {item.blob!r} is not in the container")
+            _copy(source, base if item.path not in (".", "") else wd / PurePosixPath(item.blob).name)
+
+
+def _copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target)
+
+
+def matching_files(wd: Path, pattern: str) -> list[tuple[Path, str]]:
+    """Files matching an output pattern, each with its path below the pattern's fixed part."""
+    parts = PurePosixPath(pattern).parts
+    fixed = []
+    for part in parts:
+        if _WILDCARD.search(part):
+            break
+        fixed.append(part)
+    base = (wd.joinpath(*fixed)).resolve()
+    rest = "/".join(parts[len(fixed):])
+    if not rest:
+        return [(base, base.name)] if base.is_file() else []
+    return sorted((f, f.relative_to(base).as_posix()) for f in base.glob(rest) if f.is_file())
+
+
+def collect_outputs(task: TaskSpec, tdir: Path, container: Path,
+                    succeeded: bool) -> tuple[str | None, str | None]:
+    """Copy output files to the container; (failure code, message) if an upload failed."""
+    for output in task.outputs:
+        if output.when == SUCCESS and not succeeded:
+            continue
+        try:
+            for path, relative in matching_files(tdir / "wd", output.pattern):
+                _upload(path, container, _blob_name(output, relative))
+        except OSError as exc:
+            return "FileUploadError", f"output {output.pattern!r} not uploaded: {exc}"
+    return None, None
+
+
+def _blob_name(output: OutputFile, relative: str) -> str:
+    if _WILDCARD.search(output.pattern):
+        return output.destination.rstrip("/") + "/" + relative
+    return output.destination
+
+
+def _upload(source: Path, container: Path, blob: str) -> None:
+    target = container / blob
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.uploading")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
+def main(argv: list[str]) -> int:
+    pool = Path(argv[0]).resolve()
+    lock_handle = (pool / "agent.lock").open("a")
+    try:
+        fcntl.flock(lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # another agent serves this pool
+    (pool / "agent.pid").write_text(str(os.getpid()))
+    agent = Agent(pool)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    agent.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,121 @@
+"""Command line of both scripts: arguments, and the one place that turns errors into exit codes.
+
+`main(script, argv)` is the whole program: parse, load settings, pick the backend, run the
+workflow, print the summary on stdout. Every user-facing failure arrives as a ToolError
+and leaves as message lines on stderr plus its exit code; a traceback only with -v.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Callable, Sequence
+
+from rich.console import Console
+
+from common.backends import get_backend
+from common.config import BACKENDS, load_settings
+from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, ToolError, usage_error
+from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
+from common.ui import Ui, redact
+from common.workflow import Context, Outcome, run_reducer, run_simulation
+
+RUNNER, REDUCER = "runner", "reducer"
+_DESCRIPTIONS = {
+    RUNNER: "Run a simulation campaign: zip and upload the simulation folder, run one task per "
+            "index on a pool, collect every task's output files, then offer to delete the "
+            "job/pool, download the results and delete the storage container.",
+    REDUCER: "Merge a campaign's task outputs: one reducer task on a one-node pool gets every "
+             "worker output and writes the merged result to nodes_output/results/, then offer "
+             "to delete the job/pool, download the result and delete the storage container.",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise usage_error(f"{self.prog}: {message} (see --help)")
+
+
+def build_parser(script: str) -> argparse.ArgumentParser:
+    prog = "batch_simulation_runner.py" if script == RUNNER else "batch_data_reducer.py"
+    parser = _Parser(prog=prog, description=_DESCRIPTIONS[script],
+                     epilog="Exit codes: 0 done, 1 the campaign failed (tasks failed, timeout, "
+                            "download not verified), 2 bad configuration or usage, 130 interrupted.")
+    parser.add_argument("simconfig", nargs="?", default="simconfig.json", type=Path,
+                        help="the campaign's simconfig.json (default: ./simconfig.json)")
+    parser.add_argument("--appconfig", type=Path, metavar="PATH",
+                        help="accounts and images (default: appconfig.json beside the "
+                             "simconfig, then ./appconfig.json)")
+    parser.add_argument("--backend", choices=BACKENDS,
+                        help="where to run: 'local' (processes on this machine, a folder as "
+                             "storage) or 'azure' (Azure Batch); overrides BACKEND in appconfig")
+    answers = parser.add_mutually_exclusive_group()
+    answers.add_argument("--yes", "-y", action="store_true",
+                         help="answer yes to every question (except one that would lose "
+                              "results for good)")
+    answers.add_argument("--no-input", action="store_true",
+                         help="ask nothing: take each question's default and print the choice")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="print more detail, and a traceback on unexpected errors")
+    return parser
+
+
+def _ask(prompt: str) -> str:
+    """Prompts go to stderr: stdout carries only the final summary."""
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    if not line:
+        sys.stderr.write("\n")
+        raise EOFError
+    return line
+
+
+def _prompter(args: argparse.Namespace, ui: Ui) -> Prompter:
+    mode = ASSUME_YES if args.yes else NO_INPUT if args.no_input else INTERACTIVE
+    is_terminal = bool(sys.stdin and sys.stdin.isatty())
+    return Prompter(mode=mode, ask=_ask, say=ui.say, is_terminal=is_terminal)
+
+
+def _run(script: str, argv: Sequence[str], console: Console) -> Outcome:
+    args = build_parser(script).parse_args(list(argv))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    settings = load_settings(args.simconfig, args.appconfig, backend=args.backend,
+                             for_reducer=script == REDUCER)
+    ui = Ui(console, verbose=args.verbose, secrets=settings.app.secrets())
+    backend = get_backend(settings)
+    workflow: Callable[[Context], Outcome] = run_simulation if script == RUNNER else run_reducer
+    try:
+        ctx = Context(settings=settings, backend=backend, prompter=_prompter(args, ui), ui=ui,
+                      poll_seconds=getattr(backend, "poll_seconds", 1.0))
+        return workflow(ctx)
+    finally:
+        backend.close()
+
+
+def main(script: str, argv: Sequence[str]) -> int:
+    console = Console(stderr=True)
+    verbose = "-v" in argv or "--verbose" in argv
+    try:
+        outcome = _run(script, argv, console)
+    except ToolError as exc:
+        for line in exc.lines:
+            console.print(f"error: {redact(line)}", markup=False, highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        console.print("interrupted", markup=False)
+        return EXIT_INTERRUPTED
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except Exception as exc:  # a bug: say so plainly, traceback on request
+        if verbose:
+            traceback.print_exc()
+        console.print(f"internal error: {redact(repr(exc))} (run with -v for the traceback)",
+                      markup=False, highlight=False, soft_wrap=True)
+        return EXIT_FAILED
+    for line in outcome.summary:
+        print(line)
+    return outcome.exit_code

@@ -1,0 +1,553 @@
+"""appconfig.json + simconfig.json -> one frozen, validated Settings, before any effect.
+
+Every problem found is collected, so a user fixes a config in one go: each becomes one line
+`<file>: <KEY>: <what is wrong>: <how to fix it>` and the script exits 2. Secrets are held in
+`Secret`, whose str() and repr() never show the value; environment variables of the same
+name win over the file.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from common.errors import usage_error
+
+BACKENDS = ("local", "azure")
+BUILTIN_TOPAS = "builtin:topas"
+SECRET_KEYS = ("STORAGE_ACCOUNT_KEY", "BATCH_ACCOUNT_KEY", "DOCKER_TOKEN", "GIT_TOKEN")
+
+APP_KEYS = (
+    "BACKEND", "LOCAL_STORAGE_PATH",
+    "STORAGE_ACCOUNT_NAME", "STORAGE_ACCOUNT_KEY", "STORAGE_ACCOUNT_DOMAIN",
+    "BATCH_ACCOUNT_NAME", "BATCH_ACCOUNT_KEY", "BATCH_ACCOUNT_URL",
+    "WORKER_DOCKER_IMAGE", "REDUCER_DOCKER_IMAGE", "DOCKER_USER", "DOCKER_TOKEN",
+    "GIT_USER", "GIT_REPO", "GIT_TOKEN", "GIT_BASE_URL",
+)
+SIM_KEYS = (
+    "SIM_ID", "POOL_NODE_COUNT", "TASK_COUNT", "STARTING_NODE", "POOL_VM_SIZE",
+    "LOCAL_SIM_PATH", "RUN_SCRIPT", "REDUCER_SCRIPT", "REDUCER_PATH",
+    "OUTPUT_FILE_PATTERNS", "TIMEOUT_MINUTES", "LOCAL_RESULTS_PATH",
+)
+
+# Longest suffix the tool adds to SIM_ID for a Batch id: "-workers-YYYYmmddHHMMSS".
+ID_SUFFIX_LEN = len("-reducer-20260101120000")
+MAX_BATCH_ID = 64
+MAX_SIM_ID = MAX_BATCH_ID - ID_SUFFIX_LEN
+MAX_NODES = 2000
+MAX_TASKS = 100_000
+MAX_TIMEOUT_MINUTES = 7 * 24 * 60
+DEFAULT_TIMEOUT_MINUTES = 60.0
+
+_SIM_ID_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?!-))*[A-Za-z0-9]$")
+_STORAGE_NAME_RE = re.compile(r"^[a-z0-9]{3,24}$")
+_BATCH_NAME_RE = re.compile(r"^[a-z0-9]{3,24}$")
+_HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(?::\d{1,5})?$")
+# registry/namespace/name[:tag][@digest], lowercase repository path as Docker requires.
+_IMAGE_RE = re.compile(r"^(?:[A-Za-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
+                       r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?"
+                       r"(?:@sha256:[a-f0-9]{64})?$")
+_GIT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+class Secret:
+    """A secret string that never shows itself in str(), repr() or f-strings."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Accounts, images and credentials (appconfig.json)."""
+
+    path: Path
+    backend: str
+    local_storage_path: Path
+    storage_account_name: str | None = None
+    storage_account_key: Secret | None = None
+    storage_account_domain: str = "core.windows.net"
+    batch_account_name: str | None = None
+    batch_account_key: Secret | None = None
+    batch_account_url: str | None = None
+    worker_docker_image: str | None = None
+    reducer_docker_image: str | None = None
+    docker_user: str | None = None
+    docker_token: Secret | None = None
+    git_user: str | None = None
+    git_repo: str | None = None
+    git_token: Secret | None = None
+    git_base_url: str = "https://github.com"
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, for redaction of anything the tool prints or writes."""
+        found = (self.storage_account_key, self.batch_account_key, self.docker_token,
+                 self.git_token)
+        return tuple(s.reveal() for s in found if s is not None and s.reveal())
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """The campaign (simconfig.json)."""
+
+    path: Path
+    sim_id: str
+    pool_node_count: int
+    task_count: int
+    starting_node: int
+    pool_vm_size: str | None
+    local_sim_path: Path
+    run_script: str
+    reducer_script: str | None
+    reducer_path: Path | None
+    output_file_patterns: tuple[str, ...]
+    timeout_minutes: float
+    local_results_path: Path
+
+    @property
+    def task_indices(self) -> range:
+        return range(self.starting_node, self.starting_node + self.task_count)
+
+
+@dataclass(frozen=True)
+class Settings:
+    app: AppConfig
+    sim: SimConfig
+
+    @property
+    def backend(self) -> str:
+        return self.app.backend
+
+
+# ---------------------------------------------------------------------------- reading
+
+
+@dataclass
+class _Problems:
+    """Collects one line per bad value; raised together at the end."""
+
+    lines: list[str] = field(default_factory=list)
+
+    def add(self, where: str, key: str | None, what: str, fix: str) -> None:
+        prefix = f"{where}: {key}" if key else where
+        self.lines.append(f"{prefix}: {what}: {fix}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise usage_error(*self.lines)
+
+
+def _display(path: Path) -> str:
+    """The path as the user would type it: relative to the working directory when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _read_json_object(path: Path, problems: _Problems) -> dict[str, Any] | None:
+    where = _display(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        problems.add(where, None, "file not found", "check the path, or pass the right one")
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.add(where, None, f"cannot be read ({exc.__class__.__name__})",
+                     "check that it is a readable UTF-8 text file")
+        return None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        problems.add(f"{where}:{exc.lineno}", None,
+                     f"invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})",
+                     "fix the syntax (keys and strings in double quotes, no trailing commas)")
+        return None
+    if not isinstance(data, dict):
+        problems.add(where, None, f"holds a JSON {type(data).__name__}, not an object",
+                     'write the settings as one object: {"KEY": value, ...}')
+        return None
+    return data
+
+
+class _Reader:
+    """Typed access to one config file's keys, recording every problem it meets."""
+
+    def __init__(self, path: Path, data: Mapping[str, Any], problems: _Problems) -> None:
+        self.path = path
+        self.where = _display(path)
+        self.data = data
+        self.problems = problems
+
+    def bad(self, key: str, what: str, fix: str) -> None:
+        self.problems.add(self.where, key, what, fix)
+
+    def has(self, key: str) -> bool:
+        return self.data.get(key) not in (None, "")
+
+    def string(self, key: str, required: bool, fix: str) -> str | None:
+        value = self.data.get(key)
+        if value is None or value == "":
+            if required:
+                self.bad(key, "is missing", fix)
+            return None
+        if not isinstance(value, str):
+            self.bad(key, f"must be a string, not {_json_type(value)}", fix)
+            return None
+        return value.strip()
+
+    def integer(self, key: str, default: int | None, low: int, high: int, fix: str) -> int | None:
+        value = self.data.get(key, default)
+        if value is None:
+            self.bad(key, "is missing", fix)
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.bad(key, f"must be a whole number, not {_json_type(value)} {value!r}", fix)
+            return None
+        if not low <= value <= high:
+            self.bad(key, f"is {value}, outside {low}..{high}", fix)
+            return None
+        return value
+
+    def number(self, key: str, default: float, low: float, high: float, fix: str) -> float | None:
+        value = self.data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.bad(key, f"must be a number, not {_json_type(value)} {value!r}", fix)
+            return None
+        if not low < value <= high:
+            self.bad(key, f"is {value}, outside the range ({low:g}, {high:g}]", fix)
+            return None
+        return float(value)
+
+    def resolve_path(self, key: str, value: str) -> Path:
+        """Relative paths resolve against the folder of the file that names them."""
+        return (self.path.parent / Path(value).expanduser()).resolve()
+
+    def secret(self, key: str, env: Mapping[str, str]) -> Secret | None:
+        if env.get(key):
+            return Secret(env[key])
+        value = self.data.get(key)
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            self.bad(key, f"must be a string, not {_json_type(value)}",
+                     f"write it in quotes, or set the {key} environment variable")
+            return None
+        return Secret(value.strip())
+
+    def unknown_keys(self, known: tuple[str, ...], other: tuple[str, ...], other_file: str) -> None:
+        for key in self.data:
+            if key in known or key.startswith(("_", "//", "#")):
+                continue
+            if key in other:
+                self.bad(key, f"belongs in {other_file}, not here", f"move it to {other_file}")
+                continue
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"remove it (known keys: {', '.join(known)})"
+            self.bad(key, "is not a known key", hint)
+
+
+def _json_type(value: Any) -> str:
+    return {bool: "true/false", int: "a number", float: "a number", str: "a string",
+            list: "a list", dict: "an object", type(None): "null"}.get(type(value), "a value")
+
+
+# ---------------------------------------------------------------------------- appconfig
+
+
+def _base64_key(r: _Reader, key: str, secret: Secret | None, required: bool, where_from: str) -> None:
+    if secret is None:
+        if required:
+            r.bad(key, "is missing", f"copy the key from {where_from}, or set the {key} "
+                  "environment variable")
+        return
+    try:
+        decoded = base64.b64decode(secret.reveal(), validate=True)
+    except (binascii.Error, ValueError):
+        decoded = b""
+    if not decoded:
+        r.bad(key, "is not a valid base64 account key (a placeholder?)",
+              f"copy the key from {where_from}, or set the {key} environment variable")
+
+
+def _check_url(r: _Reader, key: str, url: str | None) -> None:
+    if url is None:
+        return
+    match = re.match(r"^(https?)://([^/?#]+)(/[^?#]*)?$", url)
+    if not match or not _HOST_RE.match(match.group(2)):
+        r.bad(key, f"{url!r} is not an http(s) URL with a valid host name",
+              "copy the account URL from the Azure portal, e.g. "
+              "https://myaccount.westeurope.batch.azure.com")
+
+
+def _check_image(r: _Reader, key: str, image: str | None, required: bool) -> None:
+    if image is None:
+        if required:
+            r.bad(key, "is missing", "name the Docker image, e.g. myuser/topas:4.0")
+        return
+    if not _IMAGE_RE.match(image):
+        r.bad(key, f"{image!r} is not a valid Docker image name",
+              "use [registry/]repository[:tag] in lowercase, e.g. myuser/topas:4.0")
+
+
+def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
+              backend_override: str | None, env: Mapping[str, str]) -> AppConfig | None:
+    r = _Reader(path, data, problems)
+    r.unknown_keys(APP_KEYS, SIM_KEYS, "simconfig.json")
+    backend = backend_override or r.string("BACKEND", False, "") or "azure"
+    if backend not in BACKENDS:
+        r.bad("BACKEND", f"is {backend!r}", f"use one of: {', '.join(BACKENDS)}")
+    storage_value = r.string("LOCAL_STORAGE_PATH", False, "give a folder path")
+    local_storage = r.resolve_path("LOCAL_STORAGE_PATH", storage_value or ".localbatch")
+    azure = backend == "azure"
+    portal = "the Azure portal"
+    values = dict(
+        storage_account_name=r.string("STORAGE_ACCOUNT_NAME", azure, f"copy it from {portal}"),
+        storage_account_domain=_domain(r),
+        batch_account_name=r.string("BATCH_ACCOUNT_NAME", azure, f"copy it from {portal}"),
+        batch_account_url=r.string("BATCH_ACCOUNT_URL", azure, f"copy it from {portal}"),
+        worker_docker_image=r.string("WORKER_DOCKER_IMAGE", False, ""),
+        reducer_docker_image=r.string("REDUCER_DOCKER_IMAGE", False, ""),
+        docker_user=r.string("DOCKER_USER", False, "give the registry user name"),
+        git_user=r.string("GIT_USER", False, "give the GitHub user or organisation"),
+        git_repo=r.string("GIT_REPO", False, "give the repository name"),
+        git_base_url=_git_base(r),
+        storage_account_key=r.secret("STORAGE_ACCOUNT_KEY", env),
+        batch_account_key=r.secret("BATCH_ACCOUNT_KEY", env),
+        docker_token=r.secret("DOCKER_TOKEN", env),
+        git_token=r.secret("GIT_TOKEN", env),
+    )
+    if azure:
+        _check_azure(r, values)
+    if (values["docker_user"] is None) != (values["docker_token"] is None):
+        r.bad("DOCKER_USER" if values["docker_user"] is None else "DOCKER_TOKEN",
+              "is missing while its pair is given",
+              "give both DOCKER_USER and DOCKER_TOKEN for a private registry, or neither")
+    for key in ("git_user", "git_repo"):
+        if values[key] is not None and not _GIT_NAME_RE.match(values[key]):
+            r.bad(key.upper(), f"{values[key]!r} is not a GitHub name",
+                  "use letters, digits, '.', '-' or '_'")
+    if backend not in BACKENDS:
+        return None
+    return AppConfig(path=path, backend=backend, local_storage_path=local_storage, **values)
+
+
+def _git_base(r: _Reader) -> str:
+    base = r.string("GIT_BASE_URL", False, "") or "https://github.com"
+    if not re.match(r"^(https?|file|ssh)://", base):
+        r.bad("GIT_BASE_URL", f"{base!r} is not a URL", "use e.g. https://github.com or "
+              "https://gitlab.example.org (the repository URL is <base>/<GIT_USER>/<GIT_REPO>.git)")
+    return base
+
+
+def _domain(r: _Reader) -> str:
+    domain = r.string("STORAGE_ACCOUNT_DOMAIN", False, "") or "core.windows.net"
+    # The original scripts' examples wrote both forms; the blob endpoint is built from the base.
+    domain = domain.lower().strip(".")
+    if domain.startswith("blob."):
+        domain = domain[len("blob."):]
+    if not _HOST_RE.match(domain):
+        r.bad("STORAGE_ACCOUNT_DOMAIN", f"{domain!r} is not a domain name",
+              "use core.windows.net (or blob.core.windows.net)")
+    return domain
+
+
+def _check_azure(r: _Reader, values: dict[str, Any]) -> None:
+    name = values["storage_account_name"]
+    if name is not None and not _STORAGE_NAME_RE.match(name):
+        r.bad("STORAGE_ACCOUNT_NAME", f"{name!r} is not a storage account name",
+              "use the account's name: 3-24 lowercase letters and digits")
+    batch_name = values["batch_account_name"]
+    if batch_name is not None and not _BATCH_NAME_RE.match(batch_name):
+        r.bad("BATCH_ACCOUNT_NAME", f"{batch_name!r} is not a Batch account name",
+              "use the account's name: 3-24 lowercase letters and digits")
+    _base64_key(r, "STORAGE_ACCOUNT_KEY", values["storage_account_key"], True,
+                "the Azure portal (Storage account > Access keys)")
+    _base64_key(r, "BATCH_ACCOUNT_KEY", values["batch_account_key"], True,
+                "the Azure portal (Batch account > Keys)")
+    _check_url(r, "BATCH_ACCOUNT_URL", values["batch_account_url"])
+    _check_image(r, "WORKER_DOCKER_IMAGE", values["worker_docker_image"], True)
+    _check_image(r, "REDUCER_DOCKER_IMAGE", values["reducer_docker_image"], True)
+
+
+# ---------------------------------------------------------------------------- simconfig
+
+
+def _check_sim_id(r: _Reader, sim_id: str | None) -> None:
+    if sim_id is None:
+        return
+    fix = ("use 3-%d letters, digits and single hyphens, starting and ending with a letter or "
+           "digit (it names the Batch pool/job and the blob container)" % MAX_SIM_ID)
+    if len(sim_id) < 3 or len(sim_id) > MAX_SIM_ID:
+        r.bad("SIM_ID", f"{sim_id!r} has {len(sim_id)} characters", fix)
+    elif not _SIM_ID_RE.match(sim_id):
+        r.bad("SIM_ID", f"{sim_id!r} cannot name a blob container and Batch ids", fix)
+
+
+def _relative_inside(r: _Reader, key: str, value: str | None, root: Path | None,
+                     must_be_file: bool) -> str | None:
+    """A path given relative to `root` that stays inside it; returned in POSIX form."""
+    if value is None or root is None:
+        return None
+    candidate = (root / value).resolve()
+    try:
+        relative = candidate.relative_to(root)
+    except ValueError:
+        r.bad(key, f"{value!r} is not inside {_display(root)}",
+              "give a path relative to LOCAL_SIM_PATH that stays inside it")
+        return None
+    if must_be_file and not candidate.is_file():
+        r.bad(key, f"{value!r} does not exist in {_display(root)}",
+              "check the name, or put the script into the simulation folder")
+        return None
+    return relative.as_posix()
+
+
+def _patterns(r: _Reader) -> tuple[str, ...]:
+    value = r.data.get("OUTPUT_FILE_PATTERNS")
+    fix = 'list the files each task writes, e.g. ["*.csv", "phsp_*"]'
+    if value is None:
+        r.bad("OUTPUT_FILE_PATTERNS", "is missing", fix)
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        r.bad("OUTPUT_FILE_PATTERNS", f"must be a list of strings, not {_json_type(value)}", fix)
+        return ()
+    patterns = tuple(v.strip() for v in value if v.strip())
+    if not patterns:
+        r.bad("OUTPUT_FILE_PATTERNS", "is empty, so no result would be kept", fix)
+    for pattern in patterns:
+        if pattern.startswith("/") or ".." in Path(pattern).parts:
+            r.bad("OUTPUT_FILE_PATTERNS", f"{pattern!r} leaves the task's working directory",
+                  "give patterns relative to the simulation folder")
+    return patterns
+
+
+def _read_sim(path: Path, data: Mapping[str, Any], problems: _Problems,
+              for_reducer: bool, backend: str | None) -> SimConfig | None:
+    r = _Reader(path, data, problems)
+    r.unknown_keys(SIM_KEYS, APP_KEYS, "appconfig.json")
+    sim_id = r.string("SIM_ID", True, "name the campaign, e.g. \"water-phantom-01\"")
+    _check_sim_id(r, sim_id)
+    nodes = r.integer("POOL_NODE_COUNT", None, 1, MAX_NODES, f"use a node count from 1 to {MAX_NODES}")
+    tasks = r.integer("TASK_COUNT", nodes or 1, 1, MAX_TASKS,
+                      f"use a task count from 1 to {MAX_TASKS} (default: POOL_NODE_COUNT)")
+    start = r.integer("STARTING_NODE", 1, 0, 10_000_000, "use the first task index, e.g. 1")
+    vm_size = r.string("POOL_VM_SIZE", backend == "azure", "name a VM size, e.g. STANDARD_D2S_V3")
+    sim_path = _sim_path(r)
+    run_script = _relative_inside(r, "RUN_SCRIPT",
+                                  r.string("RUN_SCRIPT", True, "name the script each task runs"),
+                                  sim_path, must_be_file=True)
+    reducer_script, reducer_path = _reducer(r, for_reducer)
+    patterns = _patterns(r)
+    timeout = r.number("TIMEOUT_MINUTES", DEFAULT_TIMEOUT_MINUTES, 0, MAX_TIMEOUT_MINUTES,
+                       f"give minutes to wait for the tasks, up to {MAX_TIMEOUT_MINUTES}")
+    results_value = r.string("LOCAL_RESULTS_PATH", False, "give a folder path")
+    results = (r.resolve_path("LOCAL_RESULTS_PATH", results_value) if results_value
+               else (sim_path / "nodes_output" if sim_path else None))
+    if None in (sim_id, nodes, tasks, start, sim_path, run_script, timeout, results) or not patterns:
+        return None
+    return SimConfig(path=path, sim_id=sim_id, pool_node_count=nodes, task_count=tasks,
+                     starting_node=start, pool_vm_size=vm_size, local_sim_path=sim_path,
+                     run_script=run_script, reducer_script=reducer_script,
+                     reducer_path=reducer_path, output_file_patterns=patterns,
+                     timeout_minutes=timeout, local_results_path=results)
+
+
+def _sim_path(r: _Reader) -> Path | None:
+    value = r.string("LOCAL_SIM_PATH", True, "give the folder holding the simulation")
+    if value is None:
+        return None
+    path = r.resolve_path("LOCAL_SIM_PATH", value)
+    if not path.is_dir():
+        r.bad("LOCAL_SIM_PATH", f"{value!r} is not a folder",
+              "give the path of the simulation folder (relative to this file, or absolute)")
+        return None
+    return path
+
+
+def _reducer(r: _Reader, for_reducer: bool) -> tuple[str | None, Path | None]:
+    script = r.string("REDUCER_SCRIPT", for_reducer,
+                      f'name the reducer script, or use "{BUILTIN_TOPAS}" for the built-in merge')
+    folder_value = r.string("REDUCER_PATH", False, "give the folder holding the reducer script")
+    folder = None
+    if folder_value is not None:
+        folder = r.resolve_path("REDUCER_PATH", folder_value)
+        if not folder.is_dir():
+            r.bad("REDUCER_PATH", f"{folder_value!r} is not a folder",
+                  "give the folder holding REDUCER_SCRIPT, or remove the key to use GIT_REPO")
+            folder = None
+    if script is not None and script.startswith("builtin:") and script != BUILTIN_TOPAS:
+        r.bad("REDUCER_SCRIPT", f"{script!r} is not a built-in reducer", f"use {BUILTIN_TOPAS!r}")
+    elif for_reducer and script is not None and folder is not None and script != BUILTIN_TOPAS:
+        _relative_inside(r, "REDUCER_SCRIPT", script, folder, must_be_file=True)
+    return script, folder
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def find_appconfig(simconfig: Path, explicit: Path | None) -> Path:
+    """--appconfig, else appconfig.json beside the simconfig, else ./appconfig.json."""
+    if explicit is not None:
+        return explicit
+    beside = simconfig.parent / "appconfig.json"
+    if beside.is_file():
+        return beside
+    return Path("appconfig.json")
+
+
+def load_settings(simconfig: Path, appconfig: Path | None = None, *,
+                  backend: str | None = None, for_reducer: bool = False,
+                  env: Mapping[str, str] | None = None) -> Settings:
+    """Read and check both files; raise ToolError(exit 2) listing every problem found."""
+    env = os.environ if env is None else env
+    problems = _Problems()
+    if backend is not None and backend not in BACKENDS:
+        problems.add("--backend", None, f"{backend!r} is not a backend",
+                     f"use one of: {', '.join(BACKENDS)}")
+        problems.raise_if_any()
+    app_path = find_appconfig(simconfig, appconfig)
+    app_data = _read_json_object(app_path, problems)
+    sim_data = _read_json_object(simconfig, problems)
+    app = _read_app(app_path, app_data, problems, backend, env) if app_data is not None else None
+    chosen = app.backend if app else backend
+    sim = (_read_sim(simconfig, sim_data, problems, for_reducer, chosen)
+           if sim_data is not None else None)
+    if for_reducer and app is not None and sim is not None:
+        _check_reducer_source(app, sim, problems)
+    problems.raise_if_any()
+    assert app is not None and sim is not None
+    return Settings(app=app, sim=sim)
+
+
+def _check_reducer_source(app: AppConfig, sim: SimConfig, problems: _Problems) -> None:
+    if sim.reducer_script in (None, BUILTIN_TOPAS) or sim.reducer_path is not None:
+        return
+    if not (app.git_user and app.git_repo):
+        problems.add(_display(sim.path), "REDUCER_SCRIPT",
+                     f"{sim.reducer_script!r} has no source (no REDUCER_PATH, and no GIT_USER/"
+                     "GIT_REPO in appconfig.json)",
+                     f'set REDUCER_PATH to its folder, set GIT_USER and GIT_REPO, or use "{BUILTIN_TOPAS}"')

@@ -1,0 +1,103 @@
+"""Backend-neutral descriptions of pools, jobs and tasks, and of what the backends report.
+
+Frozen dataclasses only: the workflow builds them (common/campaign.py), each backend
+translates them (to azure.batch models, or to local processes). No behaviour lives here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SUCCESS = "success"  # upload condition: only when the task succeeded
+COMPLETION = "completion"  # upload condition: whatever the exit code
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    pool_id: str
+    node_count: int
+    vm_size: str | None
+    image: str | None  # the container image tasks run in (not run by the local backend)
+    slots_per_node: int = 1
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A blob (or every blob under a prefix ending in '/') put into the task's working dir.
+
+    A single blob lands at `path`; blobs under a prefix land at `path`/<full blob name>,
+    as Azure Batch resource files with a blob prefix do.
+    """
+
+    blob: str
+    path: str = "."
+
+    @property
+    def is_prefix(self) -> bool:
+        return self.blob.endswith("/")
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    """Files matching `pattern` (relative to the working dir) copied to the container.
+
+    With a wildcard in the pattern, `destination` is a blob prefix and each file keeps its
+    path below the pattern's fixed leading folders; without one it is the blob name.
+    """
+
+    pattern: str
+    destination: str
+    when: str = SUCCESS
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    task_id: str
+    index: int
+    command: str  # a bash script run in the task's working directory
+    inputs: tuple[InputFile, ...] = ()
+    outputs: tuple[OutputFile, ...] = ()
+    environment: tuple[tuple[str, str], ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    job_id: str
+    pool_id: str
+    container: str  # the blob container holding inputs and receiving outputs
+    tasks: tuple[TaskSpec, ...]
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskCounts:
+    active: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+    @property
+    def completed(self) -> int:
+        return self.succeeded + self.failed
+
+    @property
+    def total(self) -> int:
+        return self.active + self.running + self.completed
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """Why a task failed, in the service's own words where it has any."""
+
+    task_id: str
+    exit_code: int | None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    stderr_tail: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class BlobInfo:
+    name: str
+    size: int
+    md5: bytes | None  # None when the service holds no Content-MD5 for it

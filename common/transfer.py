@@ -1,0 +1,139 @@
+"""Moving files in and out of any BlobStore safely: skip unchanged uploads, verify downloads.
+
+Works on the BlobStore contract only, so the local folder store and Azure Blob Storage get
+the same guarantees: a downloaded file counts only once its size and MD5 match the blob's,
+a verified file is not fetched again (an interrupted download resumes), and the container
+is never deleted while a result lacks a verified local copy.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from common.backends.base import BlobStore
+from common.model import BlobInfo
+
+CHUNK = 1 << 20
+DOWNLOAD_THREADS = 16
+
+ProgressCallback = Callable[[int, int], None]  # (files done, bytes done)
+
+
+def md5_of(path: Path) -> bytes:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(CHUNK), b""):
+            digest.update(block)
+    return digest.digest()
+
+
+def upload_if_changed(store: BlobStore, source: Path, blob: str) -> bool:
+    """Upload unless the blob already holds these exact bytes; True if bytes were sent."""
+    md5 = md5_of(source)
+    size = source.stat().st_size
+    for existing in store.list_blobs(blob):
+        if existing.name == blob and existing.size == size and existing.md5 == md5:
+            return False
+    store.upload_file(source, blob, md5)
+    return True
+
+
+def local_path(dest_root: Path, blob: str, strip_prefix: str) -> Path:
+    """Where a blob goes under dest_root; refuses names that would escape it."""
+    relative = PurePosixPath(blob[len(strip_prefix):] if blob.startswith(strip_prefix) else blob)
+    if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+        raise ValueError(f"unsafe blob name {blob!r}")
+    return dest_root.joinpath(*relative.parts)
+
+
+def is_verified(blob: BlobInfo, path: Path) -> bool:
+    """The local file has the blob's size and (when the blob has one) its MD5."""
+    try:
+        if path.stat().st_size != blob.size:
+            return False
+    except OSError:
+        return False
+    return blob.md5 is None or md5_of(path) == blob.md5
+
+
+@dataclass(frozen=True)
+class DownloadReport:
+    downloaded: tuple[str, ...]
+    skipped: tuple[str, ...]  # already present and verified
+    failed: tuple[tuple[str, str], ...]  # (blob name, why)
+    bytes: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def download_prefix(store: BlobStore, prefix: str, dest_root: Path, strip_prefix: str,
+                    on_progress: ProgressCallback | None = None,
+                    threads: int = DOWNLOAD_THREADS) -> DownloadReport:
+    """Fetch every blob under `prefix` into dest_root, in parallel, each one verified.
+
+    A file is written to a temporary name and renamed only once verified, so a partial file
+    never passes for a result.
+    """
+    blobs = store.list_blobs(prefix)
+    downloaded: list[str] = []
+    skipped: list[str] = []
+    failed: list[tuple[str, str]] = []
+    done_files = done_bytes = 0
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        futures = {pool.submit(_fetch_one, store, b, dest_root, strip_prefix): b for b in blobs}
+        for future in as_completed(futures):
+            blob = futures[future]
+            try:
+                fetched = future.result()
+            except Exception as exc:  # every failure is reported by name, none stops the rest
+                failed.append((blob.name, _reason(exc)))
+            else:
+                (downloaded if fetched else skipped).append(blob.name)
+                done_bytes += blob.size
+            done_files += 1
+            if on_progress:
+                on_progress(done_files, done_bytes)
+    return DownloadReport(tuple(sorted(downloaded)), tuple(sorted(skipped)),
+                          tuple(sorted(failed)), done_bytes)
+
+
+def _fetch_one(store: BlobStore, blob: BlobInfo, dest_root: Path, strip_prefix: str) -> bool:
+    target = local_path(dest_root, blob.name, strip_prefix)
+    if is_verified(blob, target):
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        store.download_blob(blob, partial)
+        if not is_verified(blob, partial):
+            raise IOError("size or MD5 differs from the blob's (corrupted in storage or transit)")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return True
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+    return text[:200]
+
+
+def unverified_blobs(store: BlobStore, prefix: str, dest_root: Path,
+                     strip_prefix: str) -> list[str]:
+    """Blobs under `prefix` with no verified copy under dest_root (what a deletion would lose)."""
+    missing = []
+    for blob in store.list_blobs(prefix):
+        try:
+            target = local_path(dest_root, blob.name, strip_prefix)
+        except ValueError:
+            missing.append(blob.name)
+            continue
+        if not is_verified(blob, target):
+            missing.append(blob.name)
+    return missing

@@ -1,0 +1,108 @@
+"""What the user sees on stderr: steps, warnings, live progress, all with secrets redacted.
+
+Progress bars (rich) draw live on a terminal; without one, a plain line is printed when the
+counts change (at most every few seconds), so CI logs stay readable.
+"""
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn,
+                           TimeElapsedColumn, TransferSpeedColumn)
+
+from common.model import TaskCounts
+
+_SAS_SIG = re.compile(r"(sig=)[^&\s\"']+", re.IGNORECASE)
+PLAIN_INTERVAL_SECONDS = 5.0
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """Hide every known secret and every SAS signature in a message."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return _SAS_SIG.sub(r"\1***", text)
+
+
+def counts_text(counts: TaskCounts) -> str:
+    return (f"active {counts.active} · running {counts.running} · "
+            f"succeeded {counts.succeeded} · failed {counts.failed}")
+
+
+@dataclass
+class Ui:
+    console: Console
+    verbose: bool = False
+    secrets: tuple[str, ...] = field(default=())
+
+    def _print(self, text: str, style: str | None = None) -> None:
+        self.console.print(escape(redact(text, self.secrets)), style=style, highlight=False,
+                           soft_wrap=True)
+
+    def step(self, text: str) -> None:
+        self._print(f"==> {text}", "bold")
+
+    def info(self, text: str) -> None:
+        self._print(f"    {text}")
+
+    def debug(self, text: str) -> None:
+        if self.verbose:
+            self._print(f"    [debug] {text}", "dim")
+
+    def warn(self, text: str) -> None:
+        self._print(f"warning: {text}", "yellow")
+
+    def error(self, text: str) -> None:
+        self._print(f"error: {text}", "red")
+
+    def say(self, text: str) -> None:
+        """For the prompter: a plain line."""
+        self._print(text)
+
+    @contextmanager
+    def task_progress(self, total: int, label: str) -> Iterator[Callable[[TaskCounts], None]]:
+        """Yields update(counts): a bar of completed tasks with the state counts beside it."""
+        if not self.console.is_terminal:
+            yield self._plain_task_updates(label)
+            return
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[counts]}"), TimeElapsedColumn())
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            bar = progress.add_task(label, total=total, counts="")
+
+            def update(counts: TaskCounts) -> None:
+                progress.update(bar, completed=counts.completed, counts=counts_text(counts))
+            yield update
+
+    def _plain_task_updates(self, label: str) -> Callable[[TaskCounts], None]:
+        last: dict[str, object] = {"text": None, "time": 0.0}
+
+        def update(counts: TaskCounts) -> None:
+            text = counts_text(counts)
+            due = time.monotonic() - float(last["time"]) >= PLAIN_INTERVAL_SECONDS
+            finished = counts.total and counts.completed == counts.total
+            if text != last["text"] and (due or finished):
+                self.info(f"{label}: {counts.completed}/{counts.total} done ({text})")
+                last.update(text=text, time=time.monotonic())
+        return update
+
+    @contextmanager
+    def transfer_progress(self, files: int, size: int, label: str) -> Iterator[Callable[[int, int], None]]:
+        """Yields update(files_done, bytes_done) for a bar in bytes with a file count."""
+        if not self.console.is_terminal or files == 0:
+            yield lambda done_files, done_bytes: None
+            return
+        columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                   TransferSpeedColumn(), TextColumn("{task.fields[files]}"))
+        with Progress(*columns, console=self.console) as progress:
+            bar = progress.add_task(label, total=size, files=f"0/{files} files")
+
+            def update(done_files: int, done_bytes: int) -> None:
+                progress.update(bar, completed=done_bytes, files=f"{done_files}/{files} files")
+            yield update
