@@ -90,7 +90,7 @@ def _run(script: str, argv: Sequence[str], console: Console) -> Outcome:
     workflow: Callable[[Context], Outcome] = run_simulation if script == RUNNER else run_reducer
     try:
         ctx = Context(settings=settings, backend=backend, prompter=_prompter(args, ui), ui=ui,
-                      poll_seconds=getattr(backend, "poll_seconds", 1.0))
+                      poll_seconds=backend.poll_seconds)
         return workflow(ctx)
     finally:
         backend.close()

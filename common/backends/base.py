@@ -58,6 +58,7 @@ class Backend(ABC):
     """A compute service with pools of nodes that run jobs of tasks, Azure Batch style."""
 
     name: str
+    poll_seconds: float = 5.0  # how often the workflow asks for task counts while waiting
 
     @abstractmethod
     def blob_store(self, container: str) -> BlobStore:

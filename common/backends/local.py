@@ -88,6 +88,7 @@ def usable_cpus() -> int:
 
 class LocalBackend(Backend):
     name = "local"
+    poll_seconds = 0.25  # reading a few small files: cheap, so progress stays live
 
     def __init__(self, root: Path, cpus: int | None = None) -> None:
         self.root = root

@@ -1,0 +1,82 @@
+"""Shared test fixtures: tiny campaigns in tmp folders, and no local pool agent left behind."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from common.backends.local import LocalBackend  # noqa: E402
+
+
+def write_json(path: Path, data: object) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    return path
+
+
+class Campaign:
+    """A simulation folder, appconfig.json and simconfig.json in one tmp folder."""
+
+    def __init__(self, root: Path, run_script: str, **sim: object) -> None:
+        self.root = root
+        self.sim_dir = root / "sim"
+        self.sim_dir.mkdir(parents=True, exist_ok=True)
+        script = self.sim_dir / "run.sh"
+        script.write_text(run_script)
+        script.chmod(0o755)
+        self.storage = root / "storage-root"
+        self.appconfig = write_json(root / "appconfig.json", {
+            "BACKEND": "local", "LOCAL_STORAGE_PATH": str(self.storage)})
+        self.sim = {"SIM_ID": "tiny-campaign", "POOL_NODE_COUNT": 2, "LOCAL_SIM_PATH": "sim",
+                    "RUN_SCRIPT": "run.sh", "REDUCER_SCRIPT": "builtin:topas",
+                    "OUTPUT_FILE_PATTERNS": ["out_*.txt"], "TIMEOUT_MINUTES": 5, **sim}
+        self.simconfig = write_json(root / "simconfig.json", self.sim)
+
+    def update(self, **sim: object) -> None:
+        self.sim.update(sim)
+        write_json(self.simconfig, self.sim)
+
+    @property
+    def container(self) -> Path:
+        return self.storage / "storage" / str(self.sim["SIM_ID"]).lower()
+
+    @property
+    def results(self) -> Path:
+        return self.sim_dir / "nodes_output"
+
+
+ECHO_SCRIPT = """#!/bin/bash
+set -e
+echo "task $1 seed $SIM_SEED"
+echo "value $1" > "out_$1.txt"
+echo "note on stderr for $1" >&2
+"""
+
+
+@pytest.fixture
+def campaign(tmp_path: Path):
+    made = Campaign(tmp_path / "campaign", ECHO_SCRIPT)
+    yield made
+    stop_local_pools(made.storage)
+
+
+def stop_local_pools(root: Path) -> None:
+    """Tests must not leave agents running: delete every pool under a storage root."""
+    backend = LocalBackend(root)
+    for pool in (root / "pools").glob("*") if (root / "pools").exists() else []:
+        backend.delete_pool(pool.name)
+
+
+@pytest.fixture
+def script_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for running the scripts as subprocesses: fast example, no terminal tricks."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AZ_BATCH", "SIM_"))}
+    env.update(EXAMPLE_HISTORIES="20000", LOCALBATCH_AGENT_IDLE_SECONDS="60",
+               PYTHONPATH=str(REPO), COLUMNS="200")
+    return env
