@@ -25,7 +25,7 @@ SECRET_KEYS = ("STORAGE_ACCOUNT_KEY", "BATCH_ACCOUNT_KEY", "DOCKER_TOKEN", "GIT_
 
 APP_KEYS = (
     "BACKEND", "LOCAL_STORAGE_PATH",
-    "STORAGE_ACCOUNT_NAME", "STORAGE_ACCOUNT_KEY", "STORAGE_ACCOUNT_DOMAIN",
+    "STORAGE_ACCOUNT_NAME", "STORAGE_ACCOUNT_KEY", "STORAGE_ACCOUNT_DOMAIN", "STORAGE_ACCOUNT_URL",
     "BATCH_ACCOUNT_NAME", "BATCH_ACCOUNT_KEY", "BATCH_ACCOUNT_URL",
     "WORKER_DOCKER_IMAGE", "REDUCER_DOCKER_IMAGE", "DOCKER_USER", "DOCKER_TOKEN",
     "GIT_USER", "GIT_REPO", "GIT_TOKEN", "GIT_BASE_URL",
@@ -90,6 +90,7 @@ class AppConfig:
     storage_account_name: str | None = None
     storage_account_key: Secret | None = None
     storage_account_domain: str = "core.windows.net"
+    storage_account_url: str | None = None  # a full blob endpoint (e.g. Azurite); wins
     batch_account_name: str | None = None
     batch_account_key: Secret | None = None
     batch_account_url: str | None = None
@@ -206,10 +207,13 @@ class _Reader:
         self.problems.add(self.where, key, what, fix)
 
     def has(self, key: str) -> bool:
-        return self.data.get(key) not in (None, "")
+        value = self.data.get(key)
+        return value is not None and not (isinstance(value, str) and not value.strip())
 
     def string(self, key: str, required: bool, fix: str) -> str | None:
         value = self.data.get(key)
+        if isinstance(value, str):
+            value = value.strip()
         if value is None or value == "":
             if required:
                 self.bad(key, "is missing", fix)
@@ -217,7 +221,7 @@ class _Reader:
         if not isinstance(value, str):
             self.bad(key, f"must be a string, not {_json_type(value)}", fix)
             return None
-        return value.strip()
+        return value
 
     def integer(self, key: str, default: int | None, low: int, high: int, fix: str) -> int | None:
         value = self.data.get(key, default)
@@ -280,7 +284,7 @@ def _json_type(value: Any) -> str:
 
 def _base64_key(r: _Reader, key: str, secret: Secret | None, required: bool, where_from: str) -> None:
     if secret is None:
-        if required:
+        if required and not r.has(key):  # a value of the wrong type is reported already
             r.bad(key, "is missing", f"copy the key from {where_from}, or set the {key} "
                   "environment variable")
         return
@@ -293,20 +297,23 @@ def _base64_key(r: _Reader, key: str, secret: Secret | None, required: bool, whe
               f"copy the key from {where_from}, or set the {key} environment variable")
 
 
-def _check_url(r: _Reader, key: str, url: str | None) -> None:
+def _check_url(r: _Reader, key: str, url: str | None,
+               fix: str = "copy the account URL from the Azure portal, e.g. "
+                          "https://myaccount.westeurope.batch.azure.com") -> None:
     if url is None:
         return
     match = re.match(r"^(https?)://([^/?#]+)(/[^?#]*)?$", url)
     if not match or not _HOST_RE.match(match.group(2)):
-        r.bad(key, f"{url!r} is not an http(s) URL with a valid host name",
-              "copy the account URL from the Azure portal, e.g. "
-              "https://myaccount.westeurope.batch.azure.com")
+        r.bad(key, f"{url!r} is not an http(s) URL with a valid host name", fix)
+
+
+_IMAGE_FIX = "name the Docker image, e.g. myuser/topas:4.0"
 
 
 def _check_image(r: _Reader, key: str, image: str | None, required: bool) -> None:
     if image is None:
-        if required:
-            r.bad(key, "is missing", "name the Docker image, e.g. myuser/topas:4.0")
+        if required and not r.has(key):  # a value of the wrong type is reported already
+            r.bad(key, "is missing", _IMAGE_FIX)
         return
     if not _IMAGE_RE.match(image):
         r.bad(key, f"{image!r} is not a valid Docker image name",
@@ -317,9 +324,12 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
               backend_override: str | None, env: Mapping[str, str]) -> AppConfig | None:
     r = _Reader(path, data, problems)
     r.unknown_keys(APP_KEYS, SIM_KEYS, "simconfig.json")
-    backend = backend_override or r.string("BACKEND", False, "") or "azure"
-    if backend not in BACKENDS:
-        r.bad("BACKEND", f"is {backend!r}", f"use one of: {', '.join(BACKENDS)}")
+    backend_fix = f"use one of: {', '.join(BACKENDS)} (no BACKEND means azure)"
+    backend = backend_override or r.string("BACKEND", False, backend_fix)
+    if backend is None and not r.has("BACKEND"):
+        backend = "azure"
+    elif backend is not None and backend not in BACKENDS:
+        r.bad("BACKEND", f"is {backend!r}", backend_fix)
     storage_value = r.string("LOCAL_STORAGE_PATH", False, "give a folder path")
     local_storage = r.resolve_path("LOCAL_STORAGE_PATH", storage_value or ".localbatch")
     azure = backend == "azure"
@@ -327,10 +337,11 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
     values = dict(
         storage_account_name=r.string("STORAGE_ACCOUNT_NAME", azure, f"copy it from {portal}"),
         storage_account_domain=_domain(r),
+        storage_account_url=r.string("STORAGE_ACCOUNT_URL", False, ""),
         batch_account_name=r.string("BATCH_ACCOUNT_NAME", azure, f"copy it from {portal}"),
         batch_account_url=r.string("BATCH_ACCOUNT_URL", azure, f"copy it from {portal}"),
-        worker_docker_image=r.string("WORKER_DOCKER_IMAGE", False, ""),
-        reducer_docker_image=r.string("REDUCER_DOCKER_IMAGE", False, ""),
+        worker_docker_image=r.string("WORKER_DOCKER_IMAGE", False, _IMAGE_FIX),
+        reducer_docker_image=r.string("REDUCER_DOCKER_IMAGE", False, _IMAGE_FIX),
         docker_user=r.string("DOCKER_USER", False, "give the registry user name"),
         git_user=r.string("GIT_USER", False, "give the GitHub user or organisation"),
         git_repo=r.string("GIT_REPO", False, "give the repository name"),
@@ -342,8 +353,11 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
     )
     if azure:
         _check_azure(r, values)
-    if (values["docker_user"] is None) != (values["docker_token"] is None):
-        r.bad("DOCKER_USER" if values["docker_user"] is None else "DOCKER_TOKEN",
+    # Given = present in the file (even with a wrong type, reported already) or the environment.
+    docker_user_given = r.has("DOCKER_USER")
+    docker_token_given = values["docker_token"] is not None or r.has("DOCKER_TOKEN")
+    if docker_user_given != docker_token_given:
+        r.bad("DOCKER_TOKEN" if docker_user_given else "DOCKER_USER",
               "is missing while its pair is given",
               "give both DOCKER_USER and DOCKER_TOKEN for a private registry, or neither")
     for key in ("git_user", "git_repo"):
@@ -356,7 +370,7 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
 
 
 def _git_base(r: _Reader) -> str:
-    base = r.string("GIT_BASE_URL", False, "") or "https://github.com"
+    base = r.string("GIT_BASE_URL", False, "use e.g. https://github.com") or "https://github.com"
     if not re.match(r"^(https?|file|ssh)://", base):
         r.bad("GIT_BASE_URL", f"{base!r} is not a URL", "use e.g. https://github.com or "
               "https://gitlab.example.org (the repository URL is <base>/<GIT_USER>/<GIT_REPO>.git)")
@@ -364,7 +378,8 @@ def _git_base(r: _Reader) -> str:
 
 
 def _domain(r: _Reader) -> str:
-    domain = r.string("STORAGE_ACCOUNT_DOMAIN", False, "") or "core.windows.net"
+    domain = (r.string("STORAGE_ACCOUNT_DOMAIN", False, "use core.windows.net")
+              or "core.windows.net")
     # The original scripts' examples wrote both forms; the blob endpoint is built from the base.
     domain = domain.lower().strip(".")
     if domain.startswith("blob."):
@@ -389,6 +404,9 @@ def _check_azure(r: _Reader, values: dict[str, Any]) -> None:
     _base64_key(r, "BATCH_ACCOUNT_KEY", values["batch_account_key"], True,
                 "the Azure portal (Batch account > Keys)")
     _check_url(r, "BATCH_ACCOUNT_URL", values["batch_account_url"])
+    _check_url(r, "STORAGE_ACCOUNT_URL", values["storage_account_url"],
+               "give the blob endpoint, e.g. https://myaccount.blob.core.windows.net, or remove "
+               "the key to build it from STORAGE_ACCOUNT_NAME and STORAGE_ACCOUNT_DOMAIN")
     _check_image(r, "WORKER_DOCKER_IMAGE", values["worker_docker_image"], True)
     _check_image(r, "REDUCER_DOCKER_IMAGE", values["reducer_docker_image"], True)
 
@@ -536,18 +554,23 @@ def load_settings(simconfig: Path, appconfig: Path | None = None, *,
     chosen = app.backend if app else backend
     sim = (_read_sim(simconfig, sim_data, problems, for_reducer, chosen)
            if sim_data is not None else None)
-    if for_reducer and app is not None and sim is not None:
-        _check_reducer_source(app, sim, problems)
+    if for_reducer and app_data is not None and sim_data is not None:
+        _check_reducer_source(_Reader(simconfig, sim_data, problems),
+                              _Reader(app_path, app_data, problems))
     problems.raise_if_any()
     assert app is not None and sim is not None
     return Settings(app=app, sim=sim)
 
 
-def _check_reducer_source(app: AppConfig, sim: SimConfig, problems: _Problems) -> None:
-    if sim.reducer_script in (None, BUILTIN_TOPAS) or sim.reducer_path is not None:
+def _check_reducer_source(sim: _Reader, app: _Reader) -> None:
+    """A named reducer script needs a source. Checked on the raw values, so that it is reported
+    together with every other problem (SimConfig/AppConfig exist only when all else is valid)."""
+    script = sim.data.get("REDUCER_SCRIPT")
+    if not isinstance(script, str) or not script.strip() or script.strip().startswith("builtin:"):
+        return  # missing, not a string, or built-in: reported (or fine) elsewhere
+    if sim.has("REDUCER_PATH") or (app.has("GIT_USER") and app.has("GIT_REPO")):
         return
-    if not (app.git_user and app.git_repo):
-        problems.add(_display(sim.path), "REDUCER_SCRIPT",
-                     f"{sim.reducer_script!r} has no source (no REDUCER_PATH, and no GIT_USER/"
-                     "GIT_REPO in appconfig.json)",
-                     f'set REDUCER_PATH to its folder, set GIT_USER and GIT_REPO, or use "{BUILTIN_TOPAS}"')
+    sim.bad("REDUCER_SCRIPT",
+            f"{script.strip()!r} has no source (no REDUCER_PATH, and no GIT_USER/GIT_REPO in "
+            f"{app.where})",
+            f'set REDUCER_PATH to its folder, set GIT_USER and GIT_REPO, or use "{BUILTIN_TOPAS}"')

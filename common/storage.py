@@ -1,0 +1,164 @@
+"""Azure Blob Storage for a campaign: one client per run, the container, least-privilege SAS.
+
+`AzureBlobStore` honours the same BlobStore contract as the local folder store, so the
+workflow's uploads, verified downloads and deletion guard (common/transfer.py) work the
+same on both. Retries are azure-storage-blob's own ExponentialRetry policy; large blobs
+move in parallel 8 MB blocks. SAS tokens are built with the SDK, each granting only what
+its user needs, and expire with the campaign (its timeout plus a margin).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Iterable
+from urllib.parse import quote
+
+import requests
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
+from azure.storage.blob import (BlobSasPermissions, BlobServiceClient, ContainerSasPermissions,
+                                ContentSettings, ExponentialRetry, generate_blob_sas,
+                                generate_container_sas)
+
+from common.backends.base import BlobStore
+from common.config import AppConfig, Secret
+from common.model import BlobInfo
+
+BLOCK_SIZE = 8 * 1024 * 1024
+TRANSFER_CONCURRENCY = 8
+CONNECTIONS = 32  # room for 16 parallel blob downloads, each with a few chunk requests
+SAS_MARGIN = timedelta(hours=2)  # pool start-up, output upload and the reducer after the tasks
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class StorageAccount:
+    name: str
+    url: str  # the blob endpoint, without a trailing slash
+    key: Secret
+
+    def container_url(self, container: str) -> str:
+        return f"{self.url}/{container}"
+
+    def blob_url(self, container: str, blob: str) -> str:
+        return f"{self.url}/{container}/{quote(blob)}"
+
+
+def account_from(app: AppConfig) -> StorageAccount:
+    """STORAGE_ACCOUNT_URL wins (Azurite, sovereign clouds); otherwise name + domain."""
+    if app.storage_account_key is None or app.storage_account_name is None:
+        raise ValueError("storage account name and key are required")
+    url = app.storage_account_url or f"https://{app.storage_account_name}.blob.{app.storage_account_domain}"
+    return StorageAccount(app.storage_account_name, url.rstrip("/"), app.storage_account_key)
+
+
+def service_client(account: StorageAccount) -> BlobServiceClient:
+    """The one client of a script run: shared-key auth, SDK retries, parallel-ready transport."""
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=CONNECTIONS, pool_maxsize=CONNECTIONS)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return BlobServiceClient(
+        account.url,
+        credential={"account_name": account.name, "account_key": account.key.reveal()},
+        retry_policy=ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=6),
+        transport=RequestsTransport(session=session, session_owner=True),
+        max_single_put_size=BLOCK_SIZE, max_block_size=BLOCK_SIZE,
+        max_single_get_size=BLOCK_SIZE, max_chunk_get_size=BLOCK_SIZE)
+
+
+class AzureBlobStore(BlobStore):
+    def __init__(self, service: BlobServiceClient, account: StorageAccount, container: str) -> None:
+        self.account = account
+        self.container = container
+        self.client = service.get_container_client(container)
+
+    @property
+    def location(self) -> str:
+        return self.account.container_url(self.container)
+
+    def exists(self) -> bool:
+        return self.client.exists()
+
+    def create(self) -> bool:
+        try:
+            self.client.create_container()
+        except ResourceExistsError:
+            return False
+        return True
+
+    def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
+        return [BlobInfo(b.name, b.size, _md5(b.content_settings.content_md5))
+                for b in self.client.list_blobs(name_starts_with=prefix or None)]
+
+    def upload_file(self, source: Path, blob: str, md5: bytes) -> None:
+        # Block-list uploads get no service-side MD5: set it, so downloads can be verified.
+        with source.open("rb") as data:
+            self.client.upload_blob(blob, data, overwrite=True, max_concurrency=TRANSFER_CONCURRENCY,
+                                    content_settings=ContentSettings(content_md5=bytearray(md5)))
+
+    def download_blob(self, blob: BlobInfo, dest: Path) -> None:
+        with dest.open("wb") as handle:
+            self.client.download_blob(blob.name, max_concurrency=TRANSFER_CONCURRENCY).readinto(handle)
+
+    def delete_blobs(self, names: Iterable[str]) -> None:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(self._delete_one, names))
+
+    def _delete_one(self, name: str) -> None:
+        try:
+            self.client.delete_blob(name)
+        except ResourceNotFoundError:
+            pass
+
+    def delete_container(self) -> None:
+        try:
+            self.client.delete_container()
+        except ResourceNotFoundError:
+            pass
+
+
+def _md5(value: bytes | bytearray | None) -> bytes | None:
+    return bytes(value) if value else None
+
+
+# ---------------------------------------------------------------------------- SAS
+
+
+def sas_expiry(timeout_minutes: float, now: datetime | None = None) -> datetime:
+    """The campaign's timeout plus a margin: long enough for the campaign, no longer."""
+    now = now or datetime.now(timezone.utc)
+    return now + timedelta(minutes=timeout_minutes) + SAS_MARGIN
+
+
+def _start(now: datetime | None) -> datetime:
+    return (now or datetime.now(timezone.utc)) - CLOCK_SKEW
+
+
+def blob_read_url(account: StorageAccount, container: str, blob: str, expiry: datetime,
+                  now: datetime | None = None) -> str:
+    """A URL that can read this one blob and nothing else (resource files)."""
+    token = generate_blob_sas(account.name, container, blob, account_key=account.key.reveal(),
+                              permission=BlobSasPermissions(read=True), expiry=expiry,
+                              start=_start(now))
+    return f"{account.blob_url(container, blob)}?{token}"
+
+
+def container_read_list_url(account: StorageAccount, container: str, expiry: datetime,
+                            now: datetime | None = None) -> str:
+    """Read + list over the container: for a resource file with a blob prefix (the reducer)."""
+    token = generate_container_sas(account.name, container, account_key=account.key.reveal(),
+                                   permission=ContainerSasPermissions(read=True, list=True),
+                                   expiry=expiry, start=_start(now))
+    return f"{account.container_url(container)}?{token}"
+
+
+def container_write_url(account: StorageAccount, container: str, expiry: datetime,
+                        now: datetime | None = None) -> str:
+    """Write only: what Batch output files need to create blobs; cannot read, list or delete."""
+    token = generate_container_sas(account.name, container, account_key=account.key.reveal(),
+                                   permission=ContainerSasPermissions(write=True), expiry=expiry,
+                                   start=_start(now))
+    return f"{account.container_url(container)}?{token}"
