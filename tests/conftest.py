@@ -84,47 +84,13 @@ def script_env(tmp_path: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- Azurite
 
-AZURITE_ACCOUNT = "devstoreaccount1"
-# The emulator's documented, public well-known key (not a secret).
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-class Azurite:
-    """A running azurite-blob on 127.0.0.1, in memory."""
-
-    def __init__(self, proc, port: int) -> None:
-        self.proc = proc
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+from tests.support.azurite import ACCOUNT as AZURITE_ACCOUNT  # noqa: E402
+from tests.support.azurite import KEY as AZURITE_KEY  # noqa: E402,F401
+from tests.support.azurite import start_azurite  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def azurite():
-    import re
-    import subprocess
-    import time
-
-    binary = REPO / "node_modules" / ".bin" / "azurite-blob"
-    if not binary.exists():
-        raise RuntimeError("Azurite is not installed: run ./run_tests.sh (it runs `npm ci`)")
-    proc = subprocess.Popen(
-        ["node", str(binary), "--blobHost", "127.0.0.1", "--blobPort", "0", "--inMemoryPersistence",
-         "--skipApiVersionCheck", "--loose", "--silent", "--disableTelemetry",
-         "--extentMemoryLimit", "2048"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    port = None
-    deadline = time.monotonic() + 30
-    assert proc.stdout is not None
-    while port is None and time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        match = re.search(r"listens on http://127\.0\.0\.1:(\d+)", line)
-        if match:
-            port = int(match.group(1))
-    if port is None:
-        proc.kill()
-        raise RuntimeError("Azurite did not start")
-    yield Azurite(proc, port)
-    proc.terminate()
-    proc.wait(timeout=10)
+    server = start_azurite()
+    yield server
+    server.stop()

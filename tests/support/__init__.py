@@ -1,0 +1,1 @@
+"""Infrastructure shared by the tests and the benchmarks: Azurite, an HTTP proxy."""

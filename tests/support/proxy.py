@@ -1,0 +1,120 @@
+"""A small HTTP reverse proxy on 127.0.0.1 that adds latency, counts bytes and can fail.
+
+Azurite on loopback answers in well under a millisecond; a real storage account is 10-50 ms
+away. Put this in front of it to see what parallel transfers buy (`delay`), to count what
+an upload really sent (`bytes_in`), or to answer a fraction of requests with 503 Server
+Busy as a throttled account does (`fail_fraction`).
+"""
+from __future__ import annotations
+
+import http.client
+import random
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+_HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
+               "trailers", "transfer-encoding", "upgrade"}
+
+
+class DelayProxy:
+    def __init__(self, upstream: str, delay: float = 0.0, fail_fraction: float = 0.0,
+                 seed: int = 1) -> None:
+        parts = urlsplit(upstream)
+        self.upstream_host = parts.hostname or "127.0.0.1"
+        self.upstream_port = parts.port or 80
+        self.upstream_path = parts.path.rstrip("/")
+        self.delay = delay
+        self.fail_fraction = fail_fraction
+        self.random = random.Random(seed)
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.failed = 0
+        self.bytes_in = 0  # request bodies sent by the client
+        self.bytes_out = 0  # response bodies sent to the client
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}{self.upstream_path}"
+
+    def start(self) -> "DelayProxy":
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def reset_counts(self) -> None:
+        with self.lock:
+            self.requests = self.failed = self.bytes_in = self.bytes_out = 0
+
+    def _should_fail(self) -> bool:
+        with self.lock:
+            self.requests += 1
+            fail = self.fail_fraction > 0 and self.random.random() < self.fail_fraction
+            self.failed += fail
+            return fail
+
+    def _count(self, sent: int, received: int) -> None:
+        with self.lock:
+            self.bytes_in += sent
+            self.bytes_out += received
+
+    def _handler(self):
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            wbufsize = -1
+            disable_nagle_algorithm = True
+
+            def log_message(self, *args) -> None:
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                if proxy.delay:
+                    time.sleep(proxy.delay)
+                if proxy._should_fail():
+                    self._busy()
+                    return
+                upstream = getattr(self, "_upstream", None)
+                if upstream is None:
+                    upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port,
+                                                          timeout=120)
+                    self._upstream = upstream
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                response = upstream.getresponse()
+                data = response.read()
+                self.send_response(response.status, response.reason)
+                for key, value in response.getheaders():
+                    if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                self.wfile.flush()
+                proxy._count(len(body), len(data))
+
+            def _busy(self) -> None:
+                body = (b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'
+                        b"<Message>The server is busy (injected by the test proxy).</Message></Error>")
+                self.send_response(503, "Server Busy")
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("x-ms-error-code", "ServerBusy")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _forward
+
+        return Handler
