@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-# Written by this tool or by Python, never simulation input.
-ALWAYS_EXCLUDED = frozenset({"nodes_output", ".localbatch", "__pycache__", ".git"})
+# Written by this tool or by Python, never simulation input; appconfig.json holds keys.
+ALWAYS_EXCLUDED = frozenset({"nodes_output", ".localbatch", "__pycache__", ".git", "appconfig.json"})
 
 
 @dataclass(frozen=True)

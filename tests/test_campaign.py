@@ -63,6 +63,7 @@ def test_archive_is_deterministic_and_leaves_out_results(tmp_path):
     (sim / "nodes_output" / "run1" / "big.csv").write_text("result")
     (sim / "b.txt").write_text("b")
     (sim / "a.txt").write_text("a")
+    (sim / "appconfig.json").write_text('{"STORAGE_ACCOUNT_KEY": "c2VjcmV0"}')  # never uploaded
     (sim / "results").mkdir()
     (sim / "results" / "x").write_text("x")
     first = build_archive(sim, tmp_path / "1.zip", exclude=(sim / "results",))

@@ -118,3 +118,29 @@ class DelayProxy:
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _forward
 
         return Handler
+
+
+def start_in_subprocess(upstream: str, delay: float = 0.0, fail_fraction: float = 0.0):
+    """The proxy in its own process, so its threads do not share the caller's GIL.
+
+    Returns (process, url). Stop it with process.terminate().
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.proxy", upstream, str(delay),
+                             str(fail_fraction)], cwd=repo, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    url = proc.stdout.readline().strip()
+    if not url.startswith("http://"):
+        proc.kill()
+        raise RuntimeError("the proxy did not start")
+    return proc, url
+
+
+if __name__ == "__main__":
+    import sys
+    server = DelayProxy(sys.argv[1], delay=float(sys.argv[2]), fail_fraction=float(sys.argv[3]))
+    print(server.url, flush=True)
+    server.server.serve_forever()
