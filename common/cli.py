@@ -19,7 +19,8 @@ from common.backends import get_backend
 from common.config import BACKENDS, load_settings
 from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, ToolError, usage_error
 from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
-from common.ui import Ui, redact
+from common.redaction import redact
+from common.ui import Ui
 from common.workflow import Context, Outcome, run_reducer, run_simulation
 
 RUNNER, REDUCER = "runner", "reducer"

@@ -28,12 +28,13 @@ APP_KEYS = (
     "STORAGE_ACCOUNT_NAME", "STORAGE_ACCOUNT_KEY", "STORAGE_ACCOUNT_DOMAIN", "STORAGE_ACCOUNT_URL",
     "BATCH_ACCOUNT_NAME", "BATCH_ACCOUNT_KEY", "BATCH_ACCOUNT_URL",
     "WORKER_DOCKER_IMAGE", "REDUCER_DOCKER_IMAGE", "DOCKER_USER", "DOCKER_TOKEN",
-    "GIT_USER", "GIT_REPO", "GIT_TOKEN", "GIT_BASE_URL",
+    "GIT_USER", "GIT_REPO", "GIT_TOKEN", "GIT_BASE_URL", "POOL_IMAGE", "NODE_AGENT_SKU_ID",
 )
 SIM_KEYS = (
     "SIM_ID", "POOL_NODE_COUNT", "TASK_COUNT", "STARTING_NODE", "POOL_VM_SIZE",
     "LOCAL_SIM_PATH", "RUN_SCRIPT", "REDUCER_SCRIPT", "REDUCER_PATH",
     "OUTPUT_FILE_PATTERNS", "TIMEOUT_MINUTES", "LOCAL_RESULTS_PATH",
+    "TASK_SLOTS_PER_NODE", "MAX_TASK_RETRIES",
 )
 
 # Longest suffix the tool adds to SIM_ID for a Batch id: "-workers-YYYYmmddHHMMSS".
@@ -81,6 +82,22 @@ class Secret:
 
 
 @dataclass(frozen=True)
+class PoolImage:
+    """A Marketplace VM image for the pool's nodes."""
+
+    publisher: str
+    offer: str
+    sku: str
+    version: str = "latest"
+
+
+# Container-capable and supported today (the original's ubuntu-server-container 20-04-lts
+# was retired in April 2025; 22.04 ends June 2027).
+DEFAULT_POOL_IMAGE = PoolImage("microsoft-dsvm", "ubuntu-hpc", "2404", "latest")
+DEFAULT_NODE_AGENT_SKU_ID = "batch.node.ubuntu 24.04"
+
+
+@dataclass(frozen=True)
 class AppConfig:
     """Accounts, images and credentials (appconfig.json)."""
 
@@ -102,6 +119,8 @@ class AppConfig:
     git_repo: str | None = None
     git_token: Secret | None = None
     git_base_url: str = "https://github.com"
+    pool_image: PoolImage = DEFAULT_POOL_IMAGE
+    node_agent_sku_id: str = DEFAULT_NODE_AGENT_SKU_ID
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction of anything the tool prints or writes."""
@@ -127,6 +146,8 @@ class SimConfig:
     output_file_patterns: tuple[str, ...]
     timeout_minutes: float
     local_results_path: Path
+    task_slots_per_node: int = 1
+    max_task_retries: int = 0
 
     @property
     def task_indices(self) -> range:
@@ -346,6 +367,9 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
         git_user=r.string("GIT_USER", False, "give the GitHub user or organisation"),
         git_repo=r.string("GIT_REPO", False, "give the repository name"),
         git_base_url=_git_base(r),
+        pool_image=_pool_image(r),
+        node_agent_sku_id=(r.string("NODE_AGENT_SKU_ID", False, "name the node agent, e.g. "
+                                    f"{DEFAULT_NODE_AGENT_SKU_ID!r}") or DEFAULT_NODE_AGENT_SKU_ID),
         storage_account_key=r.secret("STORAGE_ACCOUNT_KEY", env),
         batch_account_key=r.secret("BATCH_ACCOUNT_KEY", env),
         docker_token=r.secret("DOCKER_TOKEN", env),
@@ -367,6 +391,24 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
     if backend not in BACKENDS:
         return None
     return AppConfig(path=path, backend=backend, local_storage_path=local_storage, **values)
+
+
+def _pool_image(r: _Reader) -> PoolImage:
+    value = r.data.get("POOL_IMAGE")
+    if value is None:
+        return DEFAULT_POOL_IMAGE
+    fix = ('give {"publisher": ..., "offer": ..., "sku": ..., "version": "latest"}, e.g. '
+           '{"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2404"}')
+    parts = ("publisher", "offer", "sku", "version")
+    if not isinstance(value, dict) or set(value) - set(parts):
+        r.bad("POOL_IMAGE", f"must be an object with keys {', '.join(parts)}", fix)
+        return DEFAULT_POOL_IMAGE
+    fields = {k: value.get(k, "latest" if k == "version" else None) for k in parts}
+    bad = [k for k, v in fields.items() if not isinstance(v, str) or not v.strip()]
+    if bad:
+        r.bad("POOL_IMAGE", f"{', '.join(bad)} missing or not a string", fix)
+        return DEFAULT_POOL_IMAGE
+    return PoolImage(**{k: v.strip() for k, v in fields.items()})
 
 
 def _git_base(r: _Reader) -> str:
@@ -401,7 +443,7 @@ def _check_azure(r: _Reader, values: dict[str, Any]) -> None:
               "use the account's name: 3-24 lowercase letters and digits")
     _base64_key(r, "STORAGE_ACCOUNT_KEY", values["storage_account_key"], True,
                 "the Azure portal (Storage account > Access keys)")
-    _base64_key(r, "BATCH_ACCOUNT_KEY", values["batch_account_key"], True,
+    _base64_key(r, "BATCH_ACCOUNT_KEY", values["batch_account_key"], False,
                 "the Azure portal (Batch account > Keys)")
     _check_url(r, "BATCH_ACCOUNT_URL", values["batch_account_url"])
     _check_url(r, "STORAGE_ACCOUNT_URL", values["storage_account_url"],
@@ -482,16 +524,20 @@ def _read_sim(path: Path, data: Mapping[str, Any], problems: _Problems,
     patterns = _patterns(r)
     timeout = r.number("TIMEOUT_MINUTES", DEFAULT_TIMEOUT_MINUTES, 0, MAX_TIMEOUT_MINUTES,
                        f"give minutes to wait for the tasks, up to {MAX_TIMEOUT_MINUTES}")
+    slots = r.integer("TASK_SLOTS_PER_NODE", 1, 1, 256, "use the tasks one node runs at once, 1-256")
+    retries = r.integer("MAX_TASK_RETRIES", 0, 0, 100, "use how often Batch retries a failed task, 0-100")
     results_value = r.string("LOCAL_RESULTS_PATH", False, "give a folder path")
     results = (r.resolve_path("LOCAL_RESULTS_PATH", results_value) if results_value
                else (sim_path / "nodes_output" if sim_path else None))
-    if None in (sim_id, nodes, tasks, start, sim_path, run_script, timeout, results) or not patterns:
+    if None in (sim_id, nodes, tasks, start, sim_path, run_script, timeout, results, slots,
+                retries) or not patterns:
         return None
     return SimConfig(path=path, sim_id=sim_id, pool_node_count=nodes, task_count=tasks,
                      starting_node=start, pool_vm_size=vm_size, local_sim_path=sim_path,
                      run_script=run_script, reducer_script=reducer_script,
                      reducer_path=reducer_path, output_file_patterns=patterns,
-                     timeout_minutes=timeout, local_results_path=results)
+                     timeout_minutes=timeout, local_results_path=results,
+                     task_slots_per_node=slots, max_task_retries=retries)
 
 
 def _sim_path(r: _Reader) -> Path | None:

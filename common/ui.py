@@ -5,7 +5,6 @@ counts change (at most every few seconds), so CI logs stay readable.
 """
 from __future__ import annotations
 
-import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -17,17 +16,9 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
                            TimeElapsedColumn, TransferSpeedColumn)
 
 from common.model import TaskCounts
+from common.redaction import redact
 
-_SAS_SIG = re.compile(r"(sig=)[^&\s\"']+", re.IGNORECASE)
 PLAIN_INTERVAL_SECONDS = 5.0
-
-
-def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Hide every known secret and every SAS signature in a message."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return _SAS_SIG.sub(r"\1***", text)
 
 
 def counts_text(counts: TaskCounts) -> str:

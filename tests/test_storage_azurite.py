@@ -12,7 +12,7 @@ from azure.storage.blob import BlobClient, ContainerClient, ContentSettings
 from common import storage as st
 from common.config import AppConfig, Secret
 from common.transfer import download_prefix, unverified_blobs, upload_if_changed
-from common.ui import redact
+from common.redaction import redact
 from conftest import AZURITE_ACCOUNT, AZURITE_KEY
 
 

@@ -13,6 +13,6 @@ def get_backend(settings: Settings) -> Backend:
         from common.backends.local import LocalBackend
         return LocalBackend(settings.app.local_storage_path)
     if name == "azure":
-        raise usage_error("--backend azure: the Azure Batch backend is not built yet: "
-                          "use --backend local (the Azure backend is tracked as a separate issue)")
+        from common.backends.azure import AzureBackend
+        return AzureBackend(settings)
     raise usage_error(f"--backend: {name!r} is not a backend: use one of: {', '.join(BACKENDS)}")

@@ -1,0 +1,143 @@
+"""Pure builders: neutral specs -> azure.batch request models. No client, no I/O.
+
+What the Azure backend sends is built here and only here, so unit tests compare it with
+golden JSON and `--dry-run` prints exactly what the service would receive. SAS URLs come
+in ready-made (TaskUrls): generating them needs the account key, which stays out of here.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shlex
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Mapping
+
+import azure.batch.models as bm
+
+from common.config import PoolImage, Secret
+from common.model import SUCCESS, JobSpec, OutputFile, PoolSpec, TaskSpec
+from common.redaction import redact
+
+TASKS_PER_REQUEST = 100  # the service's limit for addtaskcollection
+DOCKER_HUB = "docker.io"
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+@dataclass(frozen=True)
+class Registry:
+    server: str
+    username: str
+    password: Secret
+
+
+@dataclass(frozen=True)
+class TaskUrls:
+    """The SAS URLs a job's tasks use: a read URL per input blob, read+list for blob
+    prefixes, and write-only for output files."""
+
+    read: Mapping[str, str]
+    read_list: str
+    write: str
+
+
+def registry_server(image: str) -> str:
+    """Docker's rule: a first path part with a '.' or ':' (or 'localhost') names a registry."""
+    first = image.split("/", 1)[0]
+    if "/" in image and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return DOCKER_HUB
+
+
+def registry_for(image: str | None, username: str | None, token: Secret | None) -> Registry | None:
+    if image is None or username is None or token is None:
+        return None
+    return Registry(registry_server(image), username, token)
+
+
+def pool_options(spec: PoolSpec, image: PoolImage, node_agent_sku_id: str,
+                 registry: Registry | None) -> bm.BatchPoolCreateOptions:
+    containers = bm.BatchContainerConfiguration(
+        type="dockerCompatible",
+        container_image_names=[spec.image] if spec.image else None,
+        container_registries=[bm.ContainerRegistryReference(
+            registry_server=registry.server, username=registry.username,
+            password=registry.password.reveal())] if registry else None)
+    return bm.BatchPoolCreateOptions(
+        id=spec.pool_id,
+        vm_size=spec.vm_size,
+        virtual_machine_configuration=bm.VirtualMachineConfiguration(
+            image_reference=bm.BatchVmImageReference(publisher=image.publisher, offer=image.offer,
+                                                     sku=image.sku, version=image.version),
+            node_agent_sku_id=node_agent_sku_id,
+            container_configuration=containers),
+        target_dedicated_nodes=spec.node_count,
+        task_slots_per_node=spec.slots_per_node,
+        resize_timeout=timedelta(minutes=15))
+
+
+def job_options(job: JobSpec) -> bm.BatchJobCreateOptions:
+    # "noaction" first: a job created with "terminatejob" and no tasks yet could end at once.
+    return bm.BatchJobCreateOptions(id=job.job_id, pool_info=bm.BatchPoolInfo(pool_id=job.pool_id),
+                                    all_tasks_complete_mode="noaction")
+
+
+def job_completion_update() -> bm.BatchJobUpdateOptions:
+    """Sent once every task is in: the job ends by itself when its tasks have completed."""
+    return bm.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
+
+
+def command_line(command: str) -> str:
+    """One bash invocation; each line of the neutral command is a whole statement."""
+    return "/bin/bash -c " + shlex.quote("; ".join(line for line in command.splitlines() if line))
+
+
+def _resource_files(task: TaskSpec, urls: TaskUrls) -> list[bm.ResourceFile]:
+    files = []
+    for item in task.inputs:
+        path = None if item.path in ("", ".") else item.path
+        if item.is_prefix:
+            files.append(bm.ResourceFile(storage_container_url=urls.read_list,
+                                         blob_prefix=item.blob, file_path=path))
+        else:
+            files.append(bm.ResourceFile(http_url=urls.read[item.blob],
+                                         file_path=path or item.blob.rsplit("/", 1)[-1]))
+    return files
+
+
+def _output_file(output: OutputFile, write_url: str) -> bm.OutputFile:
+    # With a wildcard Batch takes `path` as a virtual folder; without one, as the blob name.
+    path = output.destination.rstrip("/") if _WILDCARD.search(output.pattern) else output.destination
+    return bm.OutputFile(
+        file_pattern=output.pattern,
+        destination=bm.OutputFileDestination(
+            container=bm.OutputFileBlobContainerDestination(path=path, container_url=write_url)),
+        upload_options=bm.OutputFileUploadConfiguration(
+            upload_condition="tasksuccess" if output.when == SUCCESS else "taskcompletion"))
+
+
+def task_options(task: TaskSpec, image: str | None, urls: TaskUrls,
+                 max_retries: int = 0) -> bm.BatchTaskCreateOptions:
+    return bm.BatchTaskCreateOptions(
+        id=task.task_id,
+        command_line=command_line(task.command),
+        container_settings=bm.BatchTaskContainerSettings(image_name=image) if image else None,
+        resource_files=_resource_files(task, urls),
+        output_files=[_output_file(o, urls.write) for o in task.outputs],
+        environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in task.environment],
+        constraints=bm.BatchTaskConstraints(max_task_retry_count=max_retries))
+
+
+def chunks(items: list[Any], size: int = TASKS_PER_REQUEST) -> list[list[Any]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def request_count(task_count: int) -> int:
+    """Requests to start a campaign: images, pool, job, task collections, job update."""
+    return 3 + math.ceil(task_count / TASKS_PER_REQUEST) + 1
+
+
+def redacted_json(model: Any, secrets: tuple[str, ...] = ()) -> str:
+    """The JSON body the service would receive, with SAS signatures and secrets hidden."""
+    return redact(json.dumps(model.as_dict(), indent=2, sort_keys=True, default=str), secrets)
