@@ -117,8 +117,7 @@ def _output_file(output: OutputFile, write_url: str) -> bm.OutputFile:
             upload_condition="tasksuccess" if output.when == SUCCESS else "taskcompletion"))
 
 
-def task_options(task: TaskSpec, image: str | None, urls: TaskUrls,
-                 max_retries: int = 0) -> bm.BatchTaskCreateOptions:
+def task_options(task: TaskSpec, image: str | None, urls: TaskUrls) -> bm.BatchTaskCreateOptions:
     return bm.BatchTaskCreateOptions(
         id=task.task_id,
         command_line=command_line(task.command),
@@ -126,7 +125,7 @@ def task_options(task: TaskSpec, image: str | None, urls: TaskUrls,
         resource_files=_resource_files(task, urls),
         output_files=[_output_file(o, urls.write) for o in task.outputs],
         environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in task.environment],
-        constraints=bm.BatchTaskConstraints(max_task_retry_count=max_retries))
+        constraints=bm.BatchTaskConstraints(max_task_retry_count=task.max_retries))
 
 
 def chunks(items: list[Any], size: int = TASKS_PER_REQUEST) -> list[list[Any]]:

@@ -115,12 +115,14 @@ def worker_task(settings: Settings, index: int) -> TaskSpec:
         outputs=outputs + (logs,),
         environment=(("SIM_ID", sim.sim_id), ("TASK_INDEX", str(index)), ("SIM_SEED", str(seed))),
         seed=seed,
+        max_retries=sim.max_task_retries,
     )
 
 
 def worker_pool(settings: Settings, ids: CampaignIds) -> PoolSpec:
     return PoolSpec(pool_id=ids.worker_pool, node_count=settings.sim.pool_node_count,
-                    vm_size=settings.sim.pool_vm_size, image=settings.app.worker_docker_image)
+                    vm_size=settings.sim.pool_vm_size, image=settings.app.worker_docker_image,
+                    slots_per_node=settings.sim.task_slots_per_node)
 
 
 def worker_job(settings: Settings, ids: CampaignIds) -> JobSpec:

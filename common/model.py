@@ -58,6 +58,7 @@ class TaskSpec:
     outputs: tuple[OutputFile, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
     seed: int | None = None
+    max_retries: int = 0  # reruns after a non-zero exit, as Batch's maxTaskRetryCount
 
 
 @dataclass(frozen=True)

@@ -157,3 +157,12 @@ def test_tasks_outlive_the_client_that_submitted_them(backend):
     while later.task_counts("job").succeeded != 1:
         assert time.monotonic() < deadline
         time.sleep(0.05)
+
+
+def test_failed_task_is_retried_up_to_max_retries(backend, tmp_path):
+    counter = tmp_path / "attempts"
+    command = f'echo x >> {counter}; [ $(wc -l < {counter}) -ge 3 ]'  # succeeds on the 3rd run
+    task = TaskSpec("task-1", 1, command, max_retries=2)
+    run_job(backend, [task])
+    assert backend.task_counts("job").succeeded == 1
+    assert counter.read_text().count("x") == 3

@@ -289,8 +289,7 @@ class AzureBackend(Backend):
 
     def build_tasks(self, job: JobSpec) -> list[bm.BatchTaskCreateOptions]:
         urls = self.task_urls(job)
-        retries = self.settings.sim.max_task_retries
-        return [bb.task_options(t, job.image, urls, retries) for t in job.tasks]
+        return [bb.task_options(t, job.image, urls) for t in job.tasks]
 
     def submit_job(self, job: JobSpec) -> None:
         try:

@@ -118,9 +118,22 @@ class Agent:
         except OSError as exc:
             self.finish(tdir, state, None, "ResourceFileDownloadError", f"input not staged: {exc}")
             return
+        env = self.task_env(job, tdir, task, node_id)
+        for attempt in range(task.max_retries + 1):  # Batch's maxTaskRetryCount
+            state["retry_count"] = attempt
+            code = self.execute(job, tdir, task, env)
+            if code == 0 or job in self.deleted_jobs or self.stopping.is_set():
+                break
+        if job in self.deleted_jobs or self.stopping.is_set():
+            return
+        failure = collect_outputs(task, tdir, container, succeeded=code == 0)
+        self.finish(tdir, state, code, *failure)
+
+    def execute(self, job: Path, tdir: Path, task: TaskSpec, env: dict[str, str]) -> int:
+        """One run of the command, its output replacing any earlier attempt's."""
         with (tdir / "stdout.txt").open("wb") as out, (tdir / "stderr.txt").open("wb") as err:
-            proc = subprocess.Popen(["bash", "-c", task.command], cwd=wd, stdout=out, stderr=err,
-                                    stdin=subprocess.DEVNULL, env=self.task_env(job, tdir, task, node_id),
+            proc = subprocess.Popen(["bash", "-c", task.command], cwd=tdir / "wd", stdout=out,
+                                    stderr=err, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
             with self.lock:
                 self.running[tdir] = proc
@@ -129,10 +142,7 @@ class Agent:
             code = proc.wait()
             with self.lock:
                 self.running.pop(tdir, None)
-        if job in self.deleted_jobs or self.stopping.is_set():
-            return
-        failure = collect_outputs(task, tdir, container, succeeded=code == 0)
-        self.finish(tdir, state, code, *failure)
+        return code
 
     def finish(self, tdir: Path, state: dict, code: int | None, failure_code: str | None,
                failure_message: str | None) -> None:

@@ -69,4 +69,5 @@ def task_from_json(data: dict[str, Any]) -> TaskSpec:
         outputs=tuple(OutputFile(**o) for o in data["outputs"]),
         environment=tuple((k, v) for k, v in data["environment"]),
         seed=data.get("seed"),
+        max_retries=data.get("max_retries", 0),
     )
