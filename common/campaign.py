@@ -79,16 +79,21 @@ _UNPACK = ('unpack() { if command -v unzip >/dev/null 2>&1; then unzip -q -o "$1
            'else python3 -m zipfile -e "$1" "$2"; fi; }')
 
 
-def worker_command(run_script: str, index: int) -> str:
-    """Unpack the simulation and run RUN_SCRIPT with the task index, as the original did."""
+# Sets `i:Ts/Seed = $SIM_SEED` in a TOPAS parameter file, replacing the line (TOPAS names are
+# case-insensitive) or adding it. awk and cat, not `sed -i`: the same on GNU, BSD and busybox.
+_SET_SEED = ('set_seed() { awk -v seed="$SIM_SEED" \'tolower($0) ~ /^[ \\t]*i:ts\\/seed[ \\t]*=/ '
+             '{ print "i:Ts/Seed = " seed; done = 1; next } { print } '
+             'END { if (!done) print "i:Ts/Seed = " seed }\' "$1" > "$1.seeded" && '
+             'cat "$1.seeded" > "$1" && rm "$1.seeded"; }')
+
+
+def worker_command(run_script: str, index: int, seed_files: tuple[str, ...] = ()) -> str:
+    """Unpack the simulation, set the seed in the TOPAS parameter files named, and run
+    RUN_SCRIPT with the task index, as the original did."""
     script = shlex.quote(f"./{run_script}")
-    return "\n".join([
-        "set -e",
-        _UNPACK,
-        f"unpack {SIM_ARCHIVE_BLOB} .",
-        f"chmod +x {script}",
-        f"exec {script} {index}",
-    ])
+    seeding = [_SET_SEED] + [f"set_seed {shlex.quote(f)}" for f in seed_files] if seed_files else []
+    return "\n".join(["set -e", _UNPACK, f"unpack {SIM_ARCHIVE_BLOB} .", *seeding,
+                      f"chmod +x {script}", f"exec {script} {index}"])
 
 
 def output_under(pattern: str, prefix: str, when: str) -> OutputFile:
@@ -110,7 +115,7 @@ def worker_task(settings: Settings, index: int) -> TaskSpec:
     return TaskSpec(
         task_id=task_id(index),
         index=index,
-        command=worker_command(sim.run_script, index),
+        command=worker_command(sim.run_script, index, sim.seed_parameter_files),
         inputs=(InputFile(SIM_ARCHIVE_BLOB), InputFile(SIMCONFIG_BLOB)),
         outputs=outputs + (logs,),
         environment=(("SIM_ID", sim.sim_id), ("TASK_INDEX", str(index)), ("SIM_SEED", str(seed))),

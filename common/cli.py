@@ -21,7 +21,7 @@ from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, ToolError, usage_error
 from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
 from common.redaction import redact
 from common.ui import Ui
-from common.workflow import Context, Outcome, run_reducer, run_simulation
+from common.workflow import Context, Outcome, plan, run_reducer, run_simulation
 
 RUNNER, REDUCER = "runner", "reducer"
 _DESCRIPTIONS = {
@@ -58,6 +58,10 @@ def build_parser(script: str) -> argparse.ArgumentParser:
                               "results for good)")
     answers.add_argument("--no-input", action="store_true",
                          help="ask nothing: take each question's default and print the choice")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the configuration and print the pool, job and first tasks "
+                             "as they would be sent (secrets and SAS signatures hidden), with the "
+                             "number of requests; create, upload and delete nothing")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print more detail, and a traceback on unexpected errors")
     return parser
@@ -92,6 +96,8 @@ def _run(script: str, argv: Sequence[str], console: Console) -> Outcome:
     try:
         ctx = Context(settings=settings, backend=backend, prompter=_prompter(args, ui), ui=ui,
                       poll_seconds=backend.poll_seconds)
+        if args.dry_run:
+            return plan(ctx, reducer=script == REDUCER)
         return workflow(ctx)
     finally:
         backend.close()

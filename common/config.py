@@ -34,7 +34,7 @@ SIM_KEYS = (
     "SIM_ID", "POOL_NODE_COUNT", "TASK_COUNT", "STARTING_NODE", "POOL_VM_SIZE",
     "LOCAL_SIM_PATH", "RUN_SCRIPT", "REDUCER_SCRIPT", "REDUCER_PATH",
     "OUTPUT_FILE_PATTERNS", "TIMEOUT_MINUTES", "LOCAL_RESULTS_PATH",
-    "TASK_SLOTS_PER_NODE", "MAX_TASK_RETRIES",
+    "TASK_SLOTS_PER_NODE", "MAX_TASK_RETRIES", "SEED_PARAMETER_FILES",
 )
 
 # Longest suffix the tool adds to SIM_ID for a Batch id: "-workers-YYYYmmddHHMMSS".
@@ -148,6 +148,7 @@ class SimConfig:
     local_results_path: Path
     task_slots_per_node: int = 1
     max_task_retries: int = 0
+    seed_parameter_files: tuple[str, ...] = ()  # TOPAS files whose i:Ts/Seed each task sets
 
     @property
     def task_indices(self) -> range:
@@ -524,6 +525,7 @@ def _read_sim(path: Path, data: Mapping[str, Any], problems: _Problems,
     patterns = _patterns(r)
     timeout = r.number("TIMEOUT_MINUTES", DEFAULT_TIMEOUT_MINUTES, 0, MAX_TIMEOUT_MINUTES,
                        f"give minutes to wait for the tasks, up to {MAX_TIMEOUT_MINUTES}")
+    seed_files = _seed_files(r, sim_path)
     slots = r.integer("TASK_SLOTS_PER_NODE", 1, 1, 256, "use the tasks one node runs at once, 1-256")
     retries = r.integer("MAX_TASK_RETRIES", 0, 0, 100, "use how often Batch retries a failed task, 0-100")
     results_value = r.string("LOCAL_RESULTS_PATH", False, "give a folder path")
@@ -537,7 +539,21 @@ def _read_sim(path: Path, data: Mapping[str, Any], problems: _Problems,
                      run_script=run_script, reducer_script=reducer_script,
                      reducer_path=reducer_path, output_file_patterns=patterns,
                      timeout_minutes=timeout, local_results_path=results,
-                     task_slots_per_node=slots, max_task_retries=retries)
+                     task_slots_per_node=slots, max_task_retries=retries,
+                     seed_parameter_files=seed_files)
+
+
+def _seed_files(r: _Reader, sim_path: Path | None) -> tuple[str, ...]:
+    value = r.data.get("SEED_PARAMETER_FILES")
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        r.bad("SEED_PARAMETER_FILES", f"must be a list of file names, not {_json_type(value)}",
+              'list the TOPAS parameter files that set i:Ts/Seed, e.g. ["main.txt"]')
+        return ()
+    found = [_relative_inside(r, "SEED_PARAMETER_FILES", v.strip(), sim_path, must_be_file=True)
+             for v in value]
+    return tuple(f for f in found if f is not None)
 
 
 def _sim_path(r: _Reader) -> Path | None:

@@ -294,3 +294,27 @@ def _show_reducer_log(ctx: Context, job: JobSpec) -> None:
     text = ctx.backend.task_output(job.job_id, job.tasks[0].task_id, "stdout.txt").strip()
     for line in text.splitlines()[-20:]:
         ctx.ui.info(f"| {line}")
+
+
+# ---------------------------------------------------------------------------- --dry-run
+
+
+def plan(ctx: Context, reducer: bool) -> Outcome:
+    """What the script would create and send, built in full but never sent (--dry-run)."""
+    settings, ids = ctx.settings, ctx.ids
+    if reducer:
+        pool, job = cp.reducer_pool(settings, ids), cp.reducer_job(settings, ids)
+    else:
+        pool, job = cp.worker_pool(settings, ids), cp.worker_job(settings, ids)
+        with tempfile.TemporaryDirectory(prefix="batch-sim-") as tmp:
+            archive = build_archive(settings.sim.local_sim_path, Path(tmp) / cp.SIM_ARCHIVE_BLOB,
+                                    exclude=(settings.sim.local_results_path,
+                                             settings.app.local_storage_path))
+        ctx.ui.info(f"{cp.SIM_ARCHIVE_BLOB} would hold {archive.files} file(s), {archive.size:,} bytes")
+    lines = [f"Dry run of {'the reducer' if reducer else 'campaign'} {settings.sim.sim_id} "
+             f"({settings.backend} backend): nothing was created, uploaded or sent.",
+             f"  container {ids.container}, pool {pool.pool_id}, job {job.job_id}, "
+             f"{len(job.tasks)} task(s)"]
+    for title, text in ctx.backend.describe(pool, job):
+        lines += [f"--- {title}", text]
+    return Outcome(EXIT_OK, tuple(lines))

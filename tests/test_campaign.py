@@ -5,7 +5,10 @@ import subprocess
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from common import campaign as cp
+from common.errors import ToolError
 from common.config import load_settings
 from common.packaging import build_archive
 
@@ -72,3 +75,41 @@ def test_archive_is_deterministic_and_leaves_out_results(tmp_path):
     assert (tmp_path / "1.zip").read_bytes() == (tmp_path / "2.zip").read_bytes()
     assert zipfile.ZipFile(first.path).namelist() == ["a.txt", "b.txt"]
     assert second.files == 2
+
+
+def test_seed_is_written_into_topas_parameter_files(tmp_path):
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    (sim / "main.txt").write_text('s:Ge/World/Material = "G4_WATER"\n  I:TS/SEED = 17\ni:Ts/NumberOfThreads = 1\n')
+    (sim / "other.txt").write_text("d:Ge/World/HLX = 10 cm")  # no seed line, no final newline
+    (sim / "go.sh").write_text("#!/bin/bash\ncat main.txt other.txt\n")
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    build_archive(sim, wd / cp.SIM_ARCHIVE_BLOB)
+    command = cp.worker_command("go.sh", 3, ("main.txt", "other.txt"))
+    result = subprocess.run(["bash", "-c", command], cwd=wd, capture_output=True, text=True,
+                            env={"SIM_SEED": "123456789", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        's:Ge/World/Material = "G4_WATER"', "i:Ts/Seed = 123456789", "i:Ts/NumberOfThreads = 1",
+        "d:Ge/World/HLX = 10 cm", "i:Ts/Seed = 123456789"]
+
+
+@pytest.mark.parametrize("value, what", [(["absent.txt"], "does not exist"),
+                                         (["../outside.txt"], "is not inside"),
+                                         ("main.txt", "must be a list")])
+def test_bad_seed_parameter_files_are_refused(campaign, value, what):
+    campaign.update(SEED_PARAMETER_FILES=value)
+    with pytest.raises(ToolError) as refused:
+        load_settings(campaign.simconfig)
+    assert refused.value.exit_code == 2
+    [line] = refused.value.lines
+    assert line.startswith("simconfig.json: SEED_PARAMETER_FILES:") or "SEED_PARAMETER_FILES" in line
+    assert what in line
+
+
+def test_seed_parameter_files_reach_the_worker_command(campaign):
+    (campaign.sim_dir / "main.txt").write_text("i:Ts/Seed = 1\n")
+    campaign.update(SEED_PARAMETER_FILES=["main.txt"])
+    task = cp.worker_task(load_settings(campaign.simconfig), 1)
+    assert "set_seed main.txt" in task.command

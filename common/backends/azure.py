@@ -291,6 +291,22 @@ class AzureBackend(Backend):
         urls = self.task_urls(job)
         return [bb.task_options(t, job.image, urls) for t in job.tasks]
 
+    def describe(self, pool: PoolSpec, job: JobSpec, shown_tasks: int = 3) -> list[tuple[str, str]]:
+        app = self.settings.app
+        registry = bb.registry_for(pool.image, app.docker_user, app.docker_token)
+        secrets = app.secrets()
+        tasks = self.build_tasks(JobSpec(job.job_id, job.pool_id, job.container,
+                                         job.tasks[:shown_tasks], job.image))
+        return ([("pool (POST /pools)", bb.redacted_json(
+                    bb.pool_options(pool, app.pool_image, app.node_agent_sku_id, registry), secrets)),
+                 ("job (POST /jobs)", bb.redacted_json(bb.job_options(job), secrets))]
+                + [(f"task {t.id} (POST /jobs/{job.job_id}/addtaskcollection)",
+                    bb.redacted_json(t, secrets)) for t in tasks]
+                + [("requests", f"{bb.request_count(len(job.tasks))} requests to start "
+                                f"{len(job.tasks)} task(s): supported images, pool, job, "
+                                f"{len(bb.chunks(list(job.tasks)))} task collection(s) of up to "
+                                f"{bb.TASKS_PER_REQUEST}, job update")])
+
     def submit_job(self, job: JobSpec) -> None:
         try:
             self._call(f"creating job {job.job_id}", lambda: self.client.create_job(bb.job_options(job)))

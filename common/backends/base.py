@@ -6,7 +6,9 @@ promise; a backend that cannot keep one raises ToolError with the service's own 
 """
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -103,6 +105,15 @@ class Backend(ABC):
 
         Missing pools are not an error. Data in blob storage is never touched.
         """
+
+    def describe(self, pool: PoolSpec, job: JobSpec, shown_tasks: int = 3) -> list[tuple[str, str]]:
+        """(title, text) of what starting this pool and job would send, for --dry-run.
+
+        Pure: builds, never sends. Backends with a wire format show their request bodies.
+        """
+        return [("pool", json.dumps(asdict(pool), indent=2)),
+                ("job", json.dumps({k: v for k, v in asdict(job).items() if k != "tasks"}, indent=2))] + \
+               [(f"task {t.task_id}", json.dumps(asdict(t), indent=2)) for t in job.tasks[:shown_tasks]]
 
     def close(self) -> None:
         """Release clients and connections."""
