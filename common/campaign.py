@@ -144,6 +144,8 @@ def reducer_command(reducer_script: str) -> str:
     lines = ["set -e", _UNPACK, f"unpack {REDUCER_ARCHIVE_BLOB} reducer",
              f"mkdir -p {RESULTS_PREFIX}"]
     if reducer_script == BUILTIN_TOPAS:
+        # The merge needs numpy; a plain Python image (python:3.12-slim) gets it from PyPI.
+        lines.append('python3 -c "import numpy" 2>/dev/null || python3 -m pip install --quiet numpy')
         lines.append('PYTHONPATH="$PWD/reducer" exec python3 -m common.topas merge '
                      f'--out {RESULTS_PREFIX} {OUTPUT_PREFIX}run*/')
     else:
