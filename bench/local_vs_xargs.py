@@ -42,7 +42,7 @@ def run_local(tasks: int, seconds: float, cpus: int) -> float:
         specs = tuple(TaskSpec(f"task-{i}", i, command(seconds)) for i in range(tasks))
         started = time.perf_counter()
         backend.prepare_pool(PoolSpec("bench", cpus, None, None), lambda _: None)
-        backend.submit_job(JobSpec("bench-job", "bench", "bench", specs))
+        backend.submit_job(JobSpec("bench-job", "bench", "bench", specs), lambda _: None)
         while True:
             counts = backend.task_counts("bench-job")
             if counts.active == 0 and counts.running == 0:

@@ -56,31 +56,63 @@ def registry_for(image: str | None, username: str | None, token: Secret | None) 
     return Registry(registry_server(image), username, token)
 
 
-def pool_options(spec: PoolSpec, image: PoolImage, node_agent_sku_id: str,
-                 registry: Registry | None) -> bm.BatchPoolCreateOptions:
+@dataclass(frozen=True)
+class NodeSetup:
+    """How every node of a pool is made: VM image, node agent, registry for the image."""
+
+    image: PoolImage
+    node_agent_sku_id: str
+    registry: Registry | None
+
+
+def _vm_configuration(spec: PoolSpec, setup: NodeSetup) -> bm.VirtualMachineConfiguration:
+    registry = setup.registry
     containers = bm.BatchContainerConfiguration(
         type="dockerCompatible",
         container_image_names=[spec.image] if spec.image else None,
         container_registries=[bm.ContainerRegistryReference(
             registry_server=registry.server, username=registry.username,
             password=registry.password.reveal())] if registry else None)
+    image = setup.image
+    return bm.VirtualMachineConfiguration(
+        image_reference=bm.BatchVmImageReference(publisher=image.publisher, offer=image.offer,
+                                                 sku=image.sku, version=image.version),
+        node_agent_sku_id=setup.node_agent_sku_id,
+        container_configuration=containers)
+
+
+def pool_options(spec: PoolSpec, setup: NodeSetup) -> bm.BatchPoolCreateOptions:
     return bm.BatchPoolCreateOptions(
-        id=spec.pool_id,
-        vm_size=spec.vm_size,
-        virtual_machine_configuration=bm.VirtualMachineConfiguration(
-            image_reference=bm.BatchVmImageReference(publisher=image.publisher, offer=image.offer,
-                                                     sku=image.sku, version=image.version),
-            node_agent_sku_id=node_agent_sku_id,
-            container_configuration=containers),
-        target_dedicated_nodes=spec.node_count,
-        task_slots_per_node=spec.slots_per_node,
+        id=spec.pool_id, vm_size=spec.vm_size,
+        virtual_machine_configuration=_vm_configuration(spec, setup),
+        target_dedicated_nodes=spec.node_count, task_slots_per_node=spec.slots_per_node,
         resize_timeout=timedelta(minutes=15))
 
 
-def job_options(job: JobSpec) -> bm.BatchJobCreateOptions:
+AUTO_POOL_PREFIX_MAX = 20
+
+
+def _pool_info(job: JobSpec, setup: NodeSetup) -> bm.BatchPoolInfo:
+    spec = job.auto_pool
+    if spec is None:
+        return bm.BatchPoolInfo(pool_id=job.pool_id)
+    # Lifetime "job", no keep-alive: the service deletes the pool when the job ends.
+    return bm.BatchPoolInfo(auto_pool_specification=bm.BatchAutoPoolSpecification(
+        auto_pool_id_prefix=spec.pool_id[:AUTO_POOL_PREFIX_MAX], pool_lifetime_option="job",
+        keep_alive=False,
+        pool=bm.BatchPoolSpecification(
+            vm_size=spec.vm_size, virtual_machine_configuration=_vm_configuration(spec, setup),
+            target_dedicated_nodes=spec.node_count, task_slots_per_node=spec.slots_per_node,
+            resize_timeout=timedelta(minutes=15))))
+
+
+def job_options(job: JobSpec, setup: NodeSetup) -> bm.BatchJobCreateOptions:
     # "noaction" first: a job created with "terminatejob" and no tasks yet could end at once.
-    return bm.BatchJobCreateOptions(id=job.job_id, pool_info=bm.BatchPoolInfo(pool_id=job.pool_id),
-                                    all_tasks_complete_mode="noaction")
+    limit = job.max_wall_clock_minutes
+    return bm.BatchJobCreateOptions(
+        id=job.job_id, pool_info=_pool_info(job, setup), all_tasks_complete_mode="noaction",
+        constraints=bm.BatchJobConstraints(max_wall_clock_time=timedelta(minutes=limit))
+        if limit else None)
 
 
 def job_completion_update() -> bm.BatchJobUpdateOptions:

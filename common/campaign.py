@@ -107,13 +107,13 @@ def output_under(pattern: str, prefix: str, when: str) -> OutputFile:
     return OutputFile(pattern, prefix + pattern.lstrip("./"), when)
 
 
-def worker_task(settings: Settings, index: int) -> TaskSpec:
+def worker_task(settings: Settings, index: int, retry: int = 0) -> TaskSpec:
     sim = settings.sim
     seed = sim_seed(sim.sim_id, index)
     outputs = tuple(output_under(p, run_prefix(index), SUCCESS) for p in sim.output_file_patterns)
     logs = output_under("../std*.txt", run_prefix(index), COMPLETION)
     return TaskSpec(
-        task_id=task_id(index),
+        task_id=task_id(index) + (f"-r{retry}" if retry else ""),
         index=index,
         command=worker_command(sim.run_script, index, sim.seed_parameter_files),
         inputs=(InputFile(SIM_ARCHIVE_BLOB), InputFile(SIMCONFIG_BLOB)),
@@ -130,10 +130,26 @@ def worker_pool(settings: Settings, ids: CampaignIds) -> PoolSpec:
                     slots_per_node=settings.sim.task_slots_per_node)
 
 
-def worker_job(settings: Settings, ids: CampaignIds) -> JobSpec:
-    tasks = tuple(worker_task(settings, i) for i in settings.sim.task_indices)
-    return JobSpec(job_id=ids.worker_job, pool_id=ids.worker_pool, container=ids.container,
-                   tasks=tasks, image=settings.app.worker_docker_image)
+# Pool start-up and output upload on top of the tasks' own time, before Batch ends the job.
+WALL_CLOCK_MARGIN_MINUTES = 30
+
+
+def _job(settings: Settings, job_id: str, pool: PoolSpec, container: str,
+         tasks: tuple[TaskSpec, ...], image: str | None) -> JobSpec:
+    auto = settings.sim.auto_delete_pool
+    return JobSpec(job_id=job_id, pool_id=pool.pool_id, container=container, tasks=tasks,
+                   image=image, auto_pool=pool if auto else None,
+                   max_wall_clock_minutes=(settings.sim.timeout_minutes + WALL_CLOCK_MARGIN_MINUTES
+                                           if auto else None))
+
+
+def worker_job(settings: Settings, ids: CampaignIds, indices: tuple[int, ...] | None = None,
+               job_id: str | None = None, retry: int = 0) -> JobSpec:
+    """The worker job; `indices` and `retry` rerun only some tasks, under new task ids."""
+    chosen = settings.sim.task_indices if indices is None else indices
+    tasks = tuple(worker_task(settings, i, retry) for i in chosen)
+    return _job(settings, job_id or ids.worker_job, worker_pool(settings, ids), ids.container,
+                tasks, settings.app.worker_docker_image)
 
 
 def reducer_command(reducer_script: str) -> str:
@@ -173,5 +189,5 @@ def reducer_job(settings: Settings, ids: CampaignIds) -> JobSpec:
                  OutputFile("../stderr.txt", f"{RESULTS_PREFIX}reducer_stderr.txt", COMPLETION)),
         environment=(("SIM_ID", settings.sim.sim_id),),
     )
-    return JobSpec(job_id=ids.reducer_job, pool_id=ids.reducer_pool, container=ids.container,
-                   tasks=(task,), image=settings.app.reducer_docker_image)
+    return _job(settings, ids.reducer_job, reducer_pool(settings, ids), ids.container, (task,),
+                settings.app.reducer_docker_image)

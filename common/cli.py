@@ -21,7 +21,10 @@ from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, ToolError, usage_error
 from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
 from common.redaction import redact
 from common.ui import Ui
-from common.workflow import Context, Outcome, plan, run_reducer, run_simulation
+from common.manifest import REDUCER as REDUCER_JOBS
+from common.manifest import WORKERS
+from common.workflow import (Context, Outcome, attach, cleanup, plan, rerun_failed, run_reducer,
+                             run_simulation, status)
 
 RUNNER, REDUCER = "runner", "reducer"
 _DESCRIPTIONS = {
@@ -58,10 +61,23 @@ def build_parser(script: str) -> argparse.ArgumentParser:
                               "results for good)")
     answers.add_argument("--no-input", action="store_true",
                          help="ask nothing: take each question's default and print the choice")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="check the configuration and print the pool, job and first tasks "
-                             "as they would be sent (secrets and SAS signatures hidden), with the "
-                             "number of requests; create, upload and delete nothing")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--dry-run", action="store_true",
+                       help="check the configuration and print the pool, job and first tasks "
+                            "as they would be sent (secrets and SAS signatures hidden), with the "
+                            "number of requests; create, upload and delete nothing")
+    modes.add_argument("--attach", action="store_true",
+                       help="pick up the campaign's running job from its manifest (no new pool, "
+                            "job or tasks): wait, report, then the cleanup questions")
+    modes.add_argument("--cleanup", action="store_true",
+                       help="only the cleanup questions (delete job/pool, download, delete "
+                            "container) for a campaign started earlier, from its manifest")
+    modes.add_argument("--status", action="store_true",
+                       help="print the campaign's task counts and what still exists, then exit")
+    if script == RUNNER:
+        modes.add_argument("--rerun-failed", action="store_true",
+                           help="resubmit only the failed tasks of the last run (same index and "
+                                "seed, new task ids), wait, and ask the cleanup questions")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print more detail, and a traceback on unexpected errors")
     return parser
@@ -96,8 +112,17 @@ def _run(script: str, argv: Sequence[str], console: Console) -> Outcome:
     try:
         ctx = Context(settings=settings, backend=backend, prompter=_prompter(args, ui), ui=ui,
                       poll_seconds=backend.poll_seconds)
+        kind = REDUCER_JOBS if script == REDUCER else WORKERS
         if args.dry_run:
             return plan(ctx, reducer=script == REDUCER)
+        if args.attach:
+            return attach(ctx, kind)
+        if args.cleanup:
+            return cleanup(ctx, kind)
+        if args.status:
+            return status(ctx)
+        if getattr(args, "rerun_failed", False):
+            return rerun_failed(ctx)
         return workflow(ctx)
     finally:
         backend.close()

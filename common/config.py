@@ -34,7 +34,7 @@ SIM_KEYS = (
     "SIM_ID", "POOL_NODE_COUNT", "TASK_COUNT", "STARTING_NODE", "POOL_VM_SIZE",
     "LOCAL_SIM_PATH", "RUN_SCRIPT", "REDUCER_SCRIPT", "REDUCER_PATH",
     "OUTPUT_FILE_PATTERNS", "TIMEOUT_MINUTES", "LOCAL_RESULTS_PATH",
-    "TASK_SLOTS_PER_NODE", "MAX_TASK_RETRIES", "SEED_PARAMETER_FILES",
+    "TASK_SLOTS_PER_NODE", "MAX_TASK_RETRIES", "SEED_PARAMETER_FILES", "AUTO_DELETE_POOL",
 )
 
 # Longest suffix the tool adds to SIM_ID for a Batch id: "-workers-YYYYmmddHHMMSS".
@@ -149,6 +149,7 @@ class SimConfig:
     task_slots_per_node: int = 1
     max_task_retries: int = 0
     seed_parameter_files: tuple[str, ...] = ()  # TOPAS files whose i:Ts/Seed each task sets
+    auto_delete_pool: bool = True  # Batch deletes the pool when the job ends
 
     @property
     def task_indices(self) -> range:
@@ -256,6 +257,13 @@ class _Reader:
         if not low <= value <= high:
             self.bad(key, f"is {value}, outside {low}..{high}", fix)
             return None
+        return value
+
+    def boolean(self, key: str, default: bool, fix: str) -> bool:
+        value = self.data.get(key, default)
+        if not isinstance(value, bool):
+            self.bad(key, f"must be true or false, not {_json_type(value)} {value!r}", fix)
+            return default
         return value
 
     def number(self, key: str, default: float, low: float, high: float, fix: str) -> float | None:
@@ -526,6 +534,9 @@ def _read_sim(path: Path, data: Mapping[str, Any], problems: _Problems,
     timeout = r.number("TIMEOUT_MINUTES", DEFAULT_TIMEOUT_MINUTES, 0, MAX_TIMEOUT_MINUTES,
                        f"give minutes to wait for the tasks, up to {MAX_TIMEOUT_MINUTES}")
     seed_files = _seed_files(r, sim_path)
+    auto_delete = r.boolean("AUTO_DELETE_POOL", True, "use true (Batch deletes the pool when the "
+                            "job ends: nothing bills after a crash) or false (keep a named pool "
+                            "for reuse)")
     slots = r.integer("TASK_SLOTS_PER_NODE", 1, 1, 256, "use the tasks one node runs at once, 1-256")
     retries = r.integer("MAX_TASK_RETRIES", 0, 0, 100, "use how often Batch retries a failed task, 0-100")
     results_value = r.string("LOCAL_RESULTS_PATH", False, "give a folder path")
@@ -540,7 +551,7 @@ def _read_sim(path: Path, data: Mapping[str, Any], problems: _Problems,
                      reducer_path=reducer_path, output_file_patterns=patterns,
                      timeout_minutes=timeout, local_results_path=results,
                      task_slots_per_node=slots, max_task_retries=retries,
-                     seed_parameter_files=seed_files)
+                     seed_parameter_files=seed_files, auto_delete_pool=auto_delete)
 
 
 def _seed_files(r: _Reader, sim_path: Path | None) -> tuple[str, ...]:

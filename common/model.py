@@ -68,6 +68,10 @@ class JobSpec:
     container: str  # the blob container holding inputs and receiving outputs
     tasks: tuple[TaskSpec, ...]
     image: str | None = None
+    # A pool made for this job alone and deleted by the service when the job ends (Azure auto
+    # pool): a campaign whose client died stops billing by itself. pool_id is then a prefix.
+    auto_pool: PoolSpec | None = None
+    max_wall_clock_minutes: float | None = None  # the service ends the job after this
 
 
 @dataclass(frozen=True)

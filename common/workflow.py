@@ -1,9 +1,11 @@
 """The steps of each script, backend-neutral: upload, pool, job, wait, report, clean up.
 
-`run_simulation` is batch_simulation_runner.py and `run_reducer` is batch_data_reducer.py.
-They talk to a Backend and a BlobStore only. Anything that costs money (job, pool) is
-offered for deletion on every way out, Ctrl-C included; data is deleted only when the user
-says so and every result has a verified local copy (or the user confirms the loss).
+`run_simulation` is batch_simulation_runner.py and `run_reducer` is batch_data_reducer.py;
+`attach`, `cleanup`, `status` and `rerun_failed` pick a campaign up again from its manifest
+(common/manifest.py), which records every effect as it happens. Anything that costs money
+(job, pool) is offered for deletion on every way out, Ctrl-C and crashes included; data is
+deleted only when the user says so and every result has a verified local copy (or the user
+confirms the loss at a terminal).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from common import campaign as cp
 from common.backends.base import Backend, BlobStore
 from common.config import Settings
 from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ToolError
+from common.manifest import REDUCER, WORKERS, JobRecord, Manifest, ManifestFile, load, manifest_path
 from common.model import JobSpec, PoolSpec, TaskCounts, TaskFailure
 from common.packaging import build_archive
 from common.prompts import Prompter
@@ -36,10 +39,20 @@ class Context:
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     poll_seconds: float = 1.0
+    # Test hook: called with each step's name before it runs (fault injection).
+    before_step: Callable[[str], None] = lambda step: None
 
     @property
     def ids(self) -> cp.CampaignIds:
         return cp.CampaignIds(self.settings.sim.sim_id, self.started.strftime("%Y%m%d%H%M%S"))
+
+    @property
+    def manifest_path(self) -> Path:
+        return manifest_path(self.settings.sim.path, self.settings.sim.sim_id)
+
+    def step(self, name: str, text: str) -> None:
+        self.before_step(name)
+        self.ui.step(text)
 
 
 @dataclass(frozen=True)
@@ -48,39 +61,68 @@ class Outcome:
     summary: tuple[str, ...]
 
 
-@dataclass
-class _Compute:
-    """The job and pool this run created or used: what must be offered for deletion."""
+def _billing_mode(ctx: Context, job: JobSpec | JobRecord) -> str:
+    if ctx.backend.name == "local":
+        return "billing: none (local backend)"
+    if job.auto_pool:
+        return "billing safety: on — Batch deletes the pool when the job ends, even if this script dies"
+    return "billing safety: off (AUTO_DELETE_POOL false) — the pool bills until it is deleted"
 
-    pool_id: str | None = None
-    job_id: str | None = None
-    deleted: bool = False
+
+# ---------------------------------------------------------------------------- manifest
+
+
+def _open_manifest(ctx: Context) -> ManifestFile:
+    ids = ctx.ids
+    fresh = Manifest(sim_id=ctx.settings.sim.sim_id, backend=ctx.settings.backend,
+                     container=ids.container, simconfig=str(ctx.settings.sim.path))
+    record = ManifestFile.open(ctx.manifest_path, fresh)
+    record.save()
+    ctx.ui.info(f"campaign manifest: {record.path}")
+    return record
+
+
+def _existing_manifest(ctx: Context) -> ManifestFile:
+    found = load(ctx.manifest_path)
+    if found is None:
+        raise ToolError(f"no campaign manifest at {ctx.manifest_path}: nothing to pick up for "
+                        f"{ctx.settings.sim.sim_id} (it is written when a campaign starts)")
+    if found.backend != ctx.settings.backend:
+        raise ToolError(f"{ctx.manifest_path}: the campaign ran on the {found.backend} backend, "
+                        f"not {ctx.settings.backend}: pass --backend {found.backend}", exit_code=2)
+    ctx.ui.info(f"campaign manifest: {ctx.manifest_path}")
+    return ManifestFile(ctx.manifest_path, found)
 
 
 # ---------------------------------------------------------------------------- shared steps
 
 
-def _upload(ctx: Context, store: BlobStore, source: Path, blob: str) -> None:
+def _upload(ctx: Context, store: BlobStore, record: ManifestFile, source: Path, blob: str) -> None:
+    record.uploaded(blob)  # before the effect: a crash mid-upload still leaves it on record
     if upload_if_changed(store, source, blob):
         ctx.ui.info(f"uploaded {blob} ({source.stat().st_size:,} bytes)")
     else:
         ctx.ui.info(f"{blob} is unchanged in storage: nothing uploaded")
 
 
-def _run_job(ctx: Context, pool: PoolSpec, job: JobSpec, compute: _Compute) -> TaskCounts | None:
-    """Prepare the pool, submit the job, wait. None means the timeout came first."""
-    ctx.ui.step(f"Preparing pool {pool.pool_id}")
-    compute.pool_id = pool.pool_id
-    ctx.backend.prepare_pool(pool, ctx.ui.info)
-    ctx.ui.step(f"Submitting job {job.job_id} with {len(job.tasks)} task(s)")
-    compute.job_id = job.job_id
-    ctx.backend.submit_job(job)
-    return _wait(ctx, job.job_id, len(job.tasks))
+def _start_job(ctx: Context, record: ManifestFile, pool: PoolSpec, job: JobSpec, kind: str) -> None:
+    """Create (or reuse) the pool, submit the job; the manifest knows each before it exists."""
+    entry = JobRecord(job_id=job.job_id, kind=kind, pool_id=None if job.auto_pool else pool.pool_id,
+                      task_ids=tuple(t.task_id for t in job.tasks),
+                      task_indices=tuple(t.index for t in job.tasks), auto_pool=bool(job.auto_pool))
+    record.add_job(entry)
+    if job.auto_pool is None:
+        ctx.step("pool", f"Preparing pool {pool.pool_id}")
+        ctx.backend.prepare_pool(pool, ctx.ui.info)
+    ctx.step("submit", f"Submitting job {job.job_id} with {len(job.tasks)} task(s)")
+    ctx.ui.info(_billing_mode(ctx, job))
+    pool_id = ctx.backend.submit_job(job, ctx.ui.info)
+    record.change_job(job.job_id, pool_id=pool_id)
 
 
 def _wait(ctx: Context, job_id: str, total: int) -> TaskCounts | None:
     minutes = ctx.settings.sim.timeout_minutes
-    ctx.ui.step(f"Waiting for {total} task(s) (timeout {minutes:g} min; Ctrl-C to stop waiting)")
+    ctx.step("wait", f"Waiting for {total} task(s) (timeout {minutes:g} min; Ctrl-C to stop waiting)")
     deadline = ctx.clock() + minutes * 60
     with ctx.ui.task_progress(total, "tasks") as update:
         while True:
@@ -108,41 +150,75 @@ def _report_failures(ctx: Context, job_id: str, counts: TaskCounts) -> list[Task
     return failures
 
 
-def _offer_compute_deletion(ctx: Context, compute: _Compute, why: str = "") -> None:
-    if compute.pool_id is None or compute.deleted:
+def _costly(record: ManifestFile, kind: str, only: set[str] | None = None) -> list[JobRecord]:
+    """Open jobs of this kind (only those named in `only`, when given): what may still bill."""
+    return [j for j in record.manifest.open_jobs()
+            if j.kind == kind and (only is None or j.job_id in only)]
+
+
+def _offer_compute_deletion(ctx: Context, record: ManifestFile, jobs: list[JobRecord],
+                            why: str = "") -> None:
+    """One question for everything of this run that may bill: its jobs and their pools."""
+    if not jobs:
         return
-    names = " and ".join(n for n in (compute.job_id and f"job {compute.job_id}",
-                                      f"pool {compute.pool_id}") if n)
-    if ctx.prompter.confirm(f"{why}Delete {names} (a pool costs money while it exists)?", True):
-        if compute.job_id:
-            ctx.backend.delete_job(compute.job_id)
-        ctx.backend.delete_pool(compute.pool_id)
-        compute.deleted = True
-        ctx.ui.info(f"deleted {names}")
-    else:
-        ctx.ui.warn(f"kept {names}: delete it when done, it is billed while it exists")
+    names = []
+    for job in jobs:
+        if not job.job_deleted:
+            names.append(f"job {job.job_id}")
+        if job.pool_id and not job.pool_deleted and not job.auto_pool:
+            names.append(f"pool {job.pool_id}")
+        elif job.auto_pool and not job.job_deleted:
+            names[-1] += " (its auto pool goes with it)"
+    text = " and ".join(dict.fromkeys(names))
+    if not ctx.prompter.confirm(f"{why}Delete {text} (a pool costs money while it exists)?", True):
+        ctx.ui.warn(f"kept {text}: it bills while its pool exists; delete it later with --cleanup")
+        record.note(f"kept {text}")
+        return
+    for job in jobs:
+        _delete_compute(ctx, record, job)
+    ctx.ui.info(f"deleted {text}")
 
 
-def _guarded(ctx: Context, compute: _Compute, body: Callable[[], TaskCounts | None]) -> TaskCounts | None:
-    """Run the compute part; on Ctrl-C or an error, offer to delete what costs money first."""
+def _delete_compute(ctx: Context, record: ManifestFile, job: JobRecord) -> None:
+    if not job.job_deleted:
+        ctx.backend.delete_job(job.job_id)
+        record.change_job(job.job_id, job_deleted=True, pool_deleted=job.auto_pool or job.pool_deleted)
+    if job.pool_id and not job.pool_deleted and not job.auto_pool:
+        others = [j for j in record.manifest.open_jobs()
+                  if j.pool_id == job.pool_id and j.job_id != job.job_id and not j.job_deleted]
+        if not others:  # a shared named pool stays while another job of ours still uses it
+            ctx.backend.delete_pool(job.pool_id)
+            for same in record.manifest.jobs:
+                if same.pool_id == job.pool_id:
+                    record.change_job(same.job_id, pool_deleted=True)
+
+
+def _guarded(ctx: Context, record: ManifestFile, kind: str, only: set[str],
+             body: Callable[[], TaskCounts | None]) -> TaskCounts | None:
+    """Run a part with effects; on Ctrl-C or any error, first offer to delete the jobs named
+    in `only` (this run's) and their pools, which cost money. Data is never deleted here."""
     try:
         return body()
     except KeyboardInterrupt:
         ctx.ui.warn("interrupted: tasks keep running on the pool until it is deleted")
-        _offer_compute_deletion(ctx, compute, "Interrupted. ")
+        record.note("interrupted")
+        _offer_compute_deletion(ctx, record, _costly(record, kind, only), "Interrupted. ")
         raise ToolError("interrupted; no data was deleted", exit_code=EXIT_INTERRUPTED) from None
-    except ToolError:
-        _offer_compute_deletion(ctx, compute, "The campaign stopped with an error. ")
+    except Exception as error:
+        record.note(f"stopped by an error: {error.__class__.__name__}")
+        _offer_compute_deletion(ctx, record, _costly(record, kind, only),
+                                "The campaign stopped with an error. ")
         raise
 
 
-def _download(ctx: Context, store: BlobStore, prefix: str) -> tuple[Path, bool]:
+def _download(ctx: Context, store: BlobStore, record: ManifestFile, prefix: str) -> tuple[Path, bool]:
     dest = ctx.settings.sim.local_results_path
     blobs = store.list_blobs(prefix)
     size = sum(b.size for b in blobs)
-    ctx.ui.step(f"Downloading {len(blobs)} file(s), {size:,} bytes, from {prefix} to {dest}")
+    ctx.step("download", f"Downloading {len(blobs)} file(s), {size:,} bytes, from {prefix} to {dest}")
     with ctx.ui.transfer_progress(len(blobs), size, "download") as update:
         report = download_prefix(store, prefix, dest, cp.OUTPUT_PREFIX, on_progress=update)
+    record.downloaded(dest)
     ctx.ui.info(f"{len(report.downloaded)} downloaded, {len(report.skipped)} already present "
                 f"and verified, {len(report.failed)} failed")
     for name, why in report.failed:
@@ -150,8 +226,9 @@ def _download(ctx: Context, store: BlobStore, prefix: str) -> tuple[Path, bool]:
     return dest, report.ok
 
 
-def _offer_container_deletion(ctx: Context, store: BlobStore, question: str) -> bool:
-    if not ctx.prompter.confirm(question, False):
+def _offer_container_deletion(ctx: Context, store: BlobStore, record: ManifestFile,
+                              question: str) -> bool:
+    if not store.exists() or not ctx.prompter.confirm(question, False):
         return False
     dest = ctx.settings.sim.local_results_path
     missing = unverified_blobs(store, cp.OUTPUT_PREFIX, dest, cp.OUTPUT_PREFIX)
@@ -162,9 +239,95 @@ def _offer_container_deletion(ctx: Context, store: BlobStore, question: str) -> 
                                     "file(s) for good?", False, risky=True):
             ctx.ui.info("container kept")
             return False
+    ctx.before_step("delete-container")
     store.delete_container()
+    record.update(container_deleted=True)
     ctx.ui.info(f"deleted container {store.container}")
     return True
+
+
+@dataclass(frozen=True)
+class _Ending:
+    """What the cleanup questions did, for the summary."""
+
+    compute_deleted: bool
+    downloaded_to: Path | None
+    download_ok: bool
+    container_deleted: bool
+
+
+def _cleanup_questions(ctx: Context, store: BlobStore, record: ManifestFile, kind: str,
+                       only: set[str] | None) -> _Ending:
+    ctx.step("cleanup", "Cleaning up")
+    _offer_compute_deletion(ctx, record, _costly(record, kind, only))
+    compute_deleted = not _costly(record, kind, only)
+    if kind == REDUCER:
+        _remove_reducer_code(ctx, store, record)
+    prefix = cp.RESULTS_PREFIX if kind == REDUCER else cp.OUTPUT_PREFIX
+    dest, ok = None, True
+    where = ctx.settings.sim.local_results_path / ("results" if kind == REDUCER else "")
+    what = "the merged result" if kind == REDUCER else "results"
+    if store.exists() and store.list_blobs(prefix) and ctx.prompter.confirm(
+            f"Download {what} ({prefix}) to {where}?", True):
+        dest, ok = _download(ctx, store, record, prefix)
+    question = (f"Delete storage container {store.container} with all task outputs and the merged "
+                "result?" if kind == REDUCER else
+                f"Delete storage container {store.container}? The reducer (batch_data_reducer.py) "
+                "still needs the task outputs in it.")
+    deleted = _offer_container_deletion(ctx, store, record, question)
+    return _Ending(compute_deleted, dest, ok, deleted)
+
+
+def _remove_reducer_code(ctx: Context, store: BlobStore, record: ManifestFile) -> None:
+    ours = [b for b in record.manifest.uploaded if b == cp.REDUCER_ARCHIVE_BLOB]
+    if ours and store.exists():
+        store.delete_blobs(ours)
+        record.update(uploaded=tuple(b for b in record.manifest.uploaded if b not in ours))
+        ctx.ui.info(f"removed the reducer code this tool uploaded ({', '.join(ours)})")
+
+
+def _finish(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
+            counts: TaskCounts | None) -> Outcome:
+    failures = _report_failures(ctx, job.job_id, counts) if counts else []
+    index_of = dict(zip(job.task_ids, job.task_indices))
+    record.change_job(job.job_id, failed_indices=tuple(sorted(
+        index_of[f.task_id] for f in failures if f.task_id in index_of)))
+    if job.kind == REDUCER and counts and not failures:
+        _show_reducer_log(ctx, job)
+    ending = _cleanup_questions(ctx, store, record, job.kind, {job.job_id})
+    results = job.kind != REDUCER or bool(ending.container_deleted or store.list_blobs(cp.RESULTS_PREFIX))
+    ok = counts is not None and not failures and ending.download_ok and results
+    return Outcome(EXIT_OK if ok else EXIT_FAILED, _summary(ctx, store, record, job, counts, ending))
+
+
+def _summary(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
+             counts: TaskCounts | None, ending: _Ending) -> tuple[str, ...]:
+    sim = ctx.settings.sim
+    total = len(job.task_ids)
+    state = ("timed out" if counts is None else
+             f"{counts.succeeded} of {total} task(s) succeeded"
+             + (f", {counts.failed} failed" if counts.failed else ""))
+    title = "Campaign" if job.kind == WORKERS else "Reducer of"
+    pool = job.pool_id or "(auto pool)"
+    lines = [f"{title} {sim.sim_id}: {state} ({ctx.settings.backend} backend).",
+             f"  job {job.job_id}, pool {pool}: "
+             + ("deleted" if ending.compute_deleted else "still exist (delete with --cleanup)"),
+             f"  {_billing_mode(ctx, job)}"]
+    if job.kind == WORKERS:
+        runs = f"{cp.OUTPUT_PREFIX}run{min(job.task_indices)}..run{max(job.task_indices)}/"
+    else:
+        runs = cp.RESULTS_PREFIX
+    lines.append(f"  {'task outputs' if job.kind == WORKERS else 'merged result'}: container "
+                 f"{store.container}, {runs}"
+                 + (" (container deleted)" if ending.container_deleted else f" ({store.location})"))
+    if ending.downloaded_to is not None:
+        lines.append(f"  downloaded to: {ending.downloaded_to}")
+    lines.append(f"  manifest: {record.path}")
+    if counts is not None and counts.failed and job.kind == WORKERS:
+        lines.append(f"Rerun the failed tasks: python batch_simulation_runner.py {sim.path} --rerun-failed")
+    elif job.kind == WORKERS and not ending.container_deleted:
+        lines.append(f"Next: python batch_data_reducer.py {sim.path}")
+    return tuple(lines)
 
 
 # ---------------------------------------------------------------------------- runner
@@ -175,56 +338,61 @@ def run_simulation(ctx: Context) -> Outcome:
     sim = settings.sim
     ui.step(f"Campaign {sim.sim_id}: {sim.task_count} task(s) on {sim.pool_node_count} node(s), "
             f"{settings.backend} backend")
+    record = _open_manifest(ctx)
     store = ctx.backend.blob_store(ids.container)
-    _upload_simulation(ctx, store)
-    compute = _Compute()
-    job = cp.worker_job(settings, ids)
-    counts = _guarded(ctx, compute, lambda: _run_job(ctx, cp.worker_pool(settings, ids), job, compute))
-    failures = _report_failures(ctx, job.job_id, counts) if counts else []
-    ui.step("Cleaning up")
-    _offer_compute_deletion(ctx, compute)
-    downloaded_ok, dest = True, None
-    if ctx.prompter.confirm(f"Download results ({cp.OUTPUT_PREFIX}) to "
-                            f"{sim.local_results_path}?", True):
-        dest, downloaded_ok = _download(ctx, store, cp.OUTPUT_PREFIX)
-    deleted = _offer_container_deletion(
-        ctx, store, f"Delete storage container {store.container}? The reducer "
-                    "(batch_data_reducer.py) still needs the task outputs in it.")
-    ok = counts is not None and not failures and downloaded_ok
-    return Outcome(EXIT_OK if ok else EXIT_FAILED,
-                   _runner_summary(ctx, store, job, counts, compute, dest, deleted))
+    _guarded(ctx, record, WORKERS, set(), lambda: _upload_simulation(ctx, store, record))
+    return _run_worker_job(ctx, store, record, cp.worker_job(settings, ids))
 
 
-def _upload_simulation(ctx: Context, store: BlobStore) -> None:
+def _run_worker_job(ctx: Context, store: BlobStore, record: ManifestFile, job: JobSpec) -> Outcome:
+    pool = cp.worker_pool(ctx.settings, ctx.ids)
+
+    def compute() -> TaskCounts | None:
+        _start_job(ctx, record, pool, job, WORKERS)
+        return _wait(ctx, job.job_id, len(job.tasks))
+    counts = _guarded(ctx, record, WORKERS, {job.job_id}, compute)
+    return _finish(ctx, store, record, _record_of(record, job.job_id), counts)
+
+
+def _record_of(record: ManifestFile, job_id: str) -> JobRecord:
+    return next(j for j in record.manifest.jobs if j.job_id == job_id)
+
+
+def _upload_simulation(ctx: Context, store: BlobStore, record: ManifestFile) -> None:
     sim = ctx.settings.sim
     with tempfile.TemporaryDirectory(prefix="batch-sim-") as tmp:
-        ctx.ui.step(f"Packing {sim.local_sim_path}")
+        ctx.step("pack", f"Packing {sim.local_sim_path}")
         archive = build_archive(sim.local_sim_path, Path(tmp) / cp.SIM_ARCHIVE_BLOB,
                                 exclude=(sim.local_results_path, ctx.settings.app.local_storage_path))
         ctx.ui.info(f"{archive.files} file(s), {archive.size:,} bytes")
-        ctx.ui.step(f"Uploading to container {store.container} ({store.location})")
+        ctx.step("upload", f"Uploading to container {store.container} ({store.location})")
         if store.create():
             ctx.ui.info(f"created container {store.container}")
-        _upload(ctx, store, archive.path, cp.SIM_ARCHIVE_BLOB)
-        _upload(ctx, store, sim.path, cp.SIMCONFIG_BLOB)
+        _upload(ctx, store, record, archive.path, cp.SIM_ARCHIVE_BLOB)
+        _upload(ctx, store, record, sim.path, cp.SIMCONFIG_BLOB)
 
 
-def _runner_summary(ctx: Context, store: BlobStore, job: JobSpec, counts: TaskCounts | None,
-                    compute: _Compute, dest: Path | None, deleted: bool) -> tuple[str, ...]:
-    sim = ctx.settings.sim
-    state = ("timed out" if counts is None else
-             f"{counts.succeeded} of {len(job.tasks)} task(s) succeeded"
-             + (f", {counts.failed} failed" if counts.failed else ""))
-    lines = [f"Campaign {sim.sim_id}: {state} ({ctx.settings.backend} backend).",
-             f"  job {job.job_id}, pool {job.pool_id}: {'deleted' if compute.deleted else 'still exist'}",
-             f"  task outputs: container {store.container}, {cp.OUTPUT_PREFIX}run"
-             f"{sim.starting_node}..run{sim.task_indices[-1]}/"
-             + (" (container deleted)" if deleted else f" ({store.location})")]
-    if dest is not None:
-        lines.append(f"  downloaded to: {dest}")
-    if not deleted:
-        lines.append(f"Next: python batch_data_reducer.py {sim.path}")
-    return tuple(lines)
+def rerun_failed(ctx: Context) -> Outcome:
+    """Resubmit only the failed tasks of the latest worker job: same index and seed, new ids."""
+    record = _existing_manifest(ctx)
+    last = record.manifest.latest(WORKERS)
+    if last is None:
+        raise ToolError(f"campaign {ctx.settings.sim.sim_id} has no worker job to rerun")
+    if ctx.backend.job_state(last.job_id) is not None:  # the live answer, if the job is still there
+        failed = {f.task_id for f in ctx.backend.task_failures(last.job_id)}
+        indices = tuple(i for t, i in zip(last.task_ids, last.task_indices) if t in failed)
+    else:
+        indices = last.failed_indices
+    if not indices:
+        return Outcome(EXIT_OK, (f"Job {last.job_id} has no failed task: nothing to rerun.",))
+    retry = sum(1 for j in record.manifest.jobs if j.kind == WORKERS)  # the first job was 0
+    ctx.ui.step(f"Rerunning {len(indices)} failed task(s) of {last.job_id}: "
+                + ", ".join(f"task-{i}" for i in indices))
+    job = cp.worker_job(ctx.settings, ctx.ids, indices=indices, retry=retry)
+    store = ctx.backend.blob_store(ctx.ids.container)
+    if not store.exists():
+        raise ToolError(f"container {store.container} is gone: run the campaign again")
+    return _run_worker_job(ctx, store, record, job)
 
 
 # ---------------------------------------------------------------------------- reducer
@@ -236,36 +404,15 @@ def run_reducer(ctx: Context) -> Outcome:
     runs = _worker_runs(ctx, store)
     ui.step(f"Reducing {len(runs)} run folder(s) of campaign {settings.sim.sim_id} with "
             f"{describe(settings)}")
-    uploaded = _upload_reducer(ctx, store)
-    compute = _Compute()
+    record = _open_manifest(ctx)
     job = cp.reducer_job(settings, ids)
-    counts = _guarded(ctx, compute, lambda: _run_job(ctx, cp.reducer_pool(settings, ids), job, compute))
-    failures = _report_failures(ctx, job.job_id, counts) if counts else []
-    if counts and not failures:
-        _show_reducer_log(ctx, job)
-    ui.step("Cleaning up")
-    _offer_compute_deletion(ctx, compute)
-    store.delete_blobs(uploaded)
-    ui.info(f"removed the reducer code this run uploaded ({', '.join(uploaded)})")
-    downloaded_ok, dest = True, None
-    results = store.list_blobs(cp.RESULTS_PREFIX)
-    if results and ctx.prompter.confirm(
-            f"Download the merged result ({cp.RESULTS_PREFIX}) to "
-            f"{settings.sim.local_results_path / 'results'}?", True):
-        dest, downloaded_ok = _download(ctx, store, cp.RESULTS_PREFIX)
-    deleted = _offer_container_deletion(
-        ctx, store, f"Delete storage container {store.container} with all task outputs and the "
-                    "merged result?")
-    ok = counts is not None and not failures and downloaded_ok and bool(results)
-    lines = [f"Reducer of {settings.sim.sim_id}: "
-             + ("timed out" if counts is None else "failed" if failures else "done")
-             + f" ({settings.backend} backend).",
-             f"  job {job.job_id}, pool {job.pool_id}: {'deleted' if compute.deleted else 'still exist'}",
-             f"  merged result: container {store.container}, {cp.RESULTS_PREFIX}"
-             + (" (container deleted)" if deleted else f" ({len(results)} file(s))")]
-    if dest is not None:
-        lines.append(f"  downloaded to: {dest / 'results'}")
-    return Outcome(EXIT_OK if ok else EXIT_FAILED, tuple(lines))
+
+    def compute() -> TaskCounts | None:
+        _upload_reducer(ctx, store, record)
+        _start_job(ctx, record, cp.reducer_pool(settings, ids), job, REDUCER)
+        return _wait(ctx, job.job_id, len(job.tasks))
+    counts = _guarded(ctx, record, REDUCER, {job.job_id}, compute)
+    return _finish(ctx, store, record, _record_of(record, job.job_id), counts)
 
 
 def _worker_runs(ctx: Context, store: BlobStore) -> list[str]:
@@ -281,19 +428,86 @@ def _worker_runs(ctx: Context, store: BlobStore) -> list[str]:
     return runs
 
 
-def _upload_reducer(ctx: Context, store: BlobStore) -> list[str]:
+def _upload_reducer(ctx: Context, store: BlobStore, record: ManifestFile) -> None:
     with tempfile.TemporaryDirectory(prefix="batch-reducer-") as tmp:
         archive = build_reducer_archive(ctx.settings, Path(tmp))
-        ctx.ui.step(f"Uploading the reducer ({archive.files} file(s)) to container {store.container}")
-        _upload(ctx, store, archive.path, cp.REDUCER_ARCHIVE_BLOB)
-    _upload(ctx, store, ctx.settings.sim.path, cp.SIMCONFIG_BLOB)
-    return [cp.REDUCER_ARCHIVE_BLOB]
+        ctx.step("upload", f"Uploading the reducer ({archive.files} file(s)) to container {store.container}")
+        _upload(ctx, store, record, archive.path, cp.REDUCER_ARCHIVE_BLOB)
+    _upload(ctx, store, record, ctx.settings.sim.path, cp.SIMCONFIG_BLOB)
 
 
-def _show_reducer_log(ctx: Context, job: JobSpec) -> None:
-    text = ctx.backend.task_output(job.job_id, job.tasks[0].task_id, "stdout.txt").strip()
+def _show_reducer_log(ctx: Context, job: JobRecord) -> None:
+    text = ctx.backend.task_output(job.job_id, job.task_ids[0], "stdout.txt").strip()
     for line in text.splitlines()[-20:]:
         ctx.ui.info(f"| {line}")
+
+
+# ---------------------------------------------------------------------------- later: attach,
+# cleanup, status
+
+
+def attach(ctx: Context, kind: str) -> Outcome:
+    """Wait for a campaign started earlier (no new pool, job or tasks), then the questions."""
+    record = _existing_manifest(ctx)
+    job = record.manifest.latest(kind)
+    if job is None or job.job_deleted:
+        raise ToolError(f"campaign {ctx.settings.sim.sim_id} has no {kind} job to attach to "
+                        f"(manifest {record.path})")
+    if ctx.backend.job_state(job.job_id) is None:
+        raise ToolError(f"job {job.job_id} no longer exists on the {ctx.backend.name} backend; "
+                        "run --cleanup to settle the rest")
+    ctx.ui.step(f"Attaching to job {job.job_id} ({len(job.task_ids)} task(s))")
+    store = ctx.backend.blob_store(record.manifest.container)
+    counts = _guarded(ctx, record, kind, {job.job_id}, lambda: _wait(ctx, job.job_id, len(job.task_ids)))
+    return _finish(ctx, store, record, job, counts)
+
+
+def cleanup(ctx: Context, kind: str) -> Outcome:
+    """Only the cleanup questions, for a campaign of any age, from its manifest."""
+    record = _existing_manifest(ctx)
+    for job in _costly(record, kind):  # what is already gone needs no question
+        if ctx.backend.job_state(job.job_id) is None:
+            gone = job.auto_pool or not job.pool_id or not ctx.backend.pool_exists(job.pool_id)
+            record.change_job(job.job_id, job_deleted=True, pool_deleted=gone or job.pool_deleted)
+    store = ctx.backend.blob_store(record.manifest.container)
+    ending = _cleanup_questions(ctx, store, record, kind, None)
+    left = _costly(record, kind)
+    lines = [f"Cleanup of {ctx.settings.sim.sim_id} ({kind}): "
+             + ("nothing left that bills." if not left else
+                "still exist: " + ", ".join(j.job_id for j in left) + ".")]
+    if ending.downloaded_to:
+        lines.append(f"  downloaded to: {ending.downloaded_to}")
+    lines.append(f"  container {store.container}: "
+                 + ("deleted" if ending.container_deleted or not store.exists() else "kept"))
+    return Outcome(EXIT_OK if ending.download_ok else EXIT_FAILED, tuple(lines))
+
+
+def status(ctx: Context) -> Outcome:
+    """The campaign's task counts and what still exists, from the manifest; changes nothing."""
+    record = _existing_manifest(ctx)
+    manifest = record.manifest
+    lines = [f"Campaign {manifest.sim_id} ({manifest.backend} backend), started {manifest.created}",
+             f"  manifest: {record.path}"]
+    for job in manifest.jobs:
+        state = ctx.backend.job_state(job.job_id)
+        counts = counts_text(ctx.backend.task_counts(job.job_id)) if state else "-"
+        pool = job.pool_id or "(auto pool)"
+        pool_state = ("deleted with the job" if job.auto_pool and state is None else
+                      "exists" if job.pool_id and ctx.backend.pool_exists(job.pool_id) else "gone")
+        lines.append(f"  {job.kind} job {job.job_id}: {state or 'gone'}; {counts}; "
+                     f"pool {pool}: {pool_state}")
+    store = ctx.backend.blob_store(manifest.container)
+    if store.exists():
+        outputs = store.list_blobs(cp.OUTPUT_PREFIX)
+        runs = {b.name.split("/")[1] for b in outputs if b.name.count("/") >= 2}
+        results = [b for b in outputs if b.name.startswith(cp.RESULTS_PREFIX)]
+        lines.append(f"  container {manifest.container}: {len(outputs)} output file(s) in "
+                     f"{len(runs - {'results'})} run folder(s), {len(results)} merged result file(s)")
+    else:
+        lines.append(f"  container {manifest.container}: gone")
+    for folder in manifest.downloads:
+        lines.append(f"  downloaded to: {folder}")
+    return Outcome(EXIT_OK, tuple(lines))
 
 
 # ---------------------------------------------------------------------------- --dry-run
@@ -314,7 +528,7 @@ def plan(ctx: Context, reducer: bool) -> Outcome:
     lines = [f"Dry run of {'the reducer' if reducer else 'campaign'} {settings.sim.sim_id} "
              f"({settings.backend} backend): nothing was created, uploaded or sent.",
              f"  container {ids.container}, pool {pool.pool_id}, job {job.job_id}, "
-             f"{len(job.tasks)} task(s)"]
+             f"{len(job.tasks)} task(s); {_billing_mode(ctx, job)}"]
     for title, text in ctx.backend.describe(pool, job):
         lines += [f"--- {title}", text]
     return Outcome(EXIT_OK, tuple(lines))

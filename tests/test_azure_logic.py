@@ -90,7 +90,7 @@ def test_wait_reports_node_states_until_ready(backend):
                                      (pool(), [node("starting"), node("idle")]),
                                      (pool("steady"), [node("idle"), node("idle")])])
     said = []
-    backend.wait_for_pool("p", 2, said.append)
+    backend.wait_for_nodes("p", 2, said.append)
     assert said == ["nodes: no nodes yet", "nodes: 2 starting", "nodes: 1 idle, 1 starting",
                     "nodes: 2 idle"]
     assert backend.fake_clock.sleeps == [5, 5, 5]
@@ -100,14 +100,14 @@ def test_wait_stops_at_once_on_a_quota_error(backend):
     errors = [NS(code="AccountCoreQuotaReached", message="quota")]
     backend.client = ScriptedClient([(pool(), []), (pool("steady", errors), [])])
     with pytest.raises(ToolError, match="AccountCoreQuotaReached: quota"):
-        backend.wait_for_pool("p", 2, lambda _: None)
+        backend.wait_for_nodes("p", 2, lambda _: None)
     assert backend.fake_clock.now == 5  # one poll later, not after a timeout
 
 
 def test_wait_gives_up_after_its_timeout(backend):
     backend.client = ScriptedClient([(pool(), [node("starting")])])
     with pytest.raises(ToolError, match="nodes not ready after 30 minutes"):
-        backend.wait_for_pool("p", 1, lambda _: None)
+        backend.wait_for_nodes("p", 1, lambda _: None)
     assert backend.fake_clock.now == pytest.approx(az.POOL_READY_TIMEOUT_SECONDS, abs=5)
 
 

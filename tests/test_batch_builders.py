@@ -9,7 +9,7 @@ import pytest
 
 from common import batch_builders as bb
 from common import campaign as cp
-from common.config import Secret
+from common.config import PoolImage, Secret
 from tests.azure_settings import FAKE_DOCKER_TOKEN, azure_settings
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
@@ -19,6 +19,9 @@ URLS = bb.TaskUrls(read={"SIM_DIR.zip": "https://acct.blob.core.windows.net/gold
                          "REDUCER.zip": "https://acct.blob.core.windows.net/golden-sim/REDUCER.zip?sp=r&sig=CCC"},
                    read_list="https://acct.blob.core.windows.net/golden-sim?sp=rl&sig=DDD",
                    write="https://acct.blob.core.windows.net/golden-sim?sp=w&sig=EEE")
+
+
+SETUP = bb.NodeSetup(PoolImage("microsoft-dsvm", "ubuntu-hpc", "2404"), "batch.node.ubuntu 24.04", None)
 
 
 def check_golden(name: str, model) -> None:
@@ -38,7 +41,7 @@ def settings(tmp_path):
 def test_worker_pool_golden(settings):
     app = settings.app
     registry = bb.registry_for(app.worker_docker_image, app.docker_user, app.docker_token)
-    pool = bb.pool_options(cp.worker_pool(settings, IDS), app.pool_image, app.node_agent_sku_id, registry)
+    pool = bb.pool_options(cp.worker_pool(settings, IDS), bb.NodeSetup(app.pool_image, app.node_agent_sku_id, registry))
     check_golden("worker_pool", pool)
     body = pool.as_dict()
     vm = body["virtualMachineConfiguration"]
@@ -51,6 +54,13 @@ def test_worker_pool_golden(settings):
     assert FAKE_DOCKER_TOKEN not in bb.redacted_json(pool, (FAKE_DOCKER_TOKEN,))
 
 
+def test_named_pool_job_golden(tmp_path):
+    settings = azure_settings(tmp_path, AUTO_DELETE_POOL=False)
+    job = cp.worker_job(settings, IDS)
+    check_golden("worker_job", bb.job_options(job, SETUP))
+    assert bb.job_options(job, SETUP).as_dict()["poolInfo"] == {"poolId": "golden-sim-workers"}
+
+
 def test_no_registry_without_docker_credentials():
     assert bb.registry_for("myuser/topas:4", None, None) is None
     assert bb.registry_for("myreg.azurecr.io/topas:4", "u", Secret("p")).server == "myreg.azurecr.io"
@@ -59,8 +69,13 @@ def test_no_registry_without_docker_credentials():
 
 def test_worker_job_and_task_golden(settings):
     job = cp.worker_job(settings, IDS)
-    check_golden("worker_job", bb.job_options(job))
-    assert bb.job_options(job).as_dict()["onAllTasksComplete"] == "noaction"
+    check_golden("worker_job_auto_pool", bb.job_options(job, SETUP))
+    body = bb.job_options(job, SETUP).as_dict()
+    assert body["onAllTasksComplete"] == "noaction"
+    auto = body["poolInfo"]["autoPoolSpecification"]
+    assert (auto["poolLifetimeOption"], auto["keepAlive"]) == ("job", False)
+    assert auto["pool"]["targetDedicatedNodes"] == 2
+    assert body["constraints"] == {"maxWallClockTime": "PT01H00M00S"}  # 30 min timeout + margin
     assert bb.job_completion_update().as_dict() == {"onAllTasksComplete": "terminatejob"}
     task = bb.task_options(job.tasks[0], job.image, URLS)
     check_golden("worker_task", task)

@@ -199,6 +199,11 @@ class AzureBackend(Backend):
     def blob_store(self, container: str) -> BlobStore:
         return st.AzureBlobStore(self.storage, self.account, container)
 
+    def node_setup(self, image: str | None) -> bb.NodeSetup:
+        app = self.settings.app
+        return bb.NodeSetup(app.pool_image, app.node_agent_sku_id,
+                            bb.registry_for(image, app.docker_user, app.docker_token))
+
     # -- pools -------------------------------------------------------------------------
 
     def _call(self, what: str, action: Callable):
@@ -223,12 +228,10 @@ class AzureBackend(Backend):
             on_status(f"reusing pool {spec.pool_id} ({existing.current_dedicated_nodes} node(s))")
         else:
             self._check_image(on_status)
-            app = self.settings.app
-            registry = bb.registry_for(spec.image, app.docker_user, app.docker_token)
-            options = bb.pool_options(spec, app.pool_image, app.node_agent_sku_id, registry)
+            options = bb.pool_options(spec, self.node_setup(spec.image))
             self._call(f"creating pool {spec.pool_id}", lambda: self.client.create_pool(options))
             on_status(f"created pool {spec.pool_id}: {spec.node_count} x {spec.vm_size}")
-        self.wait_for_pool(spec.pool_id, spec.node_count, on_status)
+        self.wait_for_nodes(spec.pool_id, spec.node_count, on_status)
 
     def _find_pool(self, pool_id: str, on_status: StatusCallback) -> bm.BatchPool | None:
         pool = self._lookup_pool(pool_id)
@@ -258,7 +261,7 @@ class AzureBackend(Backend):
         image = self.settings.app.pool_image
         on_status(f"image {image.publisher}/{image.offer}/{image.sku} is supported and container-capable")
 
-    def wait_for_pool(self, pool_id: str, target: int, on_status: StatusCallback) -> None:
+    def wait_for_nodes(self, pool_id: str, target: int, on_status: StatusCallback) -> None:
         deadline = self.clock() + POOL_READY_TIMEOUT_SECONDS
         last = None
         while True:
@@ -292,14 +295,15 @@ class AzureBackend(Backend):
         return [bb.task_options(t, job.image, urls) for t in job.tasks]
 
     def describe(self, pool: PoolSpec, job: JobSpec, shown_tasks: int = 3) -> list[tuple[str, str]]:
-        app = self.settings.app
-        registry = bb.registry_for(pool.image, app.docker_user, app.docker_token)
-        secrets = app.secrets()
+        secrets = self.settings.app.secrets()
+        setup = self.node_setup(pool.image)
         tasks = self.build_tasks(JobSpec(job.job_id, job.pool_id, job.container,
                                          job.tasks[:shown_tasks], job.image))
-        return ([("pool (POST /pools)", bb.redacted_json(
-                    bb.pool_options(pool, app.pool_image, app.node_agent_sku_id, registry), secrets)),
-                 ("job (POST /jobs)", bb.redacted_json(bb.job_options(job), secrets))]
+        pool_part = [] if job.auto_pool else [
+            ("pool (POST /pools)", bb.redacted_json(bb.pool_options(pool, setup), secrets))]
+        return (pool_part
+                + [("job (POST /jobs)" + (", with its auto pool" if job.auto_pool else ""),
+                    bb.redacted_json(bb.job_options(job, setup), secrets))]
                 + [(f"task {t.id} (POST /jobs/{job.job_id}/addtaskcollection)",
                     bb.redacted_json(t, secrets)) for t in tasks]
                 + [("requests", f"{bb.request_count(len(job.tasks))} requests to start "
@@ -307,13 +311,50 @@ class AzureBackend(Backend):
                                 f"{len(bb.chunks(list(job.tasks)))} task collection(s) of up to "
                                 f"{bb.TASKS_PER_REQUEST}, job update")])
 
-    def submit_job(self, job: JobSpec) -> None:
+    def submit_job(self, job: JobSpec, on_status: StatusCallback) -> str:
+        if job.auto_pool:
+            self._check_image(on_status)
+        options = bb.job_options(job, self.node_setup(job.image))
         try:
-            self._call(f"creating job {job.job_id}", lambda: self.client.create_job(bb.job_options(job)))
+            self.client.create_job(options)
         except ResourceExistsError:
             pass  # a resubmission: tasks that exist come back as TaskExists
+        except HttpResponseError as error:
+            raise ToolError(f"creating job {job.job_id}: {_message(error)}") from None
         add_tasks(self.client, job.job_id, self.build_tasks(job), sleep=self.sleep)
         self._call(f"job {job.job_id}", lambda: self.client.update_job(job.job_id, bb.job_completion_update()))
+        if job.auto_pool is None:
+            return job.pool_id
+        pool_id = self._auto_pool_id(job.job_id)
+        on_status(f"auto pool {pool_id}: {job.auto_pool.node_count} x {job.auto_pool.vm_size}, "
+                  "deleted by Batch when the job ends")
+        self.wait_for_nodes(pool_id, job.auto_pool.node_count, on_status)
+        return pool_id
+
+    def _auto_pool_id(self, job_id: str) -> str:
+        deadline = self.clock() + POOL_READY_TIMEOUT_SECONDS
+        while True:
+            job = self._call(f"job {job_id}", lambda: self.client.get_job(job_id))
+            info = job.execution_info
+            if info and info.scheduling_error:
+                error = info.scheduling_error
+                raise ToolError(f"job {job_id} cannot get its pool: {error.code}: {error.message}")
+            if info and info.pool_id:
+                return info.pool_id
+            if self.clock() > deadline:
+                raise ToolError(f"job {job_id}: Batch did not create its pool in time")
+            self.sleep(self.poll_seconds)
+
+    def job_state(self, job_id: str) -> str | None:
+        try:
+            return str(self.client.get_job(job_id).state)
+        except ResourceNotFoundError:
+            return None
+        except HttpResponseError as error:
+            raise ToolError(f"job {job_id}: {_message(error)}") from None
+
+    def pool_exists(self, pool_id: str) -> bool:
+        return self._lookup_pool(pool_id) is not None
 
     def task_counts(self, job_id: str) -> TaskCounts:
         counts = self._call(f"job {job_id}", lambda: self.client.get_job_task_counts(job_id)).task_counts

@@ -76,12 +76,22 @@ class Backend(ABC):
         """
 
     @abstractmethod
-    def submit_job(self, job: JobSpec) -> None:
-        """Create the job on its pool and add every task; return once all are accepted.
+    def submit_job(self, job: JobSpec, on_status: StatusCallback) -> str:
+        """Create the job and add every task; return the id of the pool it runs on.
 
-        The job ends by itself when all its tasks have completed. Resubmitting a task id
-        that already exists never creates a second task.
+        Returns once all tasks are accepted; with job.auto_pool, once that pool (made for
+        this job, deleted by the service when the job ends) has its nodes. The job ends by
+        itself when all its tasks have completed. Resubmitting a task id that already
+        exists never creates a second task.
         """
+
+    @abstractmethod
+    def job_state(self, job_id: str) -> str | None:
+        """'active', 'completed', ... or None when the job does not exist (any more)."""
+
+    @abstractmethod
+    def pool_exists(self, pool_id: str) -> bool:
+        """Whether the pool exists (and may cost money)."""
 
     @abstractmethod
     def task_counts(self, job_id: str) -> TaskCounts:

@@ -154,7 +154,9 @@ class LocalBackend(Backend):
         found = list(self.root.glob(f"pools/*/jobs/{job_id}/job.json"))
         return found[0].parent if found else None
 
-    def submit_job(self, job: JobSpec) -> None:
+    def submit_job(self, job: JobSpec, on_status: StatusCallback) -> str:
+        if job.auto_pool is not None:  # nothing bills here: a pool per job, kept like any other
+            self.prepare_pool(job.auto_pool, on_status)
         pool = lay.pool_dir(self.root, job.pool_id)
         if not (pool / "pool.json").exists():
             raise ToolError(f"local pool {job.pool_id} does not exist: create it before the job")
@@ -165,10 +167,21 @@ class LocalBackend(Backend):
             lay.write_json(lay.task_dir(jdir, task.task_id) / "task.json", lay.task_to_json(task))
         lay.write_json(jdir / "job.json", {"job_id": job.job_id, "pool_id": job.pool_id,
                                            "container": job.container,
+                                           "auto_pool": job.auto_pool is not None,
                                            "tasks": known + [t.task_id for t in new]})
         batch = len(list((jdir / "queue").glob("*.json")))
         lay.write_json(jdir / "queue" / f"{batch:06d}.json", [t.task_id for t in new])
         self._ensure_agent(pool)
+        return job.pool_id
+
+    def job_state(self, job_id: str) -> str | None:
+        if self._job(job_id) is None:
+            return None
+        counts = self.task_counts(job_id)
+        return "active" if counts.active or counts.running else "completed"
+
+    def pool_exists(self, pool_id: str) -> bool:
+        return (lay.pool_dir(self.root, pool_id) / "pool.json").exists()
 
     def _states(self, job_id: str) -> tuple[Path, list[tuple[str, dict]]]:
         jdir = self._job(job_id)
@@ -211,10 +224,14 @@ class LocalBackend(Backend):
             return ""
 
     def delete_job(self, job_id: str) -> None:
+        """Stops the job's tasks; a pool made for the job alone goes with it, as on Azure."""
         jdir = self._job(job_id)
         if jdir is None:
             return
         pool = jdir.parent.parent
+        if (lay.read_json(jdir / "job.json") or {}).get("auto_pool"):
+            self.delete_pool(pool.name)
+            return
         (jdir / "DELETE").touch()
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         while self._agent_alive(pool) and not (jdir / "DELETED").exists():
