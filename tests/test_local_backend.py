@@ -22,7 +22,7 @@ def backend(tmp_path: Path):
 def run_job(backend: LocalBackend, tasks: list[TaskSpec], nodes: int = 2, timeout: float = 30,
             container: str = "box") -> str:
     backend.prepare_pool(PoolSpec("pool", nodes, None, None), lambda _: None)
-    backend.submit_job(JobSpec("job", "pool", container, tuple(tasks)))
+    backend.submit_job(JobSpec("job", "pool", container, tuple(tasks)), lambda _: None)
     deadline = time.monotonic() + timeout
     while True:
         counts = backend.task_counts("job")
@@ -130,14 +130,14 @@ def test_batch_environment_variables_are_set(backend):
 def test_resubmitting_a_job_never_duplicates_tasks(backend):
     tasks = [shell_task(i, "true") for i in (1, 2)]
     run_job(backend, tasks)
-    backend.submit_job(JobSpec("job", "pool", "box", tuple(tasks)))
+    backend.submit_job(JobSpec("job", "pool", "box", tuple(tasks)), lambda _: None)
     assert backend.task_counts("job").total == 2
 
 
 def test_deleting_the_job_stops_its_running_tasks(backend, tmp_path):
     marker = tmp_path / "finished"
     backend.prepare_pool(PoolSpec("pool", 1, None, None), lambda _: None)
-    backend.submit_job(JobSpec("job", "pool", "box", (shell_task(1, f"sleep 30; touch {marker}"),)))
+    backend.submit_job(JobSpec("job", "pool", "box", (shell_task(1, f"sleep 30; touch {marker}"),)), lambda _: None)
     deadline = time.monotonic() + 10
     while backend.task_counts("job").running == 0:
         assert time.monotonic() < deadline
@@ -151,7 +151,7 @@ def test_deleting_the_job_stops_its_running_tasks(backend, tmp_path):
 
 def test_tasks_outlive_the_client_that_submitted_them(backend):
     backend.prepare_pool(PoolSpec("pool", 2, None, None), lambda _: None)
-    backend.submit_job(JobSpec("job", "pool", "box", (shell_task(1, "sleep 0.3"),)))
+    backend.submit_job(JobSpec("job", "pool", "box", (shell_task(1, "sleep 0.3"),)), lambda _: None)
     later = LocalBackend(backend.root, cpus=2)  # as if the terminal had been closed and reopened
     deadline = time.monotonic() + 10
     while later.task_counts("job").succeeded != 1:
