@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 
 from common import campaign as cp
 from common.backends.base import Backend, BlobStore
@@ -193,8 +193,11 @@ def _delete_compute(ctx: Context, record: ManifestFile, job: JobRecord) -> None:
                     record.change_job(same.job_id, pool_deleted=True)
 
 
+T = TypeVar("T")
+
+
 def _guarded(ctx: Context, record: ManifestFile, kind: str, only: set[str],
-             body: Callable[[], TaskCounts | None]) -> TaskCounts | None:
+             body: Callable[[], T]) -> T:
     """Run a part with effects; on Ctrl-C or any error, first offer to delete the jobs named
     in `only` (this run's) and their pools, which cost money. Data is never deleted here."""
     try:
@@ -288,13 +291,15 @@ def _remove_reducer_code(ctx: Context, store: BlobStore, record: ManifestFile) -
 
 def _finish(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
             counts: TaskCounts | None) -> Outcome:
-    failures = _report_failures(ctx, job.job_id, counts) if counts else []
+    failures = _guarded(ctx, record, job.kind, {job.job_id},
+                        lambda: _report_failures(ctx, job.job_id, counts) if counts else [])
     index_of = dict(zip(job.task_ids, job.task_indices))
     record.change_job(job.job_id, failed_indices=tuple(sorted(
         index_of[f.task_id] for f in failures if f.task_id in index_of)))
     if job.kind == REDUCER and counts and not failures:
         _show_reducer_log(ctx, job)
-    ending = _cleanup_questions(ctx, store, record, job.kind, {job.job_id})
+    ending = _guarded(ctx, record, job.kind, {job.job_id},
+                      lambda: _cleanup_questions(ctx, store, record, job.kind, {job.job_id}))
     results = job.kind != REDUCER or bool(ending.container_deleted or store.list_blobs(cp.RESULTS_PREFIX))
     ok = counts is not None and not failures and ending.download_ok and results
     return Outcome(EXIT_OK if ok else EXIT_FAILED, _summary(ctx, store, record, job, counts, ending))

@@ -1,0 +1,103 @@
+"""Fault injection at every workflow step (local backend): an exception or a Ctrl-C at any
+step leaves each pool and job deleted or kept by the user's choice, and --cleanup from the
+manifest removes whatever remains. Data is never deleted by a fault."""
+from __future__ import annotations
+
+import io
+
+import pytest
+from rich.console import Console
+
+from common.backends.local import LocalBackend
+from common.config import load_settings
+from common.errors import EXIT_INTERRUPTED, ToolError
+from common.manifest import WORKERS, load, manifest_path
+from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
+from common.ui import Ui
+from common.workflow import Context, cleanup, run_simulation
+
+STEPS = ("pack", "upload", "pool", "submit", "wait", "cleanup", "download", "delete-container")
+
+
+class Injected(Exception):
+    pass
+
+
+def context(campaign, mode=NO_INPUT, fail_at=None, fault=Injected, answers=None,
+            seen: list[str] | None = None) -> Context:
+    settings = load_settings(campaign.simconfig)
+    seen = [] if seen is None else seen
+
+    def before(step: str) -> None:
+        seen.append(step)
+        if step == fail_at:
+            raise fault(f"injected at {step}")
+    replies = iter(answers or [])
+    prompter = Prompter(mode, ask=lambda _: next(replies), say=lambda _: None,
+                        is_terminal=mode == INTERACTIVE)
+    ui = Ui(Console(file=io.StringIO(), width=200))
+    return Context(settings=settings, backend=LocalBackend(settings.app.local_storage_path),
+                   prompter=prompter, ui=ui, before_step=before, poll_seconds=0.05)
+
+
+def pools(campaign) -> list[str]:
+    folder = campaign.storage / "pools"
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def settle_with_cleanup(campaign) -> None:
+    ctx = context(campaign)
+    outcome = cleanup(ctx, WORKERS)
+    assert "nothing left that bills" in outcome.summary[0]
+    assert pools(campaign) == []
+    manifest = load(manifest_path(campaign.simconfig, "tiny-campaign"))
+    assert all(j.job_deleted and (j.pool_deleted or j.auto_pool) for j in manifest.jobs)
+
+
+@pytest.mark.parametrize("auto_pool", [True, False])
+@pytest.mark.parametrize("step", STEPS)
+def test_an_error_at_any_step_offers_deletion_and_cleanup_settles_it(campaign, step, auto_pool):
+    campaign.update(AUTO_DELETE_POOL=auto_pool)
+    if step == "pool" and auto_pool:
+        pytest.skip("an auto pool is made by the job: there is no separate pool step")
+    seen: list[str] = []
+    ctx = context(campaign, mode=ASSUME_YES, fail_at=step, seen=seen)
+    with pytest.raises(Injected):
+        run_simulation(ctx)
+    assert seen[-1] == step
+    # --yes answered "delete job and pool": nothing that bills is left, whatever the step
+    assert pools(campaign) == []
+    if step != "delete-container":
+        assert (campaign.container / "SIM_DIR.zip").exists() or step in ("pack", "upload")
+    settle_with_cleanup(campaign)
+
+
+@pytest.mark.parametrize("step", ("pool", "submit", "wait"))
+def test_ctrl_c_keeps_data_and_exits_130(campaign, step):
+    campaign.update(AUTO_DELETE_POOL=False)
+    ctx = context(campaign, mode=NO_INPUT, fail_at=step, fault=KeyboardInterrupt)
+    with pytest.raises(ToolError) as stopped:
+        run_simulation(ctx)
+    assert stopped.value.exit_code == EXIT_INTERRUPTED
+    assert pools(campaign) == []  # the default answer deletes what bills
+    assert (campaign.container / "SIM_DIR.zip").exists()
+    settle_with_cleanup(campaign)
+
+
+def test_a_kept_pool_is_removed_by_cleanup_later(campaign):
+    campaign.update(AUTO_DELETE_POOL=False)
+    ctx = context(campaign, mode=INTERACTIVE, fail_at="wait", answers=["n"])
+    with pytest.raises(Injected):
+        run_simulation(ctx)
+    assert pools(campaign) == ["tiny-campaign-workers"]  # the user chose to keep it
+    settle_with_cleanup(campaign)
+
+
+def test_every_step_of_the_workflow_has_a_fault_test():
+    """The steps named in common/workflow.py are exactly those injected above (8 steps)."""
+    import re
+    from pathlib import Path
+    source = (Path(__file__).parents[1] / "common" / "workflow.py").read_text()
+    declared = set(re.findall(r'ctx\.step\("([a-z-]+)"', source))
+    declared |= set(re.findall(r'before_step\("([a-z-]+)"\)', source))
+    assert declared == set(STEPS)
