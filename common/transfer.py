@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -18,7 +19,12 @@ from common.backends.base import BlobStore
 from common.model import BlobInfo
 
 CHUNK = 1 << 20
-DOWNLOAD_THREADS = 16
+# Parallel downloads hide network latency; with none to hide (a local folder, an emulator on
+# loopback) extra threads only fight over the interpreter. Measured on Azurite, 100 KB blobs:
+# direct, 4 threads 0.96x and 32 threads 0.78x of a sequential loop; behind +20 ms per
+# request, 4 threads 3.5x and 32 threads 6.8x.
+FEW_THREADS, MANY_THREADS = 4, 32
+LOW_LATENCY_SECONDS = 0.003
 
 ProgressCallback = Callable[[int, int], None]  # (files done, bytes done)
 
@@ -50,14 +56,16 @@ def local_path(dest_root: Path, blob: str, strip_prefix: str) -> Path:
     return dest_root.joinpath(*relative.parts)
 
 
-def is_verified(blob: BlobInfo, path: Path) -> bool:
-    """The local file has the blob's size and (when the blob has one) its MD5."""
+def is_verified(blob: BlobInfo, path: Path, md5: bytes | None = None) -> bool:
+    """The local file has the blob's size and (when the blob has one) its MD5.
+
+    `md5` is the file's digest when already known (computed while writing it)."""
     try:
         if path.stat().st_size != blob.size:
             return False
     except OSError:
         return False
-    return blob.md5 is None or md5_of(path) == blob.md5
+    return blob.md5 is None or (md5 or md5_of(path)) == blob.md5
 
 
 @dataclass(frozen=True)
@@ -72,14 +80,25 @@ class DownloadReport:
         return not self.failed
 
 
+def threads_for(store: BlobStore) -> int:
+    """Many threads when a request takes a while (a real account), few when it does not."""
+    fastest = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        store.exists()
+        fastest = min(fastest, time.perf_counter() - started)
+    return MANY_THREADS if fastest > LOW_LATENCY_SECONDS else FEW_THREADS
+
+
 def download_prefix(store: BlobStore, prefix: str, dest_root: Path, strip_prefix: str,
                     on_progress: ProgressCallback | None = None,
-                    threads: int = DOWNLOAD_THREADS) -> DownloadReport:
+                    threads: int | None = None) -> DownloadReport:
     """Fetch every blob under `prefix` into dest_root, in parallel, each one verified.
 
     A file is written to a temporary name and renamed only once verified, so a partial file
     never passes for a result.
     """
+    threads = threads or threads_for(store)
     blobs = store.list_blobs(prefix)
     downloaded: list[str] = []
     skipped: list[str] = []
@@ -110,8 +129,8 @@ def _fetch_one(store: BlobStore, blob: BlobInfo, dest_root: Path, strip_prefix: 
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
     try:
-        store.download_blob(blob, partial)
-        if not is_verified(blob, partial):
+        written_md5 = store.download_blob(blob, partial)
+        if not is_verified(blob, partial, written_md5):
             raise IOError("size or MD5 differs from the blob's (corrupted in storage or transit)")
         os.replace(partial, target)
     finally:

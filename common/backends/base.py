@@ -44,8 +44,12 @@ class BlobStore(ABC):
         """Store the file as `blob` (replacing it), recording `md5` as its Content-MD5."""
 
     @abstractmethod
-    def download_blob(self, blob: BlobInfo, dest: Path) -> None:
-        """Write the blob's bytes to `dest` (parent folders exist). No verification here."""
+    def download_blob(self, blob: BlobInfo, dest: Path) -> bytes | None:
+        """Write the blob's bytes to `dest` (parent folders exist). No verification here.
+
+        Returns the MD5 of the bytes written when it came for free (a blob read whole in
+        memory), else None and the caller reads the file back to verify it.
+        """
 
     @abstractmethod
     def delete_blobs(self, names: Iterable[str]) -> None:

@@ -65,8 +65,9 @@ class LocalBlobStore(BlobStore):
         shutil.copyfile(source, partial)
         os.replace(partial, target)
 
-    def download_blob(self, blob: BlobInfo, dest: Path) -> None:
+    def download_blob(self, blob: BlobInfo, dest: Path) -> bytes | None:
         shutil.copyfile(self.folder / blob.name, dest)
+        return None
 
     def delete_blobs(self, names: Iterable[str]) -> None:
         for name in names:
