@@ -94,3 +94,29 @@ def azurite():
     server = start_azurite()
     yield server
     server.stop()
+
+
+# ---------------------------------------------------------------------------- fake Batch
+
+from tests.fake_batch import FakeBatch  # noqa: E402
+
+FAKE_BATCH_ACCOUNT = "fakebatch"
+# A made-up base64 key for the fake account (not a secret: nothing real accepts it).
+FAKE_BATCH_KEY = "ZmFrZS1iYXRjaC1rZXktZm9yLXRlc3RzLW9ubHktbm90LWEtc2VjcmV0LTAxMjM0NTY3ODk="
+
+
+@pytest.fixture
+def fake_batch(tmp_path: Path):
+    """A running fake Azure Batch account (tests/fake_batch) on a free 127.0.0.1 port.
+
+    `fake_batch.url`, `.account_name`, `.account_key`, `.client(**kwargs)`; `.requests` /
+    `.request_count` / `.tasks` to inspect; `.knobs` to inject faults. Stopped (and every task
+    process killed) at teardown, which also fails the test if the fake itself misbehaved.
+    """
+    fake = FakeBatch(FAKE_BATCH_ACCOUNT, FAKE_BATCH_KEY, root=tmp_path / "fake-batch-nodes")
+    fake.start()
+    yield fake
+    fake.stop()
+    assert not fake.server_errors, "fake Batch crashed:\n" + "\n".join(fake.server_errors)
+    assert not fake.response_problems, "fake Batch answered off-spec: " + "; ".join(
+        fake.response_problems[:5])

@@ -1,0 +1,87 @@
+"""What the fake can be told to do: timings, limits and injected faults.
+
+One mutable dataclass, read by the server and the engine each time they need a value, so a
+test may change any field while the fake runs (`fake.knobs.busy_fraction = 0.2`). Patterns are
+regular expressions matched with `re.search` against task ids or image names.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# What /supportedimages answers by default. The original project's image
+# (microsoft-azure-batch / ubuntu-server-container / 20-04-lts, batch.node.ubuntu 20.04) was
+# retired in April 2025 and retired images disappear from the real list, so it is not here:
+# creating a pool with it fails as for any image the account does not offer. Tests that want
+# to see how a client treats an image near or past its end of life can add RETIRED_IMAGE.
+SUPPORTED_IMAGES: tuple[dict[str, Any], ...] = (
+    {"nodeAgentSKUId": "batch.node.ubuntu 24.04",
+     "imageReference": {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2404",
+                        "version": "latest"},
+     "osType": "linux", "capabilities": ["DockerCompatible", "NvidiaTeslaDriverInstalled"],
+     "verificationType": "verified"},
+    {"nodeAgentSKUId": "batch.node.ubuntu 22.04",
+     "imageReference": {"publisher": "microsoft-dsvm", "offer": "ubuntu-hpc", "sku": "2204",
+                        "version": "latest"},
+     "osType": "linux", "capabilities": ["DockerCompatible", "NvidiaTeslaDriverInstalled"],
+     "batchSupportEndOfLife": "2027-06-30T00:00:00Z", "verificationType": "verified"},
+    {"nodeAgentSKUId": "batch.node.ubuntu 24.04",
+     "imageReference": {"publisher": "canonical", "offer": "ubuntu-24_04-lts", "sku": "server",
+                        "version": "latest"},
+     "osType": "linux", "verificationType": "verified"},
+)
+
+RETIRED_IMAGE: dict[str, Any] = {
+    "nodeAgentSKUId": "batch.node.ubuntu 20.04",
+    "imageReference": {"publisher": "microsoft-azure-batch", "offer": "ubuntu-server-container",
+                       "sku": "20-04-lts", "version": "latest"},
+    "osType": "linux", "capabilities": ["DockerCompatible"],
+    "batchSupportEndOfLife": "2025-04-30T00:00:00Z", "verificationType": "verified"}
+
+
+@dataclass
+class Knobs:
+    """Timings, limits and faults of one FakeBatch. Every field may be changed at runtime."""
+
+    # --- timings (seconds) -------------------------------------------------------------
+    allocation_delay: float = 0.2  # pool "resizing" before nodes exist
+    node_start_delay: float = 0.1  # nodes "starting" before "idle" (or their start task)
+    pool_delete_delay: float = 0.3  # pool "deleting" before it answers 404
+    job_delete_delay: float = 0.1  # job "deleting" before it answers 404
+    latency: float = 0.0  # added to every request (benchmarks: a real endpoint is ~20-50 ms)
+
+    # --- limits the real service enforces ------------------------------------------------
+    max_tasks_per_collection: int = 100  # addtaskcollection above this: 413 RequestBodyTooLarge
+    max_body_bytes: int = 1_000_000  # "must be less than 1MB": 413 RequestBodyTooLarge
+    max_page_size: int = 1000  # list calls: page size when maxresults is not given
+    clock_skew_seconds: float = 15 * 60  # ocp-date further off than this: 403
+    supported_images: list[dict[str, Any]] = field(
+        default_factory=lambda: [dict(image) for image in SUPPORTED_IMAGES])
+    strict_images: bool = True  # pool with an image/agent pair not listed above: 400
+    strict_container_settings: bool = True  # container pool needs task containerSettings
+
+    # --- injected faults ------------------------------------------------------------------
+    seed: int = 1  # for the fractions below (requests draw in arrival order)
+    busy_fraction: float = 0.0  # answered 503 ServerBusy before any processing
+    internal_error_fraction: float = 0.0  # answered 500 InternalError before any processing
+    retry_after: int | None = None  # Retry-After header on injected 503s
+    resize_error: str | None = None  # e.g. "AccountCoreQuotaReached": pools get 0 nodes
+    resize_error_message: str = ("The specified account has reached VM core quota for "
+                                 "standardDv3Family. Please request a quota increase.")
+    start_task_failure: bool = False  # nodes end in starttaskfailed (with startTaskInfo)
+    unusable_nodes: bool = False  # nodes end in unusable
+    fail_tasks: str | None = None  # task ids matching: the command is not run, exit code below
+    fail_exit_code: int = 1
+    image_pull_failure: str | None = None  # image names matching: ContainerInvalidImage
+    upload_failure: str | None = None  # task ids matching: every output upload fails
+    collection_servererror: int = 0  # next N tasks in addtaskcollection: status servererror
+    collection_servererror_pattern: str | None = None  # these task ids: always servererror
+    # Environment variables a task inherits from the test process (a node has its own PATH).
+    inherit_env: tuple[str, ...] = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR",
+                                    "PYTHONPATH", "VIRTUAL_ENV")
+
+    def matches(self, pattern_field: str, value: str | None) -> bool:
+        """True when the regex in `pattern_field` is set and found in `value`."""
+        pattern = getattr(self, pattern_field)
+        return bool(pattern) and value is not None and re.search(pattern, value) is not None
