@@ -209,8 +209,11 @@ def _guarded(ctx: Context, record: ManifestFile, kind: str, only: set[str],
         raise ToolError("interrupted; no data was deleted", exit_code=EXIT_INTERRUPTED) from None
     except Exception as error:
         record.note(f"stopped by an error: {error.__class__.__name__}")
-        _offer_compute_deletion(ctx, record, _costly(record, kind, only),
-                                "The campaign stopped with an error. ")
+        try:
+            _offer_compute_deletion(ctx, record, _costly(record, kind, only),
+                                    "The campaign stopped with an error. ")
+        except ToolError as also:  # the first error is the one to show; this one is said too
+            ctx.ui.warn(f"{also}; check with --status, settle with --cleanup")
         raise
 
 

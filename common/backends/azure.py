@@ -37,11 +37,18 @@ UNUSABLE_NODE_STATES = {"starttaskfailed", "unusable"}
 READY_NODE_STATES = {"idle", "running"}
 
 
+def _value(state: object) -> str:
+    """An enum from the SDK (a str subclass whose str() is its name) or a plain string, as
+    the service spells it: 'idle', 'steady', 'servererror'."""
+    return str(getattr(state, "value", state))
+
+
 def _message(error: HttpResponseError) -> str:
     """The service's own words: code and message, without request ids or URLs with SAS."""
     code = getattr(error.error, "code", None) if error.error else None
-    text = (getattr(error.error, "message", None) or str(error).splitlines()[0]) if error.error else str(error)
-    return redact(f"{code}: {text}" if code else str(text))
+    text = (getattr(error.error, "message", None) or str(error)) if error.error else str(error)
+    first = (str(text).strip().splitlines() or [""])[0]  # not the RequestId/Time lines after it
+    return redact(f"{code}: {first}" if code else first)
 
 
 # ---------------------------------------------------------------------------- pure checks
@@ -61,13 +68,13 @@ def pool_state(pool: bm.BatchPool, nodes: list[bm.BatchNode], target: int) -> Po
         return PoolState(False, "resize failed", f"pool {pool.id} cannot get its nodes: {words}")
     counts: dict[str, int] = {}
     for node in nodes:
-        counts[str(node.state)] = counts.get(str(node.state), 0) + 1
+        counts[_value(node.state)] = counts.get(_value(node.state), 0) + 1
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no nodes yet"
-    broken = [n for n in nodes if str(n.state) in UNUSABLE_NODE_STATES]
+    broken = [n for n in nodes if _value(n.state) in UNUSABLE_NODE_STATES]
     if broken:
         return PoolState(False, summary, _node_error(pool.id, broken[0]))
     ready = sum(counts.get(s, 0) for s in READY_NODE_STATES)
-    steady = str(pool.allocation_state) == "steady"
+    steady = _value(pool.allocation_state) == "steady"
     return PoolState(ready >= target or (steady and ready > 0 and ready == len(nodes)), summary)
 
 
@@ -76,7 +83,7 @@ def _node_error(pool_id: str, node: bm.BatchNode) -> str:
     if info:
         return f"pool {pool_id}: node {node.id} start task failed: {info.code}: {info.message}"
     errors = "; ".join(f"{e.code}: {e.message}" for e in node.errors or []) or "no details given"
-    return f"pool {pool_id}: node {node.id} is {node.state}: {errors}"
+    return f"pool {pool_id}: node {node.id} is {_value(node.state)}: {errors}"
 
 
 def pool_mismatch(pool: bm.BatchPool, spec: PoolSpec, settings: Settings) -> str | None:
@@ -161,9 +168,9 @@ def _still_to_add(job_id: str, sent: list[bm.BatchTaskCreateOptions],
     retry = []
     for task in sent:
         result = by_id.get(task.id)
-        if result is None or str(result.status) == "servererror":
+        if result is None or _value(result.status) == "servererror":
             retry.append(task)  # an answer that left a task out must not make it vanish
-        elif str(result.status) == "clienterror":
+        elif _value(result.status) == "clienterror":
             code = result.error.code if result.error else None
             if code != "TaskExists":
                 text = result.error.message.value if result.error and result.error.message else ""
@@ -207,16 +214,23 @@ class AzureBackend(Backend):
     # -- pools -------------------------------------------------------------------------
 
     def _call(self, what: str, action: Callable):
+        """Run one request; a failure becomes a ToolError in the service's words."""
         try:
             return action()
-        except ClientAuthenticationError as error:
-            raise ToolError(f"{what}: the Batch account refused the credentials ({_message(error)}): "
-                            "check BATCH_ACCOUNT_NAME, BATCH_ACCOUNT_KEY and BATCH_ACCOUNT_URL") from None
-        except ServiceRequestError as error:
-            raise ToolError(f"{what}: cannot reach {self.settings.app.batch_account_url} "
-                            f"({str(error).splitlines()[0]})") from None
-        except HttpResponseError as error:
-            raise ToolError(f"{what}: {_message(error)}") from None
+        except ResourceNotFoundError:
+            raise
+        except (HttpResponseError, ServiceRequestError) as error:
+            raise self._error(what, error) from None
+
+    def _error(self, what: str, error: Exception) -> ToolError:
+        if isinstance(error, ServiceRequestError):
+            return ToolError(f"{what}: cannot reach {self.settings.app.batch_account_url} "
+                             f"({str(error).splitlines()[0]})")
+        assert isinstance(error, HttpResponseError)
+        if isinstance(error, ClientAuthenticationError) or error.status_code in (401, 403):
+            return ToolError(f"{what}: the Batch account refused the credentials ({_message(error)}): "
+                             "check BATCH_ACCOUNT_NAME, BATCH_ACCOUNT_KEY and BATCH_ACCOUNT_URL")
+        return ToolError(f"{what}: {_message(error)}")
 
     def prepare_pool(self, spec: PoolSpec, on_status: StatusCallback) -> None:
         existing = self._find_pool(spec.pool_id, on_status)
@@ -235,7 +249,7 @@ class AzureBackend(Backend):
 
     def _find_pool(self, pool_id: str, on_status: StatusCallback) -> bm.BatchPool | None:
         pool = self._lookup_pool(pool_id)
-        if pool is not None and str(pool.state) == "deleting":
+        if pool is not None and _value(pool.state) == "deleting":
             on_status(f"pool {pool_id} is still being deleted: waiting for it to go")
             deadline = self.clock() + POOL_READY_TIMEOUT_SECONDS
             while pool is not None:
@@ -247,11 +261,9 @@ class AzureBackend(Backend):
 
     def _lookup_pool(self, pool_id: str) -> bm.BatchPool | None:
         try:
-            return self.client.get_pool(pool_id)
+            return self._call(f"pool {pool_id}", lambda: self.client.get_pool(pool_id))
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as error:
-            raise ToolError(f"pool {pool_id}: {_message(error)}") from None
 
     def _check_image(self, on_status: StatusCallback) -> None:
         images = self._call("listing supported images", lambda: list(self.client.list_supported_images()))
@@ -262,10 +274,14 @@ class AzureBackend(Backend):
         on_status(f"image {image.publisher}/{image.offer}/{image.sku} is supported and container-capable")
 
     def wait_for_nodes(self, pool_id: str, target: int, on_status: StatusCallback) -> None:
+        """Until the pool can run tasks. An auto pool may already be gone: its job ended."""
         deadline = self.clock() + POOL_READY_TIMEOUT_SECONDS
         last = None
         while True:
-            pool = self._call(f"pool {pool_id}", lambda: self.client.get_pool(pool_id))
+            pool = self._lookup_pool(pool_id)
+            if pool is None or _value(pool.state) == "deleting":
+                on_status(f"pool {pool_id} is gone: its job has ended")
+                return
             nodes = self._call(f"nodes of {pool_id}", lambda: list(self.client.list_nodes(pool_id)))
             state = pool_state(pool, nodes, target)
             if state.error:
@@ -316,11 +332,9 @@ class AzureBackend(Backend):
             self._check_image(on_status)
         options = bb.job_options(job, self.node_setup(job.image))
         try:
-            self.client.create_job(options)
+            self._call(f"creating job {job.job_id}", lambda: self.client.create_job(options))
         except ResourceExistsError:
             pass  # a resubmission: tasks that exist come back as TaskExists
-        except HttpResponseError as error:
-            raise ToolError(f"creating job {job.job_id}: {_message(error)}") from None
         add_tasks(self.client, job.job_id, self.build_tasks(job), sleep=self.sleep)
         self._call(f"job {job.job_id}", lambda: self.client.update_job(job.job_id, bb.job_completion_update()))
         if job.auto_pool is None:
@@ -347,11 +361,9 @@ class AzureBackend(Backend):
 
     def job_state(self, job_id: str) -> str | None:
         try:
-            return str(self.client.get_job(job_id).state)
+            return _value(self._call(f"job {job_id}", lambda: self.client.get_job(job_id)).state)
         except ResourceNotFoundError:
             return None
-        except HttpResponseError as error:
-            raise ToolError(f"job {job_id}: {_message(error)}") from None
 
     def pool_exists(self, pool_id: str) -> bool:
         return self._lookup_pool(pool_id) is not None
