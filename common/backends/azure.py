@@ -32,7 +32,7 @@ STDERR_TAIL_LINES = 10
 POOL_READY_TIMEOUT_SECONDS = 30 * 60
 DELETE_WAIT_SECONDS = 120
 ADD_ATTEMPTS = 5
-IN_FLIGHT = 4
+IN_FLIGHT = 8  # task collections sent at once; each carries 100 tasks
 UNUSABLE_NODE_STATES = {"starttaskfailed", "unusable"}
 READY_NODE_STATES = {"idle", "running"}
 
