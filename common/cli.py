@@ -104,6 +104,8 @@ def _run(script: str, argv: Sequence[str], console: Console) -> Outcome:
     args = build_parser(script).parse_args(list(argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # the SDKs log handled conditions (a 404 they recover from) as warnings
+        logging.getLogger("azure").setLevel(logging.ERROR)
     settings = load_settings(args.simconfig, args.appconfig, backend=args.backend,
                              for_reducer=script == REDUCER)
     ui = Ui(console, verbose=args.verbose, secrets=settings.app.secrets())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import shutil
+import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,6 +92,25 @@ def _error_text(response: http.client.HTTPResponse) -> str:
     return f"{response.reason} {code}".strip()
 
 
+TRANSIENT = {500, 503}
+ATTEMPTS = 5
+
+
+def _retrying(action):
+    """Like the Batch node agent, retry storage's transient answers (500, 503, a dropped
+    connection) a few times with a growing pause; anything else fails at once."""
+    def wrapper(*args, **kwargs):
+        for attempt in range(ATTEMPTS):
+            try:
+                return action(*args, **kwargs)
+            except BlobError as error:
+                if (error.status is not None and error.status not in TRANSIENT) or attempt == ATTEMPTS - 1:
+                    raise
+                time.sleep(0.05 * 2 ** attempt)
+    return wrapper
+
+
+@_retrying
 def download(url: str, destination: Path) -> int:
     """GET one blob into `destination` (parents created). Returns the byte count."""
     sas = SasUrl.parse(url)
@@ -106,6 +126,7 @@ def download(url: str, destination: Path) -> int:
         connection.close()
 
 
+@_retrying
 def list_blobs(container_url: str, prefix: str | None) -> list[str]:
     """Names of the blobs in a container (List Blobs, following NextMarker)."""
     sas = SasUrl.parse(container_url)
@@ -130,6 +151,7 @@ def list_blobs(container_url: str, prefix: str | None) -> list[str]:
             return names
 
 
+@_retrying
 def upload(container_url: str, blob_name: str, source: Path,
            headers: dict[str, str] | None = None) -> str:
     """Put Blob (BlockBlob) of one file; returns the blob URL without the SAS."""
