@@ -168,7 +168,7 @@ def _offer_compute_deletion(ctx: Context, record: ManifestFile, jobs: list[JobRe
         if job.pool_id and not job.pool_deleted and not job.auto_pool:
             names.append(f"pool {job.pool_id}")
         elif job.auto_pool and not job.job_deleted:
-            names[-1] += " (its auto pool goes with it)"
+            names[-1] += " with its pool"
     text = " and ".join(dict.fromkeys(names))
     if not ctx.prompter.confirm(f"{why}Delete {text} (a pool costs money while it exists)?", True):
         ctx.ui.warn(f"kept {text}: it bills while its pool exists; delete it later with --cleanup")
