@@ -7,6 +7,7 @@ line, and compare with the statistics of all histories computed directly.
 from __future__ import annotations
 
 import shutil
+import tracemalloc
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import pytest
 from common.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError
 from common.topas.cli import main
 from common.topas.header import ScorerHeader, parse_header
+from common.topas import merge as merge_module
 from common.topas.merge import merge_runs
 from common.topas.scorer import (I_FASTEST, K_FASTEST, Scorer, indices_for_keys,
                                  read_scorer, sort_keys, write_scorer)
@@ -28,7 +30,7 @@ DIXIN = DATA / "dixinchen__neutron-dosimetry"
 ALL_STATS = ("Sum", "Mean", "Histories_with_Scorer_Active", "Count_in_Bin", "Second_Moment",
              "Variance", "Standard_Deviation", "Min", "Max")
 UNHIT_MIN, UNHIT_MAX = 9e99, -9e99
-RUN_SIZES = (50, 173, 9, 300)
+RUN_SIZES = (50, 173, 9, 300, 61)
 SHAPE = (4, 3, 2)
 RTOL = 1e-12
 
@@ -108,8 +110,11 @@ def make_campaign(tmp_path: Path, header: ScorerHeader, seed: int = 1,
     return Campaign(runs=runs, out=tmp_path / "merged", everything=np.concatenate(parts))
 
 
-def merge_with_cli(campaign: Campaign, capsys: pytest.CaptureFixture[str]) -> str:
-    code = main(["merge", "--out", str(campaign.out)] + [str(run) for run in campaign.runs])
+def merge_with_cli(campaign: Campaign, capsys: pytest.CaptureFixture[str],
+                   *options: str) -> str:
+    # Plots cost ~0.3 s each; test_topas_summary.py covers them.
+    code = main(["merge", "--no-plots", *options, "--out", str(campaign.out)]
+                + [str(run) for run in campaign.runs])
     captured = capsys.readouterr()
     assert code == EXIT_OK, captured.err
     return captured.out
@@ -172,7 +177,8 @@ def test_sum_only_scorer_just_sums(tmp_path: Path, capsys: pytest.CaptureFixture
     campaign = make_campaign(tmp_path, header)
     out = merge_with_cli(campaign, capsys)
     assert_matches_truth(read_scorer(campaign.out / "dose" / "Dose.csv"), campaign.everything)
-    assert "histories" not in out
+    assert "dose/Dose.csv: scorer Dose, 5 runs, 24 rows, Sum" in out
+    assert "Histories: not reported by the files" in out
 
 
 def test_energy_binned_scorer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -209,12 +215,12 @@ def test_sparse_run_without_rows(tmp_path: Path) -> None:
         campaign = make_campaign(tmp_path / stats[-1], header, sizes=(50, 10))
         write_run(campaign.runs[1] / "dose" / "Dose.csv", header, np.zeros((10, 24)))
         if problem is None:
-            merge_runs(campaign.runs, campaign.out)
+            merge_runs(campaign.runs, campaign.out, plots=False)
             assert_matches_truth(read_scorer(campaign.out / "dose" / "Dose.csv"),
                                  campaign.everything[:50])
         else:
             with pytest.raises(ToolError, match=problem):
-                merge_runs(campaign.runs, campaign.out)
+                merge_runs(campaign.runs, campaign.out, plots=False)
 
 
 @pytest.mark.parametrize("stats", [
@@ -334,8 +340,9 @@ def test_energy_to_cell_pair_full_statistics(tmp_path: Path,
 def test_mean_without_histories_cannot_be_merged(tmp_path: Path) -> None:
     source = DIXIN / "Feb__Feb-19__DoseNeutronPerSourceNeutron.csv"
     runs = _copy_runs(tmp_path, {"dose.csv": [source, source]})
-    with pytest.raises(ToolError, match="Histories_with_Scorer_Active is not reported"):
-        merge_runs(runs, tmp_path / "out")
+    with pytest.raises(ToolError, match="does not report Histories_with_Scorer_Active; "
+                                        "give it with --histories N"):
+        merge_runs(runs, tmp_path / "out", plots=False)
 
 
 # ------------------------------------------------------------------ errors and folders
@@ -377,9 +384,9 @@ def test_truncated_file_is_refused(tmp_path: Path) -> None:
     campaign = make_campaign(tmp_path, header_for(ALL_STATS))
     path = campaign.runs[3] / "dose" / "Dose.csv"
     path.write_text("".join(path.read_text().splitlines(keepends=True)[:-5]))
-    expected = r"merging with .*run0.*: it has rows for 19 of the 24 bins .*truncated file"
+    expected = r"run3.*: it has rows for 19 of the 24 bins .*truncated file"
     with pytest.raises(ToolError, match=expected):
-        merge_runs(campaign.runs, campaign.out)
+        merge_runs(campaign.runs, campaign.out, plots=False)
 
 
 def test_emptied_copy_of_a_scorer_fails_by_name(tmp_path: Path) -> None:
@@ -387,14 +394,14 @@ def test_emptied_copy_of_a_scorer_fails_by_name(tmp_path: Path) -> None:
     emptied = campaign.runs[0] / "dose" / "Dose.csv"
     emptied.write_text("")
     with pytest.raises(ToolError, match=f"{emptied}: not a TOPAS scorer output"):
-        merge_runs(campaign.runs, campaign.out)
+        merge_runs(campaign.runs, campaign.out, plots=False)
 
 
 def test_non_scorer_csv_is_skipped_and_reported(tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     campaign = make_campaign(tmp_path, header_for(("Sum",)))
     (campaign.runs[0] / "notes.csv").write_text("seed, time\n1, 2\n")
-    report = merge_runs(campaign.runs, campaign.out)
+    report = merge_runs(campaign.runs, campaign.out, plots=False)
     assert [f.path for f in report.merged] == [Path("dose/Dose.csv")]
     assert [(f.path, f.reason) for f in report.skipped] == [(Path("notes.csv"),
                                                              "no '#' header lines")]
@@ -424,9 +431,114 @@ def test_nothing_to_merge_fails(tmp_path: Path, capsys: pytest.CaptureFixture[st
     for run in runs:
         run.mkdir()
     assert main(["merge", "--out", str(tmp_path / "out")] + [str(r) for r in runs]) == 1
-    assert "no TOPAS scorer CSV found" in capsys.readouterr().err
+    assert "no TOPAS output (scorer or phase space) found" in capsys.readouterr().err
 
 
 def test_help_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["merge", "--help"]) == EXIT_OK
     assert "--out OUTDIR" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ more shapes and options
+
+def test_time_binned_scorer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    extra = ("# Binned by time in 3 bins of 10 ns from 0 ns to 30 ns",
+             "# First bin is underflow, last bin is overflow.")
+    header = header_for(ALL_STATS, extra=extra)
+    assert header.n_extra_bins == 5
+    campaign = make_campaign(tmp_path, header, orders=(K_FASTEST, I_FASTEST))
+    merge_with_cli(campaign, capsys)
+    merged = read_scorer(campaign.out / "dose" / "Dose.csv")
+    assert merged.values["Mean"].shape == (24, 5)
+    assert_matches_truth(merged, campaign.everything)
+
+
+def test_legacy_header_merges(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = DIXIN / "Feb__DoseAtMLC.csv"  # TOPAS 3.7: "# Results for scorer DoseAtMLC"
+    runs = _copy_runs(tmp_path, {"DoseAtMLC.csv": [source] * 3})
+    code = main(["merge", "--no-plots", "--out", str(tmp_path / "out")] + [str(r) for r in runs])
+    assert code == EXIT_OK, capsys.readouterr().err
+    merged = read_scorer(tmp_path / "out" / "DoseAtMLC.csv")
+    np.testing.assert_allclose(merged.values["Sum"], 3 * read_scorer(source).values["Sum"],
+                               rtol=RTOL)
+    assert merged.header.lines == read_scorer(source).header.lines
+
+
+def test_mean_and_spread_without_histories_need_the_flag(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    header = header_for(("Mean", "Standard_Deviation", "Count_in_Bin"))
+    campaign = make_campaign(tmp_path, header, sizes=(120, 120, 120))
+    code = main(["merge", "--no-plots", "--out", str(campaign.out)]
+                + [str(r) for r in campaign.runs])
+    assert code == EXIT_FAILED
+    assert "give it with --histories N (histories per run)" in capsys.readouterr().err
+    merge_with_cli(campaign, capsys, "--histories", "120")
+    assert_matches_truth(read_scorer(campaign.out / "dose" / "Dose.csv"), campaign.everything)
+
+
+def test_sum_only_with_histories_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    campaign = make_campaign(tmp_path, header_for(("Sum",)), sizes=(80, 80))
+    out = merge_with_cli(campaign, capsys, "--histories", "80")
+    assert "dose/Dose.csv: scorer Dose, 2 runs, 160 histories" in out
+    assert "Maximum mean per history" in out
+    assert_matches_truth(read_scorer(campaign.out / "dose" / "Dose.csv"), campaign.everything)
+
+
+def test_bad_option_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    campaign = make_campaign(tmp_path, header_for(("Sum",)))
+    for option in (["--histories", "0"], ["--workers", "0"], ["--histories", "x"]):
+        code = main(["merge", *option, "--out", str(campaign.out)]
+                    + [str(r) for r in campaign.runs])
+        assert code == EXIT_USAGE, option
+        assert capsys.readouterr().err.startswith("error: ")
+    assert not campaign.out.exists()
+
+
+def _merged_bytes(out: Path) -> dict[str, bytes]:
+    return {p.relative_to(out).as_posix(): p.read_bytes() for p in sorted(out.rglob("*"))
+            if p.is_file()}
+
+
+def test_worker_processes_give_the_same_bits(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(merge_module, "_PARALLEL_BYTES", 0)  # use the pool even for small
+    campaign = make_campaign(tmp_path, header_for(ALL_STATS, sparse=True),
+                             sizes=(30, 41, 52, 63, 74, 85, 96, 7, 18), hit_probability=0.05)
+    outputs = []
+    for workers in (1, 2, 3):
+        out = tmp_path / f"out{workers}"
+        merge_runs(campaign.runs, out, plots=False, workers=workers)
+        outputs.append(_merged_bytes(out))
+        assert_matches_truth(read_scorer(out / "dose" / "Dose.csv"), campaign.everything)
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_a_bad_run_read_by_a_worker_is_named(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(merge_module, "_PARALLEL_BYTES", 0)
+    campaign = make_campaign(tmp_path, header_for(ALL_STATS), sizes=(10,) * 9)
+    bad = campaign.runs[6] / "dose" / "Dose.csv"
+    bad.write_text(bad.read_text().replace(", 10, ", ", 1O, ", 1))  # Histories of row 1
+    with pytest.raises(ToolError, match=f"{bad}: unreadable number '1O' in data row 1"):
+        merge_runs(campaign.runs, campaign.out, plots=False, workers=2)
+
+
+def test_memory_does_not_grow_with_runs(tmp_path: Path) -> None:
+    # Holding every run would take 40 runs' arrays; streaming keeps the peak of 10 runs.
+    header = header_for(ALL_STATS, shape=(20, 20, 10))
+    rng = np.random.default_rng(8)
+    runs = []
+    for r in range(40):
+        run = tmp_path / f"run{r}"
+        write_run(run / "Dose.csv", header, draw_histories(rng, 12, (header.n_bins,), 0.1))
+        runs.append(run)
+    one_run = header.n_bins * (3 + len(ALL_STATS)) * 8
+    peaks = []
+    for count in (10, 40):
+        tracemalloc.start()
+        try:
+            merge_runs(runs[:count], tmp_path / f"out{count}", plots=False, workers=1)
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    assert peaks[1] < peaks[0] + one_run, [peak / one_run for peak in peaks]

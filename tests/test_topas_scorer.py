@@ -168,5 +168,5 @@ def test_bin_outside_the_header_grid_is_an_error(tmp_path: Path) -> None:
 def test_unreadable_number_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "bad.csv"
     path.write_text("\n".join(_lines()) + "\n0, 0, 0, 1, oops\n")
-    with pytest.raises(ToolError, match="bad.csv: unreadable data row"):
+    with pytest.raises(ToolError, match="bad.csv: unreadable number 'oops' in data row 1"):
         read_scorer(path)

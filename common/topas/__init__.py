@@ -1,17 +1,48 @@
 """TOPAS output files: reading, writing and statistically correct merging of runs.
 
-Modules: header (the '#' header shared by CSV and binary scorers), scorer (CSV scorer
-files), combine (per-bin combination of runs), merge (run folders -> results folder),
-cli (`python -m common.topas`). This package is uploaded to the reducer node together
-with common/__init__.py and common/errors.py, so it imports only the standard library,
-numpy and common.errors.
+Reading, for your own reducer scripts (the merge, the plots and the summary use the same
+readers)::
+
+    from common.topas import read_scorer, read_phase_space_header
+
+    dose = read_scorer("run1/Dose.csv")          # a CSV, or "run1/Dose.binheader"
+    dose.header.scorer_name, dose.header.unit      # 'Dose', 'Gy'
+    dose.header.shape                              # (40, 1, 40) voxels, None if undivided
+    dose.values["Sum"]                             # one value per row (bin)
+    dose.indices                                   # the (i, j, k) of every row
+    dose.histories()                               # Histories_with_Scorer_Active, or None
+    grid = dose.grid("Sum")                        # (ni, nj, nk[, energy bins]) array
+
+    ps = read_phase_space_header("run1/phsp.header")
+    ps.original_histories, ps.particles, ps.per_particle   # 100, 106, {'e-': 7, ...}
+
+read_scorer(path, statistics=("Sum",)) reads only some statistics (faster). Energy- or
+time-binned scorers give (rows, bins) arrays: underflow first, then the bins, then
+overflow (and "no incident track"). Sparse CSVs have rows only for the bins printed.
+
+Merging: `python -m common.topas merge --out OUTDIR RUNDIR...` or merge_runs(); see
+merge.py. Modules: header (the '#' header of scorers), fastcsv (fast exact CSV numbers),
+scorer (CSV scorers, the Scorer object), binary (.bin/.binheader scorers), combine (the
+statistics of merged runs), phasespace (.header/.phsp), summary and plots (what a merge
+writes beside its results), merge (run folders -> results folder), cli. The package is
+uploaded to the reducer node with common/__init__.py and common/errors.py only, so it
+imports the standard library, numpy and common.errors (matplotlib lazily, optional).
 """
-from common.topas.combine import ScorerAccumulator
-from common.topas.header import ScorerHeader, parse_header, read_header
+from common.topas.binary import read_binary_scorer, write_binary_scorer
+from common.topas.combine import BatchStatistics, ScorerAccumulator
+from common.topas.header import (COUNT_IN_BIN, HISTORIES, MAX, MEAN, MIN, SECOND_MOMENT,
+                                 STANDARD_DEVIATION, STATISTICS, SUM, VARIANCE,
+                                 NotAScorerFile, ScorerHeader, parse_header, read_header)
 from common.topas.merge import (MergedFile, MergeReport, SkippedFile, merge_runs,
                                 merge_scorer_files)
+from common.topas.phasespace import (NotAPhaseSpace, PhaseSpaceHeader, merge_phase_spaces,
+                                     read_phase_space_header)
 from common.topas.scorer import Scorer, read_scorer, write_scorer
 
-__all__ = ["MergeReport", "MergedFile", "Scorer", "ScorerAccumulator", "ScorerHeader",
-           "SkippedFile", "merge_runs", "merge_scorer_files", "parse_header", "read_header",
-           "read_scorer", "write_scorer"]
+__all__ = ["BatchStatistics", "COUNT_IN_BIN", "HISTORIES", "MAX", "MEAN", "MIN",
+           "MergeReport", "MergedFile", "NotAPhaseSpace", "NotAScorerFile",
+           "PhaseSpaceHeader", "SECOND_MOMENT", "STANDARD_DEVIATION", "STATISTICS", "SUM",
+           "Scorer", "ScorerAccumulator", "ScorerHeader", "SkippedFile", "VARIANCE",
+           "merge_phase_spaces", "merge_runs", "merge_scorer_files", "parse_header",
+           "read_binary_scorer", "read_header", "read_phase_space_header", "read_scorer",
+           "write_binary_scorer", "write_scorer"]

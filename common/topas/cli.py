@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Sequence
 
 from common.errors import EXIT_FAILED, EXIT_OK, ToolError, usage_error
-from common.topas.merge import MergeReport, merge_runs
+from common.topas.merge import (PHASE_SPACE, SUMMARY_DIR, MergedFile, MergeReport,
+                                 merge_runs)
 
 _PROG = "python -m common.topas"
 
@@ -30,13 +31,25 @@ def _parser() -> argparse.ArgumentParser:
                                      help="what to do (only 'merge' for now)")
     commands.required = True
     merge = commands.add_parser(
-        "merge", help="merge the scorer CSVs of several run folders",
-        description="Merge every TOPAS scorer CSV found at the same relative path in all "
-                    "run folders (Sum, Mean, Count_in_Bin, Second_Moment, Variance, "
-                    "Standard_Deviation, Min, Max combined as one run of all histories).")
+        "merge", help="merge the TOPAS outputs of several run folders",
+        description="Merge every TOPAS output found at the same relative path in all run "
+                    "folders: scorer CSVs and binary scorers (.binheader + .bin) are "
+                    "combined as one run of all histories (Sum, Mean, Count_in_Bin, "
+                    "Second_Moment, Variance, Standard_Deviation, Min, Max); phase spaces "
+                    "(.header + .phsp, ASCII, Binary or Limited) are concatenated with "
+                    "their header counts added. A summary, a plot and run-to-run (batch) "
+                    f"statistics per scorer go to OUTDIR/{SUMMARY_DIR}/.")
     merge.add_argument("--out", required=True, type=Path, metavar="OUTDIR",
                        help="folder for the merged files (created if needed; must not be "
                             "inside a run folder)")
+    merge.add_argument("--histories", type=int, metavar="N",
+                       help="histories of each run, for scorers that report Sum or Mean "
+                            "without Histories_with_Scorer_Active")
+    merge.add_argument("--no-plots", action="store_true",
+                       help="do not draw the PNG per scorer")
+    merge.add_argument("--workers", type=int, metavar="N",
+                       help="processes reading runs in parallel (default: the CPUs, at "
+                            "most 8)")
     merge.add_argument("runs", nargs="+", type=Path, metavar="RUNDIR",
                        help="one output folder per run (independent seeds)")
     return parser
@@ -46,7 +59,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
     try:
         args = _parser().parse_args(argv)
-        report = merge_runs(args.runs, args.out)
+        report = merge_runs(args.runs, args.out, histories=args.histories,
+                            plots=not args.no_plots, workers=args.workers)
     except SystemExit as done:  # --help prints and exits through argparse
         return int(done.code or EXIT_OK)
     except ToolError as error:
@@ -55,22 +69,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.exit_code
     print(summary(report))
     if not report.merged:
-        print(f"error: no TOPAS scorer CSV found in the {len(report.run_dirs)} run folders",
-              file=sys.stderr)
+        print(f"error: no TOPAS output (scorer or phase space) found in the "
+              f"{len(report.run_dirs)} run folders", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
 def summary(report: MergeReport) -> str:
-    """A few lines saying what was merged and what was skipped."""
-    lines = [f"Merged {len(report.merged)} scorer file(s) from {len(report.run_dirs)} runs "
+    """What was merged and skipped, then each scorer's summary."""
+    lines = [f"Merged {len(report.merged)} file(s) from {len(report.run_dirs)} runs "
              f"into {report.out_dir}"]
     for merged in report.merged:
-        histories = f", {merged.histories} histories" if merged.histories is not None else ""
-        lines.append(f"  {merged.path}: scorer {merged.scorer_name}, {merged.runs} runs"
-                     f"{histories}, {merged.rows} rows, {' '.join(merged.statistics)}")
+        lines.append("  " + _one_line(merged))
     if report.skipped:
-        lines.append(f"Skipped {len(report.skipped)} CSV file(s) that are not TOPAS scorer "
-                     "outputs:")
+        lines.append(f"Skipped {len(report.skipped)} file(s) that are not TOPAS outputs:")
         lines += [f"  {skipped.path}: {skipped.reason}" for skipped in report.skipped]
+    lines += [f"Note: {note}" for note in report.notes]
+    lines += [merged.summary_text for merged in report.merged if merged.summary_text]
     return "\n".join(lines)
+
+
+def _one_line(merged: MergedFile) -> str:
+    histories = f", {merged.histories} histories" if merged.histories is not None else ""
+    if merged.kind == PHASE_SPACE:
+        return (f"{merged.path}: {merged.scorer_name}, {merged.runs} runs{histories}, "
+                f"{merged.rows} particles")
+    return (f"{merged.path}: scorer {merged.scorer_name}, {merged.runs} runs{histories}, "
+            f"{merged.rows} rows, {' '.join(merged.statistics)}")

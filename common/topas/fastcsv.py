@@ -17,8 +17,9 @@ parsed with array operations:
      direct one; the few values this cannot decide (and anything unusual: nan, inf,
      subnormals) go through Python's float().
 
-So every value is bit-for-bit what float() gives for its text, about six times faster
-than loadtxt. Where long double is not the x87 80-bit type (Windows, macOS on ARM),
+So every value is bit-for-bit what float() gives for its text, three times faster than
+np.loadtxt when every column is wanted and five when, as in a merge, only some are.
+Where long double has no 64-bit significand (Windows, macOS on ARM),
 `available()` is False and callers use the general parser. Reads files in blocks of rows,
 so memory stays proportional to the block and the wanted columns.
 """
@@ -33,7 +34,7 @@ _SPACE, _COMMA, _NEWLINE, _CR, _DOT, _MINUS, _PLUS = b" ,\n\r.-+"
 _LOWER_E = ord("e")
 _CASE_BIT = 0x20  # 'E' | 0x20 == 'e'
 _PAD = 32  # zero bytes kept before and after a block, so word reads never leave it
-_BLOCK_BYTES = 1 << 20
+_BLOCK_BYTES = 512 << 10  # fits the temporaries in a core's cache (measured: 256K-1M best)
 
 _U64 = np.uint64
 _ASCII_ZEROS = _U64(0x3030303030303030)
@@ -48,6 +49,7 @@ _MAX_EXACT_INT = 2 ** 53
 _MAX_EXACT_POW10_LONG = 27  # 5**27 < 2**64: 10**27 is exact in a 64-bit significand
 _SMALLEST_NORMAL = np.finfo(np.float64).tiny
 _MAX_DIGITS = 24  # digits after the point that are read (TOPAS prints at most 16+4)
+_U8_ZERO = np.uint8(ord("0"))
 
 
 def available() -> bool:
@@ -72,68 +74,126 @@ class UnreadableNumber(ValueError):
         self.row = row
 
 
-def read_columns(path: Path, offset: int, n_columns: int,
-                 wanted: Sequence[int]) -> np.ndarray | None:
+def read_columns(path: Path, offset: int, n_columns: int, wanted: Sequence[int],
+                 constant: Sequence[int] = (), rows: int | None = None) -> np.ndarray | None:
     """The `wanted` columns (sorted, 0-based) of the rows after byte `offset`, as a
     (rows, len(wanted)) float64 array; None if the rows are not in TOPAS's strict shape.
 
+    `constant`: wanted columns expected to hold one number in every row (TOPAS's
+    Histories_with_Scorer_Active); where their text is the same throughout a block only
+    its first row is parsed. `rows`: how many rows to expect (a hint: the result is
+    filled in place instead of joined from blocks, which would need twice the memory).
     Raises UnreadableNumber for a token no parser could read, OSError if unreadable.
     """
     if not available():
         return None
-    parts: list[np.ndarray] = []
-    rows_before = 0
+    table = _Table(len(wanted), rows)
+    same = [position for position, column in enumerate(wanted) if column in constant]
     with open(path, "rb") as handle:
         handle.seek(offset)
-        for block in _blocks(handle):
-            part = _parse_block(block, n_columns, wanted, rows_before)
+        for block, end in _blocks(handle):
+            part = _parse_block(block, end, n_columns, wanted, same, table.rows)
             if part is None:
                 return None
-            parts.append(part)
-            rows_before += part.shape[0]
-    if not parts:
-        return np.empty((0, len(wanted)))
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+            table.append(part)
+    return table.result()
 
 
-def _blocks(handle: BinaryIO) -> Iterator[bytearray]:
-    """Blocks of whole lines, each ending with '\\n' and padded with zero bytes both sides."""
-    tail = b""
+class _Table:
+    """Rows parsed block by block, written into one array when their number is known."""
+
+    def __init__(self, columns: int, expected: int | None) -> None:
+        self.rows = 0
+        self._filled = np.empty((expected or 0, columns))
+        self._parts: list[np.ndarray] = []
+
+    def append(self, part: np.ndarray) -> None:
+        stop = self.rows + part.shape[0]
+        if not self._parts and stop <= self._filled.shape[0]:
+            self._filled[self.rows:stop] = part
+        else:  # more rows than expected: collect, join at the end
+            if not self._parts:
+                self._parts.append(self._filled[:self.rows])
+            self._parts.append(part)
+        self.rows = stop
+
+    def result(self) -> np.ndarray:
+        if self._parts:
+            return np.concatenate(self._parts)
+        return self._filled[:self.rows]
+
+
+def _blocks(handle: BinaryIO) -> Iterator[tuple[bytearray, int]]:
+    """(buffer, end): whole lines in buffer[_PAD:end], the last ending with '\\n', with
+    at least _PAD bytes before and after. One buffer serves every block (no copies), so
+    each block must be used up before the next is asked for."""
+    buffer = bytearray(_PAD + _BLOCK_BYTES + _PAD)
+    kept = 0  # an unfinished last line, moved to the front
     while True:
-        chunk = handle.read(_BLOCK_BYTES)
-        if not chunk:
+        start = _PAD + kept
+        count = handle.readinto(memoryview(buffer)[start:len(buffer) - _PAD])
+        filled = start + count
+        if count == 0:
             break
-        data = tail + chunk
-        cut = data.rfind(b"\n") + 1
-        tail = data[cut:]
-        if cut:
-            yield _padded(data[:cut])
-    if tail.strip():
-        yield _padded(tail + b"\n")  # a last line without its newline
+        end = buffer.rfind(b"\n", _PAD, filled) + 1
+        if end == 0:  # a line longer than the buffer: make room and read on
+            kept = filled - _PAD
+            buffer.extend(bytes(len(buffer)))
+            continue
+        yield buffer, end
+        kept = filled - end
+        buffer[_PAD:_PAD + kept] = buffer[end:filled]
+    if kept and bytes(buffer[_PAD:_PAD + kept]).strip():  # a last line without '\\n'
+        buffer[_PAD + kept:_PAD + kept + 1] = b"\n"
+        yield buffer, _PAD + kept + 1
 
 
-def _padded(lines: bytes) -> bytearray:
-    block = bytearray(_PAD)
-    block += lines
-    block += bytes(_PAD)
-    return block
-
-
-def _parse_block(block: bytearray, n_columns: int, wanted: Sequence[int],
-                 rows_before: int) -> np.ndarray | None:
+def _parse_block(block: bytearray, end: int, n_columns: int, wanted: Sequence[int],
+                 same: Sequence[int], rows_before: int) -> np.ndarray | None:
+    """The wanted values of the rows in block[_PAD:end]; None if not in the strict shape."""
     buf = np.frombuffer(block, np.uint8)
-    begin, end = _PAD, len(block) - _PAD
+    begin = _PAD
     separators = _separators(buf[begin:end], n_columns)
     if separators is None:
         return None
     separators += begin
     starts, ends = _token_bounds(buf, separators, begin, wanted)
     words = np.ndarray(shape=(len(buf) - 7,), dtype="<u8", buffer=block, strides=(1,))
+    values = np.empty(starts.shape)
+    parse = list(range(len(wanted)))
+    for position in same:
+        if _all_alike(words, starts[:, position], ends[:, position]):
+            parse.remove(position)
+            values[:, position] = _values(block, buf, words, starts[:1, position],
+                                          ends[:1, position], rows_before, 1)[0]
+    if parse:
+        values[:, parse] = _values(block, buf, words, starts[:, parse].ravel(),
+                                   ends[:, parse].ravel(), rows_before,
+                                   len(parse)).reshape(-1, len(parse))
+    return values
+
+
+def _values(block: bytearray, buf: np.ndarray, words: np.ndarray, starts: np.ndarray,
+            ends: np.ndarray, rows_before: int, per_row: int) -> np.ndarray:
+    """The tokens' values; float() decides those the array arithmetic cannot."""
     values, undecided = _numbers(buf, words, starts, ends)
     for index in np.flatnonzero(undecided):
         values[index] = _python_float(block, starts[index], ends[index],
-                                      rows_before + index // len(wanted))
-    return values.reshape(-1, len(wanted))
+                                      rows_before + index // per_row)
+    return values
+
+
+def _all_alike(words: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> bool:
+    """Whether every token [start, end) has the same text (of at most 24 characters)."""
+    length = ends - starts
+    first = int(length[0])
+    if not 1 <= first <= _MAX_DIGITS or not np.all(length == first):
+        return False
+    for word in range(-(-first // 8)):
+        text = words[ends - 8 * (word + 1)] & _LAST_BYTES[min(first - 8 * word, 8)]
+        if not np.all(text == text[0]):
+            return False
+    return True
 
 
 def _separators(region: np.ndarray, n_columns: int) -> np.ndarray | None:
@@ -142,23 +202,26 @@ def _separators(region: np.ndarray, n_columns: int) -> np.ndarray | None:
     if found.size == 0 or found.size % n_columns:
         return None
     grid = found.reshape(-1, n_columns)
-    # As many separators as rows * columns, and a newline closes every row: every row
-    # holds exactly n_columns values.
+    # A newline closes every row of n_columns separators and there are no others: every
+    # row holds exactly n_columns values.
     if not (np.all(np.take(region, grid[:, -1]) == _NEWLINE) and
-            np.all(np.take(region, grid[:, :-1]) == _COMMA)):
+            np.count_nonzero(region == _NEWLINE) == grid.shape[0]):
         return None
     return grid
 
 
 def _token_bounds(buf: np.ndarray, separators: np.ndarray, begin: int,
                   wanted: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end of every wanted token, row by row, without ', ' and '\\r'."""
-    previous = np.empty_like(separators)
-    previous[:, 1:] = separators[:, :-1]
-    previous[0, 0] = begin - 1
-    previous[1:, 0] = separators[:-1, -1]
-    starts = previous[:, wanted].ravel() + 1
-    ends = separators[:, wanted].ravel()
+    """Start and end of every wanted token, (rows, wanted), without ', ' and '\\r'."""
+    rows, n_columns = separators.shape
+    flat = separators.ravel()
+    before = np.empty(flat.size + 1, dtype=np.int64)  # the separator before each token
+    before[0] = begin - 1
+    before[1:] = flat
+    index = np.arange(0, rows * n_columns, n_columns)[:, None] + np.asarray(wanted)
+    starts = np.take(before, index)
+    starts += 1
+    ends = np.take(flat, index)
     starts += np.take(buf, starts) == _SPACE
     ends -= np.take(buf, ends - 1) == _CR
     return starts, ends
@@ -176,15 +239,33 @@ def _python_float(block: bytearray, start: int, end: int, row: int) -> float:
 
 def _numbers(buf: np.ndarray, words: np.ndarray, starts: np.ndarray,
              ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each token's float64 value and where it is undecided (to be read by float())."""
+    """Each token's float64 value and where it is undecided (to be read by float()).
+
+    Integers of up to eight digits (bin indices, counts, histories, and the many "0"s
+    of unhit bins) take one word each; only the other tokens go the whole way.
+    """
     negative = np.take(buf, starts) == _MINUS
-    digits_start = starts + negative
-    mantissa_end, exponent, exponent_ok = _exponents(buf, ends)
-    mantissa, fraction_digits, mantissa_ok = _mantissas(buf, words, digits_start,
-                                                        mantissa_end)
-    values, undecided = _to_double(mantissa, exponent - fraction_digits)
-    undecided |= ~(exponent_ok & mantissa_ok) | (ends <= starts)
+    start = starts + negative
+    length = ends - start
+    small, ok = _eight_chars(words, ends, np.minimum(np.maximum(length, 0), 8))
+    ok &= (length >= 1) & (length <= 8)
+    values = small.astype(np.float64)
+    undecided = np.zeros(starts.shape, dtype=bool)
+    rest = np.flatnonzero(~ok)
+    if rest.size:
+        values[rest], undecided[rest] = _general_numbers(buf, words, start[rest], ends[rest])
     np.negative(values, out=values, where=negative)
+    return values, undecided
+
+
+def _general_numbers(buf: np.ndarray, words: np.ndarray, start: np.ndarray,
+                     ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values of tokens with a point or an exponent (or long), signs already removed."""
+    mantissa_end, exponent, ok = _exponents(buf, ends)
+    mantissa, fraction_digits, mantissa_ok = _mantissas(buf, words, start, mantissa_end)
+    exponent -= fraction_digits
+    values, undecided = _to_double(mantissa, exponent)
+    undecided |= ~(ok & mantissa_ok) | (mantissa_end <= start)
     return values, undecided
 
 
@@ -192,42 +273,81 @@ def _exponents(buf: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarra
                                                            np.ndarray]:
     """Where each mantissa ends, the decimal exponent, and whether it reads as one.
 
-    C++ prints exponents as e+XX or e-XXX: a sign and two or three digits.
+    C++ prints exponents as e+XX or e-XXX: a sign and two or three digits, so the last
+    five characters tell: [e][sign][d][d][d] or [?][e][sign][d][d].
     """
-    short = (np.take(buf, ends - 4) | _CASE_BIT) == _LOWER_E
-    long = (np.take(buf, ends - 5) | _CASE_BIT) == _LOWER_E
+    fifth, fourth, third, second, last = (np.take(buf, ends - back)
+                                          for back in (5, 4, 3, 2, 1))
+    long = (fifth | _CASE_BIT) == _LOWER_E
+    short = (fourth | _CASE_BIT) == _LOWER_E
     long &= ~short
-    has = short | long
+    has = long | short
     if not has.any():
         return ends, np.zeros(ends.shape, dtype=np.int64), np.ones(ends.shape, dtype=bool)
-    mantissa_end = ends - 4 * short - 5 * long
-    sign = np.take(buf, np.where(has, mantissa_end + 1, ends - 1))
-    ones, tens, hundreds = (np.take(buf, ends - back).astype(np.int64) - ord("0")
-                            for back in (1, 2, 3))
-    hundreds *= long
-    magnitude = ones + 10 * tens + 100 * hundreds
-    digits_ok = ((ones | tens | hundreds) >= 0) & (np.maximum(np.maximum(ones, tens),
-                                                              hundreds) <= 9)
-    ok = ~has | (digits_ok & ((sign == _PLUS) | (sign == _MINUS)))
-    exponent = np.where(sign == _MINUS, -magnitude, magnitude) * has
-    return mantissa_end, exponent, ok
+    sign = np.where(long, fourth, third)
+    hundreds = (third - _U8_ZERO) * long  # uint8 wraps below '0': one test per digit
+    tens = second - _U8_ZERO
+    ones = last - _U8_ZERO
+    ok = (np.maximum(np.maximum(hundreds, tens), ones) <= 9)
+    ok &= (sign == _PLUS) | (sign == _MINUS)
+    ok |= ~has
+    exponent = hundreds.astype(np.int64) * 100
+    exponent += tens * 10
+    exponent += ones
+    exponent *= np.where(sign == _MINUS, -1, 1) * has
+    return ends - has * (4 + long), exponent, ok
 
 
 def _mantissas(buf: np.ndarray, words: np.ndarray, start: np.ndarray,
                end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Digits (one optional '.') of [start, end) as an integer and the digits after '.'.
+    """The digits of each [start, end) (one optional '.') as an integer, the number of
+    digits after the '.', and whether the text was digits and at most one '.'.
 
-    Most tokens have their point second ("1.5", "-0.25", "1.2e-08") or none ("42"), so
-    that is tried first; tokens that then fail get their point looked up in the block.
+    Three shapes cover nearly all tokens: a point second ("1.5", "1.2e-08", "0.0012"),
+    no point ("42", "-1"), and the rest ("12.5"), which needs the point looked up.
     """
-    point = np.where(np.take(buf, start + 1) == _DOT, start + 1, end)
-    mantissa, fraction, ok = _split_mantissas(words, start, point, end)
-    retry = np.flatnonzero(~ok & (point == end))
-    if retry.size:
-        point[retry] = _find_points(buf, start[retry], end[retry])
-        mantissa[retry], fraction[retry], ok[retry] = _split_mantissas(
-            words, start[retry], point[retry], end[retry])
-    return mantissa, fraction, ok
+    second = np.take(buf, start + 1) == _DOT
+    if second.all():  # the usual case: every number printed as d.ddd or d.ddde-XX
+        return _one_digit_point(buf, words, start, end)
+    mantissa = np.zeros(start.shape, dtype=_U64)
+    fraction_digits = np.zeros(start.shape, dtype=np.int64)
+    ok = np.zeros(start.shape, dtype=bool)
+    index = np.flatnonzero(second)
+    mantissa[index], fraction_digits[index], ok[index] = _one_digit_point(
+        buf, words, start[index], end[index])
+    index = np.flatnonzero(~second)
+    mantissa[index], ok[index] = _digit_runs(words, start[index], end[index])
+    index = index[~ok[index]]
+    if index.size:
+        mantissa[index], fraction_digits[index], ok[index] = _any_point(
+            buf, words, start[index], end[index])
+    return mantissa, fraction_digits, ok
+
+
+def _one_digit_point(buf: np.ndarray, words: np.ndarray, start: np.ndarray,
+                     end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    whole = np.take(buf, start).astype(_U64) - _U64(ord("0"))
+    fraction_digits = end - start - 2
+    fraction, ok = _digit_runs(words, start + 2, end)
+    return _join(whole, fraction, fraction_digits, ok & (whole <= 9))
+
+
+def _any_point(buf: np.ndarray, words: np.ndarray, start: np.ndarray,
+               end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    point = _find_points(buf, start, end)
+    whole, whole_ok = _digit_runs(words, start, point)
+    fraction_digits = np.maximum(end - point - 1, 0)
+    fraction, fraction_ok = _digit_runs(words, end - fraction_digits, end)
+    return _join(whole, fraction, fraction_digits, whole_ok & fraction_ok & (point > start))
+
+
+def _join(whole: np.ndarray, fraction: np.ndarray, fraction_digits: np.ndarray,
+          ok: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """whole * 10**fraction_digits + fraction, refused where that would pass 2**64."""
+    scale = np.minimum(fraction_digits, 19)
+    ok &= (whole == 0) | ((fraction_digits <= 18) &
+                          (whole < _POW10_INT[np.maximum(19 - scale, 0)]))
+    return whole * _POW10_INT[scale] + fraction, fraction_digits, ok
 
 
 def _find_points(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
@@ -240,55 +360,77 @@ def _find_points(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndar
     return np.where((candidate >= start) & (candidate < end), candidate, end)
 
 
-def _split_mantissas(words: np.ndarray, start: np.ndarray, point: np.ndarray,
-                     end: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    has_point = point < end
-    whole_digits = point - start
-    fraction_digits = np.where(has_point, end - point - 1, 0)
-    ok = (whole_digits >= 1) & (whole_digits <= 16) & (fraction_digits <= _MAX_DIGITS)
-    whole_digits = np.clip(whole_digits, 0, 16)
-    fraction_digits = np.clip(fraction_digits, 0, _MAX_DIGITS)
-    whole, whole_ok = _digit_runs(words, start, start + whole_digits)
-    fraction, fraction_ok = _digit_runs(words, end - fraction_digits, end)
-    # whole * 10**fraction_digits + fraction must stay below 2**64.
-    scale = np.minimum(fraction_digits, 19)
-    fits = (whole == 0) | ((fraction_digits <= 18) &
-                           (whole < _POW10_INT[np.maximum(19 - scale, 0)]))
-    mantissa = whole * _POW10_INT[scale] + fraction
-    return mantissa, fraction_digits.astype(np.int64), ok & whole_ok & fraction_ok & fits
-
-
 def _digit_runs(words: np.ndarray, start: np.ndarray,
                 end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The integer spelled by the digits in each [start, end) and whether all are digits."""
-    value = np.zeros(start.shape, dtype=_U64)
-    bad = np.zeros(start.shape, dtype=_U64)
-    longest = int((end - start).max()) if start.size else 0
-    for word in range(-(-longest // 8)):
-        last = end - 8 * word
-        count = np.clip(last - start, 0, 8)
-        keep = _LAST_BYTES[count]
-        text = words[last - 8] & keep
-        digits = text - (_ASCII_ZEROS & keep)
-        bad |= ((text + (_ABOVE_NINE & keep)) | digits) & _HIGH_BITS
-        value += _eight_digits(digits) * _POW10_INT[8 * word]
-    return value, bad == 0
+    """The integer spelled by each [start, end) and whether it is 1 to 24 digits.
+
+    Reads eight characters at a time, right to left, from words ending at `end`; bytes
+    before `start` are masked off. Later words are read only for the runs that need them.
+    """
+    length = end - start
+    ok = (length >= 1) & (length <= _MAX_DIGITS)
+    value, good = _eight_chars(words, end, np.minimum(np.maximum(length, 0), 8))
+    ok &= good
+    for word in (1, 2):
+        need = length > 8 * word
+        if need.all():
+            more, good = _eight_chars(words, end - 8 * word,
+                                      np.minimum(length - 8 * word, 8))
+            value += more * _POW10_INT[8 * word]
+            ok &= good
+        elif need.any():
+            index = np.flatnonzero(need)
+            more, good = _eight_chars(words, end[index] - 8 * word,
+                                      np.minimum(length[index] - 8 * word, 8))
+            value[index] += more * _POW10_INT[8 * word]
+            ok[index] &= good
+        else:
+            break
+    return value, ok
+
+
+def _eight_chars(words: np.ndarray, last: np.ndarray,
+                 count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The last `count` characters before each `last` as an integer, and whether all
+    are digits. A word holds eight characters, the first in its lowest byte."""
+    keep = np.take(_LAST_BYTES, count)
+    text = words[last - 8]
+    text &= keep
+    zeros = keep & _ASCII_ZEROS
+    check = keep & _ABOVE_NINE
+    check += text
+    text -= zeros  # the digit values; a byte below '0' borrows and sets a high bit
+    check |= text
+    check &= _HIGH_BITS
+    return _eight_digits(text), check == 0
 
 
 def _eight_digits(digits: np.ndarray) -> np.ndarray:
     """Eight digit values (first character in the lowest byte) combined to an integer:
     neighbouring bytes, then pairs of bytes, then halves, each as high * 10**n + low."""
-    digits = (digits * _U64(10) + (digits >> _U64(8))) & _U64(0x00FF00FF00FF00FF)
-    digits = (digits * _U64(100) + (digits >> _U64(16))) & _U64(0x0000FFFF0000FFFF)
-    return (digits * _U64(10000) + (digits >> _U64(32))) & _U64(0xFFFFFFFF)
+    for shift, scale, mask in _SWAR_STEPS:
+        high = digits * scale
+        digits >>= shift
+        digits += high
+        digits &= mask
+    return digits
+
+
+_SWAR_STEPS = ((_U64(8), _U64(10), _U64(0x00FF00FF00FF00FF)),
+               (_U64(16), _U64(100), _U64(0x0000FFFF0000FFFF)),
+               (_U64(32), _U64(10000), _U64(0xFFFFFFFF)))
 
 
 def _to_double(mantissa: np.ndarray, exponent: np.ndarray) -> tuple[np.ndarray,
                                                                     np.ndarray]:
     """mantissa * 10**exponent correctly rounded, and where that could not be decided."""
+    simple = (mantissa <= _MAX_EXACT_INT) & (np.abs(exponent) <= 22)
+    if simple.all():
+        return _exact_in_double(mantissa, exponent), np.zeros(mantissa.shape, dtype=bool)
+    if not simple.any():
+        return _via_long_double(mantissa, exponent)
     values = np.empty(mantissa.shape)
     undecided = np.zeros(mantissa.shape, dtype=bool)
-    simple = (mantissa <= _MAX_EXACT_INT) & (np.abs(exponent) <= 22)
     index = np.flatnonzero(simple)
     values[index] = _exact_in_double(mantissa[index], exponent[index])
     index = np.flatnonzero(~simple)
@@ -319,7 +461,8 @@ def _via_long_double(mantissa: np.ndarray, exponent: np.ndarray) -> tuple[np.nda
     # Rounding `wide` to double equals rounding the exact value unless `wide` sits on
     # (exact factors: one rounding) or within a long-double unit of (a rounded power
     # of ten: two roundings) a midpoint between two doubles; those go to float().
-    half_gap = np.spacing(np.abs(values)) / 2
+    with np.errstate(over="ignore"):  # inf for values beyond double's range: undecided
+        half_gap = np.spacing(np.abs(values)) / 2
     rounded_off = np.abs(wide - values.astype(np.longdouble))
     slack = np.where(np.abs(exponent) <= _MAX_EXACT_POW10_LONG, 0.0, half_gap / 2 ** 8)
     # Below a power of two the gap halves, so its midpoint is half as far.

@@ -233,16 +233,23 @@ def _check_complete(found: _Collected, source: object) -> None:
 
 def read_header_lines(path: Path) -> list[str]:
     """The leading '#' lines of a text file, without reading the data below them."""
+    return read_header_block(path)[0]
+
+
+def read_header_block(path: Path) -> tuple[list[str], int]:
+    """The leading '#' lines of a text file and the byte offset where its data starts."""
     lines = []
+    offset = 0
     try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
+        with open(path, "rb") as handle:
             for line in handle:
-                if not line.startswith("#"):
+                if not line.startswith(b"#"):
                     break
-                lines.append(line.rstrip("\r\n"))
+                lines.append(line.decode("utf-8", "replace").rstrip("\r\n"))
+                offset += len(line)
     except OSError as error:
         raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
-    return lines
+    return lines, offset
 
 
 def read_header(path: Path) -> ScorerHeader:

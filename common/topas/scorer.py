@@ -1,9 +1,11 @@
 """TOPAS scorer CSV files: the in-memory Scorer, reading and writing, and row order.
 
-A Scorer is format-neutral (header, bin indices, one float64 array per statistic), so a
-binary .bin/.binheader reader can produce the same object. Rows are identified by their
-(i, j, k) bin, never by line number: TOPAS 4.1.1 changed the order rows are written in.
-Imports only the standard library, numpy and common.errors.
+A Scorer is format-neutral (header, bin indices, one float64 array per statistic); the
+binary reader (binary.py) produces the same object, and read_scorer() reads both. Rows
+are identified by their (i, j, k) bin, never by line number: TOPAS 4.1.1 changed the
+order rows are written in. The numbers are parsed by fastcsv.py when the file has
+TOPAS's own strict shape, else by np.loadtxt. Imports only the standard library, numpy
+and common.errors.
 """
 from __future__ import annotations
 
@@ -11,23 +13,32 @@ import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence, TextIO
 
 import numpy as np
 
 from common.errors import ToolError
-from common.topas.header import HISTORIES, NotAScorerFile, ScorerHeader, parse_header
+from common.topas import fastcsv
+from common.topas.header import (HISTORIES, NotAScorerFile, ScorerHeader, parse_header,
+                                 read_header_block)
 
 K_FASTEST = "k_fastest"  # TOPAS <= 4.1.0 loops i, j, k
 I_FASTEST = "i_fastest"  # TOPAS >= 4.1.1 loops k, j, i
 VALUE_FORMAT = "%.16g"  # what TOPAS prints (setprecision(16)), so rewriting is lossless
+_ROWS_PER_WRITE = 4096  # rows formatted at a time: bounded memory, few calls
 
 
 @dataclass(frozen=True)
 class Scorer:
-    """One scorer output: `indices` is (rows, header.n_index_columns) int64 (i, j, k, or the
-    single bin number, or no column when undivided); `values` maps each statistic to a
-    (rows,) array, or (rows, header.n_extra_bins) when binned by energy or time."""
+    """One scorer output.
+
+    `indices` is (rows, header.n_index_columns) int64: i, j, k (or TOPAS's single bin
+    number, or no column when undivided). `values` maps each statistic that was read
+    (all of header.statistics unless read_scorer was asked for fewer) to a (rows,)
+    float64 array, or (rows, header.n_extra_bins) when binned by energy or time (column
+    0 is the underflow bin, then the bins, then overflow and, for incident-track energy,
+    "no incident track"). Row r of every array belongs to bin indices[r].
+    """
 
     header: ScorerHeader
     indices: np.ndarray
@@ -53,6 +64,19 @@ class Scorer:
         """TOPAS's own bin number of every row: i*Nj*Nk + j*Nk + k (0 when undivided)."""
         return bin_keys(self.header, self.indices)
 
+    def grid(self, statistic: str) -> np.ndarray:
+        """One statistic on the full grid: shape (ni, nj, nk), plus the energy/time bins
+        if any; (1, 1, 1) when undivided. Bins without a row (sparse output) hold 0."""
+        return on_grid(self.header, self.bin_keys(), self.values[statistic])
+
+
+def on_grid(header: ScorerHeader, keys: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per-row values (rows in any order, their bin numbers `keys`) on the full grid."""
+    tail = (header.n_extra_bins,) if header.n_extra_bins else ()
+    grid = np.zeros((header.n_bins,) + tail)
+    grid[keys] = rows
+    return grid.reshape((header.shape or (1, 1, 1)) + tail)
+
 
 def bin_keys(header: ScorerHeader, indices: np.ndarray) -> np.ndarray:
     if header.n_index_columns == 0:
@@ -60,7 +84,12 @@ def bin_keys(header: ScorerHeader, indices: np.ndarray) -> np.ndarray:
     if header.n_index_columns == 1:
         return indices[:, 0].copy()
     assert header.shape is not None
-    return np.ravel_multi_index(tuple(indices.T), header.shape)
+    _, nj, nk = header.shape
+    keys = indices[:, 0] * nj  # i*Nj*Nk + j*Nk + k; the readers checked the ranges
+    keys += indices[:, 1]
+    keys *= nk
+    keys += indices[:, 2]
+    return keys
 
 
 def indices_for_keys(header: ScorerHeader, keys: np.ndarray) -> np.ndarray:
@@ -100,36 +129,83 @@ def _increasing(keys: np.ndarray) -> bool:
 
 # ---------------------------------------------------------------------------- reading
 
-def read_scorer(path: Path) -> Scorer:
-    """Read a TOPAS scorer CSV. NotAScorerFile if it has no scorer header, ToolError if the
-    data does not match the header."""
+def read_scorer(path: Path, statistics: Sequence[str] | None = None) -> Scorer:
+    """Read one TOPAS scorer output: a CSV, or a binary `.binheader` (or its `.bin`).
+
+    `statistics` limits which statistics are read (default: all the file has); the
+    header still lists every one. NotAScorerFile if the file has no scorer header,
+    ToolError (naming the file) if the data does not match the header.
+    """
     path = Path(path)
-    header_lines, body = _split_header(_read_text(path))
+    if path.suffix in (".bin", ".binheader"):
+        from common.topas.binary import read_binary_scorer  # binary builds on this module
+        return read_binary_scorer(path, statistics)
+    header_lines, offset = read_header_block(path)
     if not header_lines:
         raise NotAScorerFile(path, "no '#' header lines")
     header = parse_header(header_lines, path)
-    table = _parse_table(body, header, path)
+    wanted = _checked_statistics(header, statistics, path)
+    table = _read_table(path, offset, header, _wanted_columns(header, wanted))
     indices = _index_columns(table[:, :header.n_index_columns], header, path)
-    values = _statistic_columns(table[:, header.n_index_columns:], header)
+    values = _statistic_columns(table[:, header.n_index_columns:], header, wanted)
     return Scorer(header=header, indices=indices, values=values)
 
 
-def _read_text(path: Path) -> str:
+def _checked_statistics(header: ScorerHeader, statistics: Sequence[str] | None,
+                        path: Path) -> tuple[str, ...]:
+    if statistics is None:
+        return header.statistics
+    unknown = [name for name in statistics if name not in header.statistics]
+    if unknown:
+        raise ToolError(f"{path}: does not report {', '.join(unknown)} (it has "
+                        f"{', '.join(header.statistics)})")
+    return tuple(name for name in header.statistics if name in statistics)
+
+
+def _wanted_columns(header: ScorerHeader, wanted: tuple[str, ...]) -> list[int]:
+    """Column numbers of the index columns and of the wanted statistics, ascending."""
+    columns = list(range(header.n_index_columns))
+    stats = header.statistics
+    for extra in range(max(1, header.n_extra_bins)):
+        first = header.n_index_columns + extra * len(stats)
+        columns += [first + stats.index(name) for name in wanted]
+    return sorted(columns)
+
+
+def _read_table(path: Path, offset: int, header: ScorerHeader,
+                columns: list[int]) -> np.ndarray:
+    n_columns = header.n_index_columns + header.n_value_columns
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
+        table = fastcsv.read_columns(path, offset, n_columns, columns,
+                                     constant=_histories_columns(header),
+                                     rows=header.n_bins if header.sparse is None else None)
+    except fastcsv.UnreadableNumber as error:
+        raise ToolError(f"{path}: {error}") from error
     except OSError as error:
         raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
+    if table is None:  # not in TOPAS's strict shape: the general, slower parser
+        table = _parse_table(_read_body(path, offset), header, path)[:, columns]
+    if header.n_index_columns == 0 and table.shape[0] > 1:
+        raise ToolError(f"{path}: {table.shape[0]} rows for an undivided scorer (expected 1)")
+    return table
 
 
-def _split_header(text: str) -> tuple[list[str], str]:
-    lines = []
-    position = 0
-    while text.startswith("#", position):
-        end = text.find("\n", position)
-        end = len(text) if end < 0 else end
-        lines.append(text[position:end].rstrip("\r"))
-        position = end + 1
-    return lines, text[position:]
+def _histories_columns(header: ScorerHeader) -> list[int]:
+    """Columns of Histories_with_Scorer_Active: one number repeated on every row."""
+    if HISTORIES not in header.statistics:
+        return []
+    stats = header.statistics
+    return [header.n_index_columns + extra * len(stats) + stats.index(HISTORIES)
+            for extra in range(max(1, header.n_extra_bins))]
+
+
+def _read_body(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", "replace")
+    except OSError as error:
+        raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
 
 
 def _parse_table(body: str, header: ScorerHeader, path: Path) -> np.ndarray:
@@ -137,7 +213,6 @@ def _parse_table(body: str, header: ScorerHeader, path: Path) -> np.ndarray:
     if not body or body.isspace():
         return np.empty((0, columns))
     try:
-        # loadtxt parses the whole block in C; a Python loop per value is ~10x slower.
         table = np.loadtxt(io.StringIO(body), delimiter=",", dtype=np.float64, ndmin=2,
                            comments=None)
     except ValueError as error:
@@ -145,8 +220,6 @@ def _parse_table(body: str, header: ScorerHeader, path: Path) -> np.ndarray:
     if table.shape[1] != columns:
         raise ToolError(f"{path}: rows have {table.shape[1]} columns, the header implies "
                         f"{columns} ({_column_story(header)})")
-    if header.n_index_columns == 0 and table.shape[0] > 1:
-        raise ToolError(f"{path}: {table.shape[0]} rows for an undivided scorer (expected 1)")
     return table
 
 
@@ -162,9 +235,9 @@ def _index_columns(columns: np.ndarray, header: ScorerHeader, path: Path) -> np.
     if not np.array_equal(indices, columns):
         raise ToolError(f"{path}: bin indices are not whole numbers")
     upper = _index_limits(header)
-    bad = np.any((indices < 0) | (indices >= upper), axis=1)
-    if np.any(bad):
-        row = indices[np.argmax(bad)]
+    bad = (indices < 0) | (indices >= upper)
+    if bad.any():  # (a reduction along rows first would be slow: 3 values a row)
+        row = indices[np.argmax(bad.any(axis=1))]
         raise ToolError(f"{path}: bin {tuple(int(v) for v in row)} is outside the "
                         f"{'x'.join(str(n) for n in upper)} bins of the header")
     return indices
@@ -177,13 +250,17 @@ def _index_limits(header: ScorerHeader) -> np.ndarray:
     return np.array([header.n_bins] * header.n_index_columns, dtype=np.int64)
 
 
-def _statistic_columns(table: np.ndarray, header: ScorerHeader) -> dict[str, np.ndarray]:
-    stats = header.statistics
+def _statistic_columns(table: np.ndarray, header: ScorerHeader,
+                       wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Split the wanted value columns (in file order) into one array per statistic.
+
+    The arrays are views of the table (no copies: a large file is not held twice).
+    """
     if header.n_extra_bins == 0:
-        return {name: table[:, s].copy() for s, name in enumerate(stats)}
+        return {name: table[:, s] for s, name in enumerate(wanted)}
     # Per row: [bin 0: every statistic][bin 1: every statistic]... statistic varies fastest.
-    cube = table.reshape(table.shape[0], header.n_extra_bins, len(stats))
-    return {name: cube[:, :, s].copy() for s, name in enumerate(stats)}
+    cube = table.reshape(table.shape[0], header.n_extra_bins, len(wanted))
+    return {name: cube[:, :, s] for s, name in enumerate(wanted)}
 
 
 # ---------------------------------------------------------------------------- writing
@@ -196,29 +273,47 @@ def write_scorer(path: Path, header: ScorerHeader, values: Mapping[str, np.ndarr
     that is killed never leaves half a result behind.
     """
     path = Path(path)
-    table = _value_table(header, values)
+    columns = _value_columns(header, values)
+    rows = columns[0].shape[0]
     if indices is None:
-        indices = np.zeros((table.shape[0], 0), dtype=np.int64)
-    if indices.shape != (table.shape[0], header.n_index_columns):
-        raise ValueError(f"indices of shape {indices.shape} for {table.shape[0]} rows of "
+        indices = np.zeros((rows, 0), dtype=np.int64)
+    if indices.shape != (rows, header.n_index_columns):
+        raise ValueError(f"indices of shape {indices.shape} for {rows} rows of "
                          f"{header.n_index_columns} index columns")
-    formats = ["%d"] * header.n_index_columns + [VALUE_FORMAT] * table.shape[1]
     partial = path.with_name(path.name + ".partial")
     with open(partial, "w", encoding="utf-8", newline="\n") as handle:
         handle.write("".join(line + "\n" for line in header.lines))
-        if table.shape[0]:
-            np.savetxt(handle, np.hstack([indices.astype(np.float64), table]),
-                       fmt=formats, delimiter=", ")
+        write_rows(handle, indices, columns)
     os.replace(partial, path)
 
 
-def _value_table(header: ScorerHeader, values: Mapping[str, np.ndarray]) -> np.ndarray:
+def write_rows(handle: TextIO, indices: np.ndarray, columns: Sequence[np.ndarray]) -> None:
+    """Rows "i, j, k, v1, v2, ..." as TOPAS prints them (values with 16 digits).
+
+    `columns` are one array per statistic, (rows,) or (rows, energy bins); a row holds
+    every statistic of energy bin 0, then of bin 1... (the statistic varies fastest).
+    """
+    rows = indices.shape[0]
+    width = sum(1 if column.ndim == 1 else column.shape[1] for column in columns)
+    row = ", ".join(["%d"] * indices.shape[1] + [VALUE_FORMAT] * width) + "\n"
+    for start in range(0, rows, _ROWS_PER_WRITE):
+        part = slice(start, start + _ROWS_PER_WRITE)
+        values = np.stack([column[part] for column in columns], axis=-1)
+        block = np.hstack([indices[part].astype(np.float64),
+                           values.reshape(values.shape[0], -1)])
+        # One % for many rows: much faster than formatting row by row (np.savetxt), and
+        # a block at a time keeps memory small.
+        handle.write((row * block.shape[0]) % tuple(block.ravel().tolist()))
+
+
+def _value_columns(header: ScorerHeader,
+                   values: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     if set(values) != set(header.statistics):
         raise ValueError(f"values for {sorted(values)}, header reports {header.statistics}")
-    stacked = np.stack([np.asarray(values[name], dtype=np.float64)
-                        for name in header.statistics], axis=-1)
-    expected_ndim = 3 if header.n_extra_bins else 2
-    if stacked.ndim != expected_ndim or (header.n_extra_bins and
-                                         stacked.shape[1] != header.n_extra_bins):
-        raise ValueError(f"value arrays of shape {stacked.shape[:-1]} do not fit the header")
-    return stacked.reshape(stacked.shape[0], header.n_value_columns)
+    columns = [np.asarray(values[name], dtype=np.float64) for name in header.statistics]
+    for column in columns:
+        fits = (column.ndim == 2 and column.shape[1] == header.n_extra_bins
+                if header.n_extra_bins else column.ndim == 1)
+        if not fits or column.shape[0] != columns[0].shape[0]:
+            raise ValueError(f"value arrays of shape {column.shape} do not fit the header")
+    return columns

@@ -1,0 +1,365 @@
+"""Benchmark: merging R runs of a TOPAS scorer CSV, against pandas and against `cat`.
+
+Generates R run folders of one 3D scorer (default 100 runs of 100x100x10 voxels with
+7 statistics, ~8 MB of CSV per run) from a known per-history model, then runs, each in
+its own subprocess on the same warm files:
+  * cat        - `cat` of all the files to /dev/null: the I/O floor;
+  * pandas     - the straightforward approach: read every run with pandas, concatenate,
+                 group by voxel, combine correctly (Chan's M2), write the merged CSV;
+  * merge      - this project's `python -m common.topas merge` (plots off), with
+                 --workers 2 and 1.
+For each: wall time, its ratio to pandas, peak memory (largest resident set among the
+approach's processes, and above an idle interpreter with the same imports), and the worst
+relative error of every statistic against the exact statistics of all histories.
+Ratios are what to read, not seconds: the machines are shared and noisy. Aim: merge with
+2 workers >= 3x faster than pandas, peak memory above idle < 2x one run's arrays, every
+statistic within 1e-12.
+
+The model: in run r (N_r histories) voxel v has c histories scoring a, d histories scoring
+b and the rest 0, with c, d, a, b drawn from a seeded generator. Each run's TOPAS
+statistics follow exactly; so do those of all histories together (computed directly from
+the pooled values, not with the merge's formulas).
+
+    python bench/topas_merge.py [--runs 100] [--shape 100,100,10] [--data DIR] [--repeat 3]
+    pip install -r bench/requirements.txt   # pandas, for the comparison only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+STATS = ("Sum", "Mean", "Count_in_Bin", "Second_Moment", "Variance", "Standard_Deviation",
+         "Histories_with_Scorer_Active")
+NAME = "Dose.csv"
+UNHIT_MIN, UNHIT_MAX = 9e99, -9e99
+
+
+# ------------------------------------------------------------------ the model
+
+@dataclass(frozen=True)
+class Setup:
+    runs: int
+    shape: tuple[int, int, int]
+    stats: tuple[str, ...]
+    histories: int  # of run 0; run r has histories + 7 r, so runs differ in size
+    seed: int = 12345
+
+    @property
+    def voxels(self) -> int:
+        return int(np.prod(self.shape))
+
+    def run_histories(self, r: int) -> int:
+        return self.histories + 7 * r
+
+
+def run_model(setup: Setup, r: int) -> tuple[np.ndarray, ...]:
+    """(c, a, d, b) per voxel of run r: c histories score a, d score b, the rest 0."""
+    rng = np.random.default_rng([setup.seed, r])
+    n = setup.run_histories(r)
+    # A beam: hit probability falls off from the centre, half the voxels never hit.
+    ni, nj, nk = setup.shape
+    i, j, _ = np.meshgrid(np.arange(ni), np.arange(nj), np.arange(nk), indexing="ij")
+    radius = np.hypot((i + 0.5) / ni - 0.5, (j + 0.5) / nj - 0.5).ravel()
+    p = np.where(radius < 0.4, 0.02 * np.exp(-8 * radius ** 2), 0.0)
+    c = rng.binomial(n, p).astype(np.float64)
+    d = rng.binomial(n, p / 3).astype(np.float64)
+    a = rng.lognormal(-22.0, 0.5, setup.voxels)
+    b = rng.lognormal(-21.0, 0.5, setup.voxels)
+    return c, a, d, b
+
+
+def topas_statistics(n: int, c: np.ndarray, a: np.ndarray, d: np.ndarray,
+                     b: np.ndarray) -> dict[str, np.ndarray]:
+    """What TOPAS reports for N histories of which c score a and d score b."""
+    total = c * a + d * b
+    mean = total / n
+    m2 = c * (a - mean) ** 2 + d * (b - mean) ** 2 + (n - c - d) * mean ** 2
+    variance = m2 / (n - 1)
+    hit = (c + d) > 0
+    low = np.where(c > 0, a, np.inf)
+    low = np.minimum(low, np.where(d > 0, b, np.inf))
+    high = np.maximum(np.where(c > 0, a, -np.inf), np.where(d > 0, b, -np.inf))
+    return {"Sum": total, "Mean": mean, "Count_in_Bin": c + d, "Second_Moment": m2,
+            "Variance": variance, "Standard_Deviation": np.sqrt(variance),
+            "Histories_with_Scorer_Active": np.full(total.shape, float(n)),
+            "Min": np.where(hit, low, UNHIT_MIN), "Max": np.where(hit, high, UNHIT_MAX)}
+
+
+def pooled_truth(setup: Setup) -> dict[str, np.ndarray]:
+    """The statistics of all histories of all runs, straight from the model (two passes:
+    the second needs the pooled mean)."""
+    n = sum(setup.run_histories(r) for r in range(setup.runs))
+    total = np.zeros(setup.voxels)
+    count = np.zeros(setup.voxels)
+    low = np.full(setup.voxels, np.inf)
+    high = np.full(setup.voxels, -np.inf)
+    for r in range(setup.runs):
+        c, a, d, b = run_model(setup, r)
+        total += c * a + d * b
+        count += c + d
+        low = np.minimum(low, np.minimum(np.where(c > 0, a, np.inf), np.where(d > 0, b, np.inf)))
+        high = np.maximum(high, np.maximum(np.where(c > 0, a, -np.inf),
+                                           np.where(d > 0, b, -np.inf)))
+    mean = total / n
+    m2 = (n - count) * mean ** 2  # the zeros
+    for r in range(setup.runs):
+        c, a, d, b = run_model(setup, r)
+        m2 += c * (a - mean) ** 2 + d * (b - mean) ** 2
+    variance = m2 / (n - 1)
+    hit = count > 0
+    return {"Sum": total, "Mean": mean, "Count_in_Bin": count, "Second_Moment": m2,
+            "Variance": variance, "Standard_Deviation": np.sqrt(variance),
+            "Histories_with_Scorer_Active": np.full(setup.voxels, float(n)),
+            "Min": np.where(hit, low, UNHIT_MIN), "Max": np.where(hit, high, UNHIT_MAX)}
+
+
+# ------------------------------------------------------------------ writing runs
+
+def header_lines(setup: Setup) -> list[str]:
+    ni, nj, nk = setup.shape
+    return ["# TOPAS Version: 3.9", "# Parameter File: bench.txt",
+            "# Results for scorer: Dose", "# Scored in component: Phantom",
+            f"# X in {ni} bins of 0.1 cm", f"# Y in {nj} bins of 0.1 cm",
+            f"# Z in {nk} bins of 0.5 cm",
+            "# DoseToMedium ( Gy ) : " + "".join(f"{s}   " for s in setup.stats)]
+
+
+def write_run(setup: Setup, r: int, folder: Path) -> int:
+    """Write run r as TOPAS would (%.16g, rows i, j, k with k fastest); its size."""
+    n = setup.run_histories(r)
+    stats = topas_statistics(n, *run_model(setup, r))
+    i, j, k = np.unravel_index(np.arange(setup.voxels), setup.shape)
+    # Integers print as integers, like TOPAS's counts; everything else with 16 digits.
+    row = "%d, %d, %d, " + ", ".join("%d" if s in ("Count_in_Bin", "Histories_with_Scorer_Active")
+                                     else "%.16g" for s in setup.stats) + "\n"
+    columns = [i, j, k] + [stats[s] for s in setup.stats]
+    text = "".join(row % values for values in zip(*(c.tolist() for c in columns)))
+    path = folder / f"run{r:03d}" / NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(header_lines(setup)) + "\n" + text)
+    return path.stat().st_size
+
+
+def generate(setup: Setup, folder: Path) -> None:
+    """Write the runs (in parallel), unless folder already holds this exact setup."""
+    marker = folder / "setup.json"
+    wanted = json.dumps(setup.__dict__, sort_keys=True)
+    if marker.exists() and marker.read_text() == wanted:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    with ProcessPoolExecutor(2) as pool:
+        list(pool.map(write_run, [setup] * setup.runs, range(setup.runs),
+                      [folder] * setup.runs))
+    marker.write_text(wanted)
+
+
+# ------------------------------------------------------------------ the approaches
+
+def approach_merge(folder: Path, out: Path, workers: int) -> None:
+    from common.topas.merge import merge_runs
+    merge_runs(sorted(folder.glob("run*")), out, plots=False, workers=workers)
+
+
+def approach_pandas(folder: Path, out: Path, stats: tuple[str, ...]) -> None:
+    import pandas as pd
+    names = ["i", "j", "k", *stats]
+    frames = [pd.read_csv(path, comment="#", header=None, names=names,
+                          skipinitialspace=True)
+              for path in sorted(folder.glob(f"run*/{NAME}"))]
+    runs = pd.concat(frames, ignore_index=True)
+    del frames
+    n_r = runs["Histories_with_Scorer_Active"]
+    groups = runs.groupby(["i", "j", "k"], sort=True)
+    n = groups["Histories_with_Scorer_Active"].transform("sum")
+    mean = groups["Sum"].transform("sum") / n
+    # M2 = sum_r M2_r + sum_r N_r (Mean_r - Mean)^2: the runs' spread about the pooled mean
+    runs["between"] = n_r * (runs["Sum"] / n_r - mean) ** 2
+    merged = groups[["Sum", "Count_in_Bin", "Second_Moment", "between",
+                     "Histories_with_Scorer_Active"]].sum()
+    result = pd.DataFrame(index=merged.index)
+    n_total = merged["Histories_with_Scorer_Active"]
+    result["Sum"] = merged["Sum"]
+    result["Mean"] = merged["Sum"] / n_total
+    result["Count_in_Bin"] = merged["Count_in_Bin"]
+    result["Second_Moment"] = merged["Second_Moment"] + merged["between"]
+    result["Variance"] = result["Second_Moment"] / (n_total - 1)
+    result["Standard_Deviation"] = np.sqrt(result["Variance"])
+    result["Histories_with_Scorer_Active"] = n_total
+    out.mkdir(parents=True, exist_ok=True)
+    result[list(stats)].to_csv(out / NAME, header=False, float_format="%.16g")
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one approach in this process; print its wall time and peak memory as JSON."""
+    folder, out = Path(args.data), Path(args.out)
+    if args.approach == "pandas":
+        import pandas  # noqa: F401  (the import is not part of the timing)
+    from common.topas import merge  # noqa: F401
+    idle = _peak_rss()
+    started = time.perf_counter()
+    if args.approach == "pandas":
+        approach_pandas(folder, out, tuple(args.stats.split(",")))
+    elif args.approach == "idle":
+        pass
+    else:
+        approach_merge(folder, out, args.workers)
+    wall = time.perf_counter() - started
+    print(json.dumps({"wall": wall, "peak": max(_peak_rss(), _peak_rss(children=True)),
+                      "idle": idle}))
+
+
+def _peak_rss(children: bool = False) -> float:
+    """Peak resident memory in MiB of this process, or of its largest finished child.
+
+    For this process VmHWM is read where Linux offers it: ru_maxrss would start at the
+    benchmark parent's size (Linux carries it over fork and exec).
+    """
+    if not children:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+
+
+# ------------------------------------------------------------------ measuring
+
+@dataclass(frozen=True)
+class Measured:
+    name: str
+    wall: float
+    peak: float | None = None
+    idle: float | None = None
+    errors: dict[str, float] | None = None
+
+
+def measure(name: str, approach: str, setup: Setup, folder: Path, out: Path,
+            workers: int, repeat: int) -> Measured:
+    """Best wall time of `repeat` runs (the machine is shared), largest peak memory."""
+    command = [sys.executable, __file__, "--child", approach, "--data", str(folder),
+               "--out", str(out), "--workers", str(workers), "--stats", ",".join(setup.stats)]
+    results = []
+    for _ in range(repeat):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"{name} failed:\n{done.stderr}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return Measured(name, min(r["wall"] for r in results), max(r["peak"] for r in results),
+                    min(r["idle"] for r in results))
+
+
+def measure_cat(folder: Path, repeat: int) -> Measured:
+    files = sorted(str(p) for p in folder.glob(f"run*/{NAME}"))
+    walls = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        subprocess.run(["cat", *files], stdout=subprocess.DEVNULL, check=True)
+        walls.append(time.perf_counter() - started)
+    return Measured("cat (I/O floor)", min(walls))
+
+
+def worst_errors(merged: dict[str, np.ndarray], truth: dict[str, np.ndarray],
+                 stats: tuple[str, ...]) -> dict[str, float]:
+    """Worst relative error per statistic (a zero must be exactly zero)."""
+    worst = {}
+    for name in stats:
+        got, exact = merged[name], truth[name]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            relative = np.where(exact != 0, np.abs(got / exact - 1), np.abs(got))
+        worst[name] = float(np.max(relative))
+    return worst
+
+
+def merged_by_voxel(path: Path, setup: Setup, pandas_output: bool) -> dict[str, np.ndarray]:
+    if pandas_output:
+        table = np.loadtxt(path, delimiter=",")
+        keys = np.ravel_multi_index(tuple(table[:, :3].astype(int).T), setup.shape)
+        return {name: table[np.argsort(keys), 3 + s] for s, name in enumerate(setup.stats)}
+    from common.topas import read_scorer
+    scorer = read_scorer(path)
+    order = np.argsort(scorer.bin_keys())
+    return {name: values[order] for name, values in scorer.values.items()}
+
+
+def report(setup: Setup, rows: list[Measured], run_megabytes: float) -> None:
+    pandas_wall = next((m.wall for m in rows if m.name == "pandas"), None)
+    one_run = setup.voxels * (3 + len(setup.stats)) * 8 / 2 ** 20
+    print(f"\n{setup.runs} runs of {'x'.join(map(str, setup.shape))} voxels, "
+          f"{len(setup.stats)} statistics, {run_megabytes:.1f} MB of CSV per run; "
+          f"one run's arrays: {one_run:.1f} MiB\n")
+    print(f"{'approach':22} {'wall s':>7} {'vs pandas':>10} {'peak MiB':>9} "
+          f"{'above idle':>10}  worst relative error per statistic")
+    for m in rows:
+        ratio = f"{pandas_wall / m.wall:.2f}x" if pandas_wall else "-"
+        peak = f"{m.peak:9.0f}" if m.peak is not None else f"{'-':>9}"
+        above = (f"{m.peak - m.idle:10.1f}" if m.peak is not None and m.idle is not None
+                 else f"{'-':>10}")
+        errors = ("  " + " ".join(f"{k}={v:.1e}" for k, v in m.errors.items())
+                  if m.errors else "")
+        print(f"{m.name:22} {m.wall:7.2f} {ratio:>10} {peak} {above}{errors}")
+    print("\n'vs pandas': pandas wall time / this wall time (higher is faster). 'above idle':"
+          " peak minus an idle interpreter with the same imports.")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--shape", default="100,100,10", help="voxels i,j,k")
+    parser.add_argument("--histories", type=int, default=100000, help="histories of run 0")
+    parser.add_argument("--stats", default=",".join(STATS), help="statistics, in order")
+    parser.add_argument("--data", help="folder for the generated runs (reused when it "
+                                       "holds the same setup; default: a temporary one)")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="runs of each approach; the best wall time counts (default 3)")
+    parser.add_argument("--skip-pandas", action="store_true")
+    parser.add_argument("--child", dest="approach", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.approach:
+        child(args)
+        return 0
+    setup = Setup(runs=args.runs, shape=tuple(int(n) for n in args.shape.split(",")),
+                  stats=tuple(args.stats.split(",")), histories=args.histories)
+    with tempfile.TemporaryDirectory(prefix="bench-topas-") as tmp:
+        folder = Path(args.data) if args.data else Path(tmp) / "runs"
+        started = time.perf_counter()
+        generate(setup, folder)
+        print(f"generated {setup.runs} runs in {folder} ({time.perf_counter() - started:.1f} s)")
+        truth = pooled_truth(setup)
+        run_megabytes = (folder / "run000" / NAME).stat().st_size / 1e6
+        measure_cat(folder, 1)  # warm the page cache for everyone
+        rows = [measure_cat(folder, args.repeat)]
+        plans = [] if args.skip_pandas else [("pandas", "pandas", 1)]
+        plans += [("merge, 2 workers", "merge", 2), ("merge, 1 worker", "merge", 1)]
+        for name, approach, workers in plans:
+            out = Path(tmp) / name.replace(" ", "_").replace(",", "")
+            measured = measure(name, approach, setup, folder, out, workers, args.repeat)
+            merged = merged_by_voxel(out / NAME, setup, approach == "pandas")
+            rows.append(Measured(measured.name, measured.wall, measured.peak, measured.idle,
+                                 worst_errors(merged, truth, setup.stats)))
+        report(setup, rows, run_megabytes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,194 @@
+"""The short text summary of a merged scorer, and the per-bin view the plots share.
+
+A ScorerView puts a merged scorer on its full grid: the estimate in each bin (the mean
+per history when the histories are known, else the Sum), its relative standard error of
+the mean from the histories (sqrt(Variance / N) / Mean, needs a spread statistic) and
+from the spread between runs (batch), with bins outside an RT structure masked. The
+summary reports the histories, the total, the maximum, and the largest relative
+standard errors among the bins above a fraction (10 %) of the maximum, where they mean
+something; faint bins always have large relative errors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.topas.combine import BatchStatistics
+from common.topas.header import (HISTORIES, MEAN, SECOND_MOMENT, STANDARD_DEVIATION,
+                                 SUM, VARIANCE, ScorerHeader)
+from common.topas.scorer import Scorer, on_grid
+
+THRESHOLD = 0.10  # bins above this fraction of the maximum count for the summary
+_OUTSIDE_STRUCTURE = -1.0
+
+
+@dataclass(frozen=True)
+class ScorerView:
+    """A merged scorer on its full grid, shape (ni, nj, nk[, energy bins]).
+
+    Arrays are NaN in bins outside an RT structure; `relative_error` (from the
+    histories) and `relative_batch_error` (from the runs) are None when not available.
+    """
+
+    header: ScorerHeader
+    runs: int
+    histories: int | None
+    per_history: bool  # estimate is the mean per history (else the Sum)
+    estimate: np.ndarray
+    relative_error: np.ndarray | None
+    relative_batch_error: np.ndarray | None
+
+    @property
+    def label(self) -> str:
+        unit = f" ({self.header.unit})" if self.header.unit else ""
+        what = "mean per history" if self.per_history else "sum"
+        return f"{self.header.quantity} {what}{unit}"
+
+
+def scorer_view(merged: Scorer, runs: int, batch: BatchStatistics | None,
+                histories: int | None = None) -> ScorerView | None:
+    """The view of a merged scorer; None if it has neither Sum nor Mean.
+
+    `histories` is the total when the file does not report it (from --histories).
+    """
+    values = merged.values
+    n = merged.histories() if HISTORIES in values else histories
+    first = _first_moment(values, n)
+    if first is None:
+        return None
+    estimate, per_history = first
+    header = merged.header
+    outside = np.ones(estimate.shape, dtype=bool)
+    for name, array in values.items():
+        if name != HISTORIES:
+            outside &= array == _OUTSIDE_STRUCTURE
+    estimate = np.where(outside, np.nan, estimate)
+    relative = _relative_error(values, n, estimate) if per_history else None
+    batch_relative = _relative_batch(batch, estimate, merged) if batch else None
+    keys = merged.bin_keys()
+    return ScorerView(header=header, runs=runs, histories=n, per_history=per_history,
+                      estimate=_on_grid(header, keys, estimate),
+                      relative_error=_on_grid(header, keys, relative),
+                      relative_batch_error=_on_grid(header, keys, batch_relative))
+
+
+def summary_text(view: ScorerView, name: str, extras: dict[str, Path]) -> str:
+    """A few lines for one merged scorer; `extras` names the files written beside it."""
+    header = view.header
+    lines = [f"Scorer {header.scorer_name} ({name}), merged from {view.runs} runs",
+             f"  {header.quantity}{f' ({header.unit})' if header.unit else ''}: "
+             f"{_grid_story(header)}; statistics {' '.join(header.statistics)}",
+             "  " + _histories_line(view)]
+    lines += ["  " + line for line in _value_lines(view)]
+    lines += [f"  {what}: {path}" for what, path in extras.items()]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ view internals
+
+def _first_moment(values: dict[str, np.ndarray],
+                  n: int | None) -> tuple[np.ndarray, bool] | None:
+    if n and SUM in values:
+        return values[SUM] / n, True
+    if MEAN in values:
+        return values[MEAN], True
+    if SUM in values:
+        return values[SUM], False
+    return None
+
+
+def _relative_error(values: dict[str, np.ndarray], n: int | None,
+                    mean: np.ndarray) -> np.ndarray | None:
+    if not n or n < 2:
+        return None
+    if VARIANCE in values:
+        variance = values[VARIANCE]
+    elif STANDARD_DEVIATION in values:
+        variance = values[STANDARD_DEVIATION] ** 2
+    elif SECOND_MOMENT in values:
+        variance = values[SECOND_MOMENT] / (n - 1)
+    else:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.sqrt(np.maximum(variance, 0) / n) / np.abs(mean)
+
+
+def _relative_batch(batch: BatchStatistics, estimate: np.ndarray,
+                    merged: Scorer) -> np.ndarray:
+    # batch rows are in ascending bin order, the merged rows in the file's row order
+    position = np.searchsorted(batch.keys, merged.bin_keys())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        relative = batch.standard_error / np.abs(batch.estimate)
+    return np.where(np.isnan(estimate), np.nan, relative[position])
+
+
+def _on_grid(header: ScorerHeader, keys: np.ndarray,
+             array: np.ndarray | None) -> np.ndarray | None:
+    return None if array is None else on_grid(header, keys, array)
+
+
+# ------------------------------------------------------------------ text internals
+
+def _grid_story(header: ScorerHeader) -> str:
+    if header.shape is None:
+        story = "one bin (undivided)"
+    else:
+        story = " x ".join(str(n) for n in header.shape) + f" = {header.n_bins} bins"
+    if header.n_extra_bins:
+        story += f", {header.n_extra_bins} energy/time bins each (under/overflow included)"
+    return story
+
+
+def _histories_line(view: ScorerView) -> str:
+    if view.histories is None:
+        return ("Histories: not reported by the files; the spread between runs is the "
+                "uncertainty (give --histories N for means per history)")
+    return f"Histories: {view.histories} in total over {view.runs} runs"
+
+
+def _value_lines(view: ScorerView) -> list[str]:
+    estimate = view.estimate
+    valid = np.isfinite(estimate)
+    if not valid.any():
+        return ["No bin has a value (every bin is outside the RT structure)"]
+    unit = f" {view.header.unit}" if view.header.unit else ""
+    peak = np.nanmax(estimate)
+    lines = []
+    if view.histories or not view.per_history:
+        total = np.nansum(estimate) * (view.histories if view.per_history else 1)
+        lines.append(f"Total (sum over bins of Sum): {total:.6g}{unit}")
+    if not peak > 0:
+        return lines + ["No bin has a positive value"]
+    where = np.unravel_index(np.nanargmax(estimate), estimate.shape)
+    lines.append(f"Maximum {'mean per history' if view.per_history else 'sum'}: "
+                 f"{peak:.6g}{unit} in bin {_bin_name(view.header, where)}")
+    bright = valid & (estimate > THRESHOLD * peak)
+    lines.append(f"Bins above {THRESHOLD:.0%} of the maximum: {int(bright.sum())} of "
+                 f"{estimate.size}")
+    lines += _worst("relative standard error of the mean (history by history)",
+                    view.relative_error, bright, view.header)
+    lines += _worst("relative standard error from the spread between runs (batch)",
+                    view.relative_batch_error, bright, view.header)
+    return lines
+
+
+def _worst(what: str, relative: np.ndarray | None, bright: np.ndarray,
+           header: ScorerHeader) -> list[str]:
+    if relative is None:
+        return []
+    values = np.where(bright & np.isfinite(relative), relative, -np.inf)
+    if not np.isfinite(values.max()):
+        return [f"Largest {what}: not available"]
+    where = np.unravel_index(np.argmax(values), values.shape)
+    median = np.median(relative[bright & np.isfinite(relative)])
+    return [f"Largest {what} among them: {values.max():.3%} in bin "
+            f"{_bin_name(header, where)} (median {median:.3%})"]
+
+
+def _bin_name(header: ScorerHeader, where: tuple[int, ...]) -> str:
+    name = f"(i, j, k) = ({where[0]}, {where[1]}, {where[2]})" if header.shape else "0"
+    if header.n_extra_bins:
+        name += f", energy/time bin {where[3]} (0 = underflow)"
+    return name
