@@ -161,7 +161,10 @@ def reducer_command(reducer_script: str) -> str:
              f"mkdir -p {RESULTS_PREFIX}"]
     if reducer_script == BUILTIN_TOPAS:
         # The merge needs numpy; a plain Python image (python:3.12-slim) gets it from PyPI.
+        # matplotlib only draws the pictures: without it the merge still runs, and says so.
         lines.append('python3 -c "import numpy" 2>/dev/null || python3 -m pip install --quiet numpy')
+        lines.append('python3 -c "import matplotlib" 2>/dev/null || '
+                     'python3 -m pip install --quiet matplotlib || true')
         lines.append('PYTHONPATH="$PWD/reducer" exec python3 -m common.topas merge '
                      f'--out {RESULTS_PREFIX} {OUTPUT_PREFIX}run*/')
     else:

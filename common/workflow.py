@@ -329,7 +329,8 @@ def _summary(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecor
                  f"{store.container}, {runs}"
                  + (" (container deleted)" if ending.container_deleted else f" ({store.location})"))
     if ending.downloaded_to is not None:
-        lines.append(f"  downloaded to: {ending.downloaded_to}")
+        where = ending.downloaded_to / ("results" if job.kind == REDUCER else "")
+        lines.append(f"  downloaded to: {where}")
     lines.append(f"  manifest: {record.path}")
     if counts is not None and counts.failed and job.kind == WORKERS:
         lines.append(f"Rerun the failed tasks: python batch_simulation_runner.py {sim.path} --rerun-failed")
