@@ -101,3 +101,45 @@ def test_every_step_of_the_workflow_has_a_fault_test():
     declared = set(re.findall(r'ctx\.step\("([a-z-]+)"', source))
     declared |= set(re.findall(r'before_step\("([a-z-]+)"\)', source))
     assert declared == set(STEPS)
+
+
+def _asked(campaign, answers, action) -> list[str]:
+    """Run a workflow with typed answers; return the questions it asked."""
+    questions: list[str] = []
+    replies = iter(answers)
+
+    def ask(prompt: str) -> str:
+        questions.append(prompt)
+        return next(replies)
+    settings = load_settings(campaign.simconfig)
+    ctx = Context(settings=settings, backend=LocalBackend(settings.app.local_storage_path),
+                  prompter=Prompter(INTERACTIVE, ask=ask, say=lambda _: None, is_terminal=True),
+                  ui=Ui(Console(file=io.StringIO(), width=200)), poll_seconds=0.05)
+    action(ctx)
+    return questions
+
+
+@pytest.mark.parametrize("path", ["runner", "reducer", "cleanup"])
+def test_every_container_deletion_is_refused_without_verified_copies(campaign, path):
+    from common.workflow import run_reducer
+    # delete pool: yes; download: no; delete container: yes; lose the files for good: no
+    refuse = ["y", "n", "y", "n"]
+    if path == "runner":
+        questions = _asked(campaign, refuse, run_simulation)
+    else:
+        _asked(campaign, ["y", "n", "n"], run_simulation)
+        action = run_reducer if path == "reducer" else (lambda ctx: cleanup(ctx, WORKERS))
+        questions = _asked(campaign, refuse if path == "reducer" else refuse[1:], action)
+    assert questions[-1].startswith("Delete the container anyway and lose ")
+    assert campaign.container.exists()  # refused: nothing was downloaded and verified
+    # A person at the terminal can still confirm the loss.
+    _asked(campaign, ["y", "y"], _delete_container_confirmed)
+    assert not campaign.container.exists()
+
+
+def _delete_container_confirmed(ctx) -> None:
+    from common.manifest import ManifestFile
+    from common.workflow import _offer_container_deletion
+    store = ctx.backend.blob_store("tiny-campaign")
+    record = ManifestFile(ctx.manifest_path, load(ctx.manifest_path))
+    assert _offer_container_deletion(ctx, store, record, "Delete storage container?")
