@@ -225,6 +225,7 @@ class _Reader:
         self.where = _display(path)
         self.data = data
         self.problems = problems
+        self.from_env: set[str] = set()  # secrets taken from the environment, not the file
 
     def bad(self, key: str, what: str, fix: str) -> None:
         self.problems.add(self.where, key, what, fix)
@@ -282,6 +283,7 @@ class _Reader:
 
     def secret(self, key: str, env: Mapping[str, str]) -> Secret | None:
         if env.get(key):
+            self.from_env.add(key)
             return Secret(env[key])
         value = self.data.get(key)
         if value is None or value == "":
@@ -322,7 +324,11 @@ def _base64_key(r: _Reader, key: str, secret: Secret | None, required: bool, whe
         decoded = base64.b64decode(secret.reveal(), validate=True)
     except (binascii.Error, ValueError):
         decoded = b""
-    if not decoded:
+    if not decoded and key in r.from_env:
+        r.problems.add(f"environment variable {key}", None,
+                       "is not a valid base64 account key (it wins over appconfig.json)",
+                       f"set it to the key from {where_from}, or unset it")
+    elif not decoded:
         r.bad(key, "is not a valid base64 account key (a placeholder?)",
               f"copy the key from {where_from}, or set the {key} environment variable")
 
@@ -334,7 +340,8 @@ def _check_url(r: _Reader, key: str, url: str | None,
         return
     match = re.match(r"^(https?)://([^/?#]+)(/[^?#]*)?$", url)
     if not match or not _HOST_RE.match(match.group(2)):
-        r.bad(key, f"{url!r} is not an http(s) URL with a valid host name", fix)
+        shown = re.sub(r"//[^/@]*@", "//***@", url)  # never echo a user:password@ part
+        r.bad(key, f"{shown!r} is not an http(s) URL with a valid host name", fix)
 
 
 _IMAGE_FIX = "name the Docker image, e.g. myuser/topas:4.0"
@@ -362,6 +369,9 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
         r.bad("BACKEND", f"is {backend!r}", backend_fix)
     storage_value = r.string("LOCAL_STORAGE_PATH", False, "give a folder path")
     local_storage = r.resolve_path("LOCAL_STORAGE_PATH", storage_value or ".localbatch")
+    if local_storage.exists() and not local_storage.is_dir():
+        r.bad("LOCAL_STORAGE_PATH", f"{storage_value!r} is a file, not a folder",
+              "give a folder (it is created if missing)")
     azure = backend == "azure"
     portal = "the Azure portal"
     values = dict(

@@ -740,3 +740,26 @@ def test_process_refuses_the_original_example_naming_local_sim_path(seed_copy):
         "error: simconfig.json: LOCAL_SIM_PATH: '/path/to/AzureBatch/example/example_simulation' "
         "is not a folder: give the path of the simulation folder (relative to this file, or "
         "absolute)"]
+
+
+def test_bad_secret_from_the_environment_is_named_as_such(setup, capsys, monkeypatch):
+    monkeypatch.setenv("BATCH_ACCOUNT_KEY", "not base64 at all!")
+    code, lines = setup.azure().run(capsys, "simconfig.json")
+    assert code == EXIT_USAGE
+    assert lines == ["error: environment variable BATCH_ACCOUNT_KEY: is not a valid base64 account "
+                     "key (it wins over appconfig.json): set it to the key from the Azure portal "
+                     "(Batch account > Keys), or unset it"]
+
+
+def test_url_credentials_are_never_echoed(setup, capsys):
+    code, lines = setup.azure(BATCH_ACCOUNT_URL="https://user:hunter2@bad_host.example").run(
+        capsys, "simconfig.json")
+    assert code == EXIT_USAGE and "hunter2" not in "\n".join(lines)
+
+
+def test_local_storage_path_that_is_a_file_is_refused(setup, capsys):
+    (setup.root / "afile").write_text("x")
+    setup.app["LOCAL_STORAGE_PATH"] = str(setup.root / "afile")
+    setup.write(app=setup.app)
+    code, lines = setup.run(capsys, "simconfig.json")
+    assert code == EXIT_USAGE and "LOCAL_STORAGE_PATH" in lines[0]
