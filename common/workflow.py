@@ -499,12 +499,16 @@ def status(ctx: Context) -> Outcome:
              f"  manifest: {record.path}"]
     for job in manifest.jobs:
         state = ctx.backend.job_state(job.job_id)
-        counts = counts_text(ctx.backend.task_counts(job.job_id)) if state else "-"
         pool = job.pool_id or "(auto pool)"
         pool_state = ("deleted with the job" if job.auto_pool and state is None else
                       "exists" if job.pool_id and ctx.backend.pool_exists(job.pool_id) else "gone")
-        lines.append(f"  {job.kind} job {job.job_id}: {state or 'gone'}; {counts}; "
-                     f"pool {pool}: {pool_state}")
+        if state is None:
+            gone = "deleted by this tool" if job.job_deleted else "gone"
+            failed = f", {len(job.failed_indices)} task(s) had failed" if job.failed_indices else ""
+            lines.append(f"  {job.kind} job {job.job_id}: {gone}{failed}; pool {pool}: {pool_state}")
+        else:
+            counts = counts_text(ctx.backend.task_counts(job.job_id))
+            lines.append(f"  {job.kind} job {job.job_id}: {state} ({counts}); pool {pool}: {pool_state}")
     store = ctx.backend.blob_store(manifest.container)
     if store.exists():
         outputs = store.list_blobs(cp.OUTPUT_PREFIX)

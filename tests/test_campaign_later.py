@@ -53,7 +53,7 @@ def test_attach_after_the_terminal_was_closed(campaign, script_env):
     start_and_kill(campaign, script_env)
     status = run(campaign, script_env, "--status")
     assert status.returncode == 0, status.stderr
-    assert "workers job tiny-campaign-workers-" in status.stdout and ": active;" in status.stdout
+    assert "workers job tiny-campaign-workers-" in status.stdout and ": active (" in status.stdout
     attached = run(campaign, script_env, "--attach", "--no-input")
     assert attached.returncode == 0, attached.stderr
     assert "Attaching to job" in attached.stderr
