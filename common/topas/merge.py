@@ -44,8 +44,10 @@ _PARALLEL_BYTES = 4 << 20  # below this much data per scorer, worker processes c
 _MAX_WORKERS = 8
 # At most this many runs are folded by one worker before it hands its partial result
 # over: sending a partial accumulator costs about one run's arrays, so larger chunks send
-# less, smaller ones share the work out more evenly (see _chunk_size).
-_MAX_RUNS_PER_CHUNK = 8
+# less, smaller ones share the work out more evenly (see _chunk_size). Measured on 100 runs
+# of 100x100x10 with 2 workers: 8 runs a chunk 3.1 s (the last chunk runs alone), 4 runs
+# 2.55 s, 2 runs 2.7 s.
+_MAX_RUNS_PER_CHUNK = 4
 
 
 @dataclass(frozen=True)
