@@ -17,7 +17,8 @@ from azure.storage.blob import BlobServiceClient
 import batch_data_reducer
 import batch_simulation_runner
 from conftest import AZURITE_ACCOUNT, AZURITE_KEY, REPO, write_json
-from test_azure_e2e import REDUCER, RUNNER, AzureCampaign
+from test_azure_e2e import (REDUCER, RUNNER, AzureCampaign, azure_campaign,  # noqa: F401
+                            azure_env)
 from tests.azure_settings import FAKE_DOCKER_TOKEN, FAKE_GIT_TOKEN
 from tests.support.proxy import start_in_subprocess
 
@@ -25,16 +26,8 @@ DELETE = object()
 
 
 @pytest.fixture
-def azure_env(script_env, monkeypatch) -> dict[str, str]:
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    monkeypatch.setenv("EXAMPLE_HISTORIES", script_env["EXAMPLE_HISTORIES"])
-    return {**script_env, "BATCH_TOOL_POLL_SECONDS": "0.2"}
-
-
-@pytest.fixture
-def az(tmp_path, azurite, fake_batch) -> AzureCampaign:
-    fake_batch.knobs.inherit_env = fake_batch.knobs.inherit_env + ("EXAMPLE_HISTORIES",)
-    return AzureCampaign(tmp_path / "az", azurite, fake_batch)
+def az(azure_campaign) -> AzureCampaign:
+    return azure_campaign
 
 
 # ---------------------------------------------------------------------------- bad input
