@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import azure.batch.models as bm
 
-from common.config import PoolImage, Secret
+from common.config import AppConfig, PoolImage, Secret
 from common.model import SUCCESS, JobSpec, OutputFile, PoolSpec, TaskSpec
 from common.redaction import redact
 
@@ -42,18 +42,46 @@ class TaskUrls:
     write: str
 
 
+def _names_registry(first: str) -> bool:
+    return "." in first or ":" in first or first == "localhost"
+
+
 def registry_server(image: str) -> str:
     """Docker's rule: a first path part with a '.' or ':' (or 'localhost') names a registry."""
     first = image.split("/", 1)[0]
-    if "/" in image and ("." in first or ":" in first or first == "localhost"):
-        return first
-    return DOCKER_HUB
+    return first if "/" in image and _names_registry(first) else DOCKER_HUB
+
+
+def full_image_name(image: str) -> str:
+    """The image with its registry spelled out: `docker.io/myuser/topas:4.0`,
+    `docker.io/library/python:3.12-slim`. Batch gives a registry's credentials only to image
+    names that start with that registry (Azure/Batch#107), so a private Docker Hub image named
+    `myuser/topas:4.0` would fail to pull."""
+    first = image.split("/", 1)[0]
+    if "/" in image and _names_registry(first):
+        return image
+    return f"{DOCKER_HUB}/{image}" if "/" in image else f"{DOCKER_HUB}/library/{image}"
 
 
 def registry_for(image: str | None, username: str | None, token: Secret | None) -> Registry | None:
     if image is None or username is None or token is None:
         return None
-    return Registry(registry_server(image), username, token)
+    return Registry(registry_server(full_image_name(image)), username, token)
+
+
+def image_credentials(app: AppConfig, image: str | None) -> Registry | None:
+    """The credentials for `image`'s registry: the worker image's registry gets DOCKER_USER /
+    DOCKER_TOKEN; the reducer image REDUCER_DOCKER_USER / REDUCER_DOCKER_TOKEN, or the worker's
+    when both images live in the same registry; any other registry none."""
+    if image is None:
+        return None
+    if image == app.reducer_docker_image and app.reducer_docker_user:
+        return registry_for(image, app.reducer_docker_user, app.reducer_docker_token)
+    worker = app.worker_docker_image
+    if worker is not None and registry_server(full_image_name(worker)) == \
+            registry_server(full_image_name(image)):
+        return registry_for(image, app.docker_user, app.docker_token)
+    return None
 
 
 @dataclass(frozen=True)
@@ -69,7 +97,7 @@ def _vm_configuration(spec: PoolSpec, setup: NodeSetup) -> bm.VirtualMachineConf
     registry = setup.registry
     containers = bm.BatchContainerConfiguration(
         type="dockerCompatible",
-        container_image_names=[spec.image] if spec.image else None,
+        container_image_names=[full_image_name(spec.image)] if spec.image else None,
         container_registries=[bm.ContainerRegistryReference(
             registry_server=registry.server, username=registry.username,
             password=registry.password.reveal())] if registry else None)
@@ -106,13 +134,38 @@ def _pool_info(job: JobSpec, setup: NodeSetup) -> bm.BatchPoolInfo:
             resize_timeout=timedelta(minutes=15))))
 
 
-def job_options(job: JobSpec, setup: NodeSetup) -> bm.BatchJobCreateOptions:
+OWNER_METADATA = "created-by"  # job metadata naming the run that created the job
+
+
+def job_options(job: JobSpec, setup: NodeSetup, urls: TaskUrls | None = None) -> bm.BatchJobCreateOptions:
     # "noaction" first: a job created with "terminatejob" and no tasks yet could end at once.
     limit = job.max_wall_clock_minutes
     return bm.BatchJobCreateOptions(
         id=job.job_id, pool_info=_pool_info(job, setup), all_tasks_complete_mode="noaction",
         constraints=bm.BatchJobConstraints(max_wall_clock_time=timedelta(minutes=limit))
-        if limit else None)
+        if limit else None,
+        job_preparation_task=preparation_options(job, urls) if job.preparation else None,
+        metadata=[bm.BatchMetadataItem(name=OWNER_METADATA, value=job.owner)] if job.owner else None)
+
+
+def user_identity(as_root: bool) -> bm.UserIdentity:
+    """Batch maps the task's user into its container: root only for an admin auto-user."""
+    return bm.UserIdentity(auto_user=bm.AutoUserSpecification(
+        scope="pool", elevation_level="admin" if as_root else "nonadmin"))
+
+
+def preparation_options(job: JobSpec, urls: TaskUrls | None) -> bm.BatchJobPreparationTask:
+    """Runs on the node's own OS (no containerSettings), once per node, before any task."""
+    prep = job.preparation
+    assert prep is not None
+    return bm.BatchJobPreparationTask(
+        id=prep.task_id, command_line=host_command_line(prep.command),
+        resource_files=_resource_files(prep, urls) if urls else None,
+        environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in prep.environment]
+        or None,
+        constraints=bm.BatchTaskConstraints(max_task_retry_count=prep.max_retries),
+        wait_for_success=True, user_identity=user_identity(job.run_as_root),
+        rerun_on_node_reboot_after_success=True)
 
 
 def job_completion_update() -> bm.BatchJobUpdateOptions:
@@ -120,9 +173,22 @@ def job_completion_update() -> bm.BatchJobUpdateOptions:
     return bm.BatchJobUpdateOptions(all_tasks_complete_mode="terminatejob")
 
 
-def command_line(command: str) -> str:
-    """One bash invocation; each line of the neutral command is a whole statement."""
-    return "/bin/bash -c " + shlex.quote("; ".join(line for line in command.splitlines() if line))
+ENTRYPOINT_OVERRIDE = "--entrypoint /bin/sh"
+
+
+def _script(command: str) -> str:
+    """One shell argument; each line of the neutral command is a whole statement."""
+    return shlex.quote("; ".join(line for line in command.splitlines() if line))
+
+
+def host_command_line(command: str) -> str:
+    return "/bin/sh -c " + _script(command)
+
+
+def container_command_line(command: str, keep_entrypoint: bool) -> str:
+    """With the image's ENTRYPOINT overridden by /bin/sh, the command line is sh's arguments;
+    kept, the entrypoint gets `/bin/sh -c ...` (an entrypoint that ends in `exec "$@"` runs it)."""
+    return host_command_line(command) if keep_entrypoint else "-c " + _script(command)
 
 
 def _resource_files(task: TaskSpec, urls: TaskUrls) -> list[bm.ResourceFile]:
@@ -149,15 +215,24 @@ def _output_file(output: OutputFile, write_url: str) -> bm.OutputFile:
             upload_condition="tasksuccess" if output.when == SUCCESS else "taskcompletion"))
 
 
-def task_options(task: TaskSpec, image: str | None, urls: TaskUrls) -> bm.BatchTaskCreateOptions:
+def container_settings(image: str, keep_entrypoint: bool) -> bm.BatchTaskContainerSettings:
+    return bm.BatchTaskContainerSettings(
+        image_name=full_image_name(image),
+        container_run_options=None if keep_entrypoint else ENTRYPOINT_OVERRIDE)
+
+
+def task_options(task: TaskSpec, job: JobSpec, urls: TaskUrls) -> bm.BatchTaskCreateOptions:
+    image = job.image
     return bm.BatchTaskCreateOptions(
         id=task.task_id,
-        command_line=command_line(task.command),
-        container_settings=bm.BatchTaskContainerSettings(image_name=image) if image else None,
-        resource_files=_resource_files(task, urls),
+        command_line=container_command_line(task.command, job.keep_entrypoint) if image
+        else host_command_line(task.command),
+        container_settings=container_settings(image, job.keep_entrypoint) if image else None,
+        resource_files=_resource_files(task, urls) or None,
         output_files=[_output_file(o, urls.write) for o in task.outputs],
         environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in task.environment],
-        constraints=bm.BatchTaskConstraints(max_task_retry_count=task.max_retries))
+        constraints=bm.BatchTaskConstraints(max_task_retry_count=task.max_retries),
+        user_identity=user_identity(job.run_as_root))
 
 
 def chunks(items: list[Any], size: int = TASKS_PER_REQUEST) -> list[list[Any]]:

@@ -18,6 +18,7 @@ SIMCONFIG_BLOB = "simconfig.json"
 REDUCER_ARCHIVE_BLOB = "REDUCER.zip"
 OUTPUT_PREFIX = "nodes_output/"
 RESULTS_PREFIX = "nodes_output/results/"
+PREPARATION_TASK_ID = "jobpreparation"  # Batch's default id for a job preparation task
 
 _MASK31 = (1 << 31) - 1
 
@@ -75,25 +76,67 @@ def sim_seed(sim_id: str, index: int) -> int:
     return x
 
 
-_UNPACK = ('unpack() { if command -v unzip >/dev/null 2>&1; then unzip -q -o "$1" -d "$2"; '
-           'else python3 -m zipfile -e "$1" "$2"; fi; }')
+# -- commands ------------------------------------------------------------------------------
+#
+# Every command is a POSIX sh script, one complete statement per line (Azure joins the lines
+# with "; " into one command line). Two kinds run in two places:
+# - the job preparation task runs once per node, on the node's own OS (Ubuntu: unzip or
+#   python3 are there), and unpacks the inputs into its working directory;
+# - each task runs in the image's container, which need hold no more than /bin/sh and cp:
+#   it copies the prepared folder into its own working directory, sets its seed with shell
+#   built-ins only, and runs RUN_SCRIPT.
+# Both backends run the same scripts (the local backend sets AZ_BATCH_JOB_PREP_WORKING_DIR
+# as Batch does).
 
+PREPARED = "$AZ_BATCH_JOB_PREP_WORKING_DIR"
+SIM_FOLDER = "sim"  # the unpacked simulation, in the preparation task's working directory
+REDUCER_FOLDER = "reducer"
+
+# Unzip keeps the archive's mode bits; the python3 fallback restores them itself.
+_UNPACK = ('unpack() { if command -v unzip >/dev/null 2>&1; then unzip -q -o "$1" -d "$2"; '
+           'elif command -v python3 >/dev/null 2>&1; then python3 -c "import os, sys, zipfile; '
+           'z = zipfile.ZipFile(sys.argv[1]); [os.chmod(z.extract(i, sys.argv[2]), '
+           '(i.external_attr >> 16) & 0o777 or 0o644) for i in z.infolist()]" "$1" "$2"; '
+           'else echo "batch-campaigns: this node has neither unzip nor python3 to unpack $1" >&2; '
+           'return 127; fi; }')
 
 # Sets `i:Ts/Seed = $SIM_SEED` in a TOPAS parameter file, replacing the line (TOPAS names are
-# case-insensitive) or adding it. awk and cat, not `sed -i`: the same on GNU, BSD and busybox.
-_SET_SEED = ('set_seed() { awk -v seed="$SIM_SEED" \'tolower($0) ~ /^[ \\t]*i:ts\\/seed[ \\t]*=/ '
-             '{ print "i:Ts/Seed = " seed; done = 1; next } { print } '
-             'END { if (!done) print "i:Ts/Seed = " seed }\' "$1" > "$1.seeded" && '
-             'cat "$1.seeded" > "$1" && rm "$1.seeded"; }')
+# case-insensitive; leading blanks allowed) or adding it — with shell built-ins only, so an
+# image without awk or sed can run it.
+_SET_SEED = ('set_seed() { _nl=$(printf "\\n_"); _nl=${_nl%_}; _out=; _found=0; '
+             'while IFS= read -r _line || [ -n "$_line" ]; do '
+             '_t=${_line#"${_line%%[![:space:]]*}"}; '
+             'case $_t in [iI]:[tT][sS]/[sS][eE][eE][dD]=*|[iI]:[tT][sS]/[sS][eE][eE][dD][[:space:]]*=*) '
+             '_line="i:Ts/Seed = $SIM_SEED"; _found=1;; esac; '
+             '_out="$_out$_line$_nl"; done < "$1"; '
+             '[ "$_found" = 1 ] || _out="${_out}i:Ts/Seed = $SIM_SEED$_nl"; '
+             'printf "%s" "$_out" > "$1"; }')
+
+# Symbolic links a task leaves behind are removed before its outputs are uploaded: Batch's
+# agent uploads on the host, as root, and would follow a link out of the working directory.
+_DROP_LINKS = ('drop_links() { for _f in "$1"/* "$1"/.[!.]* "$1"/..?*; do '
+               'if [ -L "$_f" ]; then rm -f "$_f"; elif [ -d "$_f" ]; then drop_links "$_f"; fi; '
+               'done; }')
+
+
+def preparation_command(archive: str, folder: str, extra: tuple[str, ...] = (),
+                        executable: str | None = None) -> str:
+    """Unpack `archive` into `folder` (again, if the node reruns it) and copy `extra` files in."""
+    lines = ["set -e", _UNPACK, f"rm -rf {folder}", f"unpack {archive} {folder}"]
+    lines += [f"cp {shlex.quote(name)} {folder}/" for name in extra]
+    if executable:
+        lines.append(f"chmod +x {shlex.quote(f'{folder}/{executable}')}")
+    return "\n".join(lines)
 
 
 def worker_command(run_script: str, index: int, seed_files: tuple[str, ...] = ()) -> str:
-    """Unpack the simulation, set the seed in the TOPAS parameter files named, and run
-    RUN_SCRIPT with the task index, as the original did."""
+    """Copy the prepared simulation here, set the seed in the TOPAS parameter files named,
+    and run RUN_SCRIPT with the task index, as the original did."""
     script = shlex.quote(f"./{run_script}")
     seeding = [_SET_SEED] + [f"set_seed {shlex.quote(f)}" for f in seed_files] if seed_files else []
-    return "\n".join(["set -e", _UNPACK, f"unpack {SIM_ARCHIVE_BLOB} .", *seeding,
-                      f"chmod +x {script}", f"exec {script} {index}"])
+    return "\n".join(["set -e", f'cp -R "{PREPARED}/{SIM_FOLDER}/." .', *seeding, "status=0",
+                      f"{script} {index} || status=$?", _DROP_LINKS, "drop_links .",
+                      "exit $status"])
 
 
 def output_under(pattern: str, prefix: str, when: str) -> OutputFile:
@@ -116,12 +159,19 @@ def worker_task(settings: Settings, index: int, retry: int = 0) -> TaskSpec:
         task_id=task_id(index) + (f"-r{retry}" if retry else ""),
         index=index,
         command=worker_command(sim.run_script, index, sim.seed_parameter_files),
-        inputs=(InputFile(SIM_ARCHIVE_BLOB), InputFile(SIMCONFIG_BLOB)),
         outputs=outputs + (logs,),
         environment=(("SIM_ID", sim.sim_id), ("TASK_INDEX", str(index)), ("SIM_SEED", str(seed))),
         seed=seed,
         max_retries=sim.max_task_retries,
     )
+
+
+def worker_preparation(settings: Settings) -> TaskSpec:
+    """Once per node: the simulation folder and simconfig.json, unpacked for every task."""
+    return TaskSpec(task_id=PREPARATION_TASK_ID, index=0,
+                    command=preparation_command(SIM_ARCHIVE_BLOB, SIM_FOLDER, (SIMCONFIG_BLOB,),
+                                                settings.sim.run_script),
+                    inputs=(InputFile(SIM_ARCHIVE_BLOB), InputFile(SIMCONFIG_BLOB)), max_retries=2)
 
 
 def worker_pool(settings: Settings, ids: CampaignIds) -> PoolSpec:
@@ -135,12 +185,14 @@ WALL_CLOCK_MARGIN_MINUTES = 30
 
 
 def _job(settings: Settings, job_id: str, pool: PoolSpec, container: str,
-         tasks: tuple[TaskSpec, ...], image: str | None) -> JobSpec:
+         tasks: tuple[TaskSpec, ...], image: str | None, preparation: TaskSpec) -> JobSpec:
     auto = settings.sim.auto_delete_pool
     return JobSpec(job_id=job_id, pool_id=pool.pool_id, container=container, tasks=tasks,
                    image=image, auto_pool=pool if auto else None,
                    max_wall_clock_minutes=(settings.sim.timeout_minutes + WALL_CLOCK_MARGIN_MINUTES
-                                           if auto else None))
+                                           if auto else None),
+                   preparation=preparation, run_as_root=settings.app.run_as_root,
+                   keep_entrypoint=settings.app.keep_image_entrypoint)
 
 
 def worker_job(settings: Settings, ids: CampaignIds, indices: tuple[int, ...] | None = None,
@@ -149,7 +201,7 @@ def worker_job(settings: Settings, ids: CampaignIds, indices: tuple[int, ...] | 
     chosen = settings.sim.task_indices if indices is None else indices
     tasks = tuple(worker_task(settings, i, retry) for i in chosen)
     return _job(settings, job_id or ids.worker_job, worker_pool(settings, ids), ids.container,
-                tasks, settings.app.worker_docker_image)
+                tasks, settings.app.worker_docker_image, worker_preparation(settings))
 
 
 def reducer_command(reducer_script: str) -> str:
@@ -157,19 +209,19 @@ def reducer_command(reducer_script: str) -> str:
 
     A user's script gets the original's arguments: the worker outputs folder and the simconfig.
     """
-    lines = ["set -e", _UNPACK, f"unpack {REDUCER_ARCHIVE_BLOB} reducer",
-             f"mkdir -p {RESULTS_PREFIX}"]
+    lines = ["set -e", f'cp -R "{PREPARED}/{REDUCER_FOLDER}" {REDUCER_FOLDER}',
+             f'cp "{PREPARED}/{SIMCONFIG_BLOB}" {SIMCONFIG_BLOB}', f"mkdir -p {RESULTS_PREFIX}"]
     if reducer_script == BUILTIN_TOPAS:
         # The merge needs numpy; a plain Python image (python:3.12-slim) gets it from PyPI.
         # matplotlib only draws the pictures: without it the merge still runs, and says so.
         lines.append('python3 -c "import numpy" 2>/dev/null || python3 -m pip install --quiet numpy')
         lines.append('python3 -c "import matplotlib" 2>/dev/null || '
                      'python3 -m pip install --quiet matplotlib || true')
-        lines.append('PYTHONPATH="$PWD/reducer" exec python3 -m common.topas merge '
+        lines.append(f'PYTHONPATH="$PWD/{REDUCER_FOLDER}" exec python3 -m common.topas merge '
                      f'--out {RESULTS_PREFIX} {OUTPUT_PREFIX}run*/')
     else:
         script = shlex.quote(f"./{reducer_script}")
-        lines += ['wd="$PWD"', "cd reducer", f"chmod +x {script}",
+        lines += ['wd="$PWD"', f"cd {REDUCER_FOLDER}", f"chmod +x {script}",
                   f'exec {script} "$wd/{OUTPUT_PREFIX.rstrip("/")}" "$wd/{SIMCONFIG_BLOB}"']
     return "\n".join(lines)
 
@@ -185,12 +237,16 @@ def reducer_job(settings: Settings, ids: CampaignIds) -> JobSpec:
         task_id="reducer",
         index=0,
         command=reducer_command(script),
-        inputs=(InputFile(REDUCER_ARCHIVE_BLOB), InputFile(SIMCONFIG_BLOB),
-                InputFile(OUTPUT_PREFIX)),
+        inputs=(InputFile(OUTPUT_PREFIX),),
         outputs=(OutputFile(f"{RESULTS_PREFIX}**/*", RESULTS_PREFIX, SUCCESS),
                  OutputFile("../stdout.txt", f"{RESULTS_PREFIX}reducer_stdout.txt", COMPLETION),
                  OutputFile("../stderr.txt", f"{RESULTS_PREFIX}reducer_stderr.txt", COMPLETION)),
         environment=(("SIM_ID", settings.sim.sim_id),),
     )
+    preparation = TaskSpec(task_id=PREPARATION_TASK_ID, index=0,
+                           command=preparation_command(REDUCER_ARCHIVE_BLOB, REDUCER_FOLDER,
+                                                       (SIMCONFIG_BLOB,)),
+                           inputs=(InputFile(REDUCER_ARCHIVE_BLOB), InputFile(SIMCONFIG_BLOB)),
+                           max_retries=2)
     return _job(settings, ids.reducer_job, reducer_pool(settings, ids), ids.container, (task,),
-                settings.app.reducer_docker_image)
+                settings.app.reducer_docker_image, preparation)

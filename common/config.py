@@ -21,13 +21,15 @@ from common.errors import usage_error
 
 BACKENDS = ("local", "azure")
 BUILTIN_TOPAS = "builtin:topas"
-SECRET_KEYS = ("STORAGE_ACCOUNT_KEY", "BATCH_ACCOUNT_KEY", "DOCKER_TOKEN", "GIT_TOKEN")
+SECRET_KEYS = ("STORAGE_ACCOUNT_KEY", "BATCH_ACCOUNT_KEY", "DOCKER_TOKEN", "REDUCER_DOCKER_TOKEN",
+               "GIT_TOKEN")
 
 APP_KEYS = (
     "BACKEND", "LOCAL_STORAGE_PATH",
     "STORAGE_ACCOUNT_NAME", "STORAGE_ACCOUNT_KEY", "STORAGE_ACCOUNT_DOMAIN", "STORAGE_ACCOUNT_URL",
     "BATCH_ACCOUNT_NAME", "BATCH_ACCOUNT_KEY", "BATCH_ACCOUNT_URL",
     "WORKER_DOCKER_IMAGE", "REDUCER_DOCKER_IMAGE", "DOCKER_USER", "DOCKER_TOKEN",
+    "REDUCER_DOCKER_USER", "REDUCER_DOCKER_TOKEN", "RUN_AS_ROOT", "KEEP_IMAGE_ENTRYPOINT",
     "GIT_USER", "GIT_REPO", "GIT_TOKEN", "GIT_BASE_URL", "POOL_IMAGE", "NODE_AGENT_SKU_ID",
 )
 SIM_KEYS = (
@@ -115,6 +117,10 @@ class AppConfig:
     reducer_docker_image: str | None = None
     docker_user: str | None = None
     docker_token: Secret | None = None
+    reducer_docker_user: str | None = None  # for the reducer image's registry, when it differs
+    reducer_docker_token: Secret | None = None
+    run_as_root: bool = True  # tasks run as root in their container (Batch's admin auto-user)
+    keep_image_entrypoint: bool = False  # the task command goes to the image's ENTRYPOINT
     git_user: str | None = None
     git_repo: str | None = None
     git_token: Secret | None = None
@@ -125,7 +131,7 @@ class AppConfig:
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction of anything the tool prints or writes."""
         found = (self.storage_account_key, self.batch_account_key, self.docker_token,
-                 self.git_token)
+                 self.reducer_docker_token, self.git_token)
         return tuple(s.reveal() for s in found if s is not None and s.reveal())
 
 
@@ -383,6 +389,12 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
         worker_docker_image=r.string("WORKER_DOCKER_IMAGE", False, _IMAGE_FIX),
         reducer_docker_image=r.string("REDUCER_DOCKER_IMAGE", False, _IMAGE_FIX),
         docker_user=r.string("DOCKER_USER", False, "give the registry user name"),
+        reducer_docker_user=r.string("REDUCER_DOCKER_USER", False, "give the registry user name"),
+        run_as_root=r.boolean("RUN_AS_ROOT", True, "use true (tasks run as root in their "
+                              "container, so images built under /root work) or false"),
+        keep_image_entrypoint=r.boolean("KEEP_IMAGE_ENTRYPOINT", False, "use false (the task "
+                                        "runs /bin/sh itself) or true (the image's ENTRYPOINT "
+                                        "gets `/bin/sh -c ...` as its arguments)"),
         git_user=r.string("GIT_USER", False, "give the GitHub user or organisation"),
         git_repo=r.string("GIT_REPO", False, "give the repository name"),
         git_base_url=_git_base(r),
@@ -392,17 +404,20 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
         storage_account_key=r.secret("STORAGE_ACCOUNT_KEY", env),
         batch_account_key=r.secret("BATCH_ACCOUNT_KEY", env),
         docker_token=r.secret("DOCKER_TOKEN", env),
+        reducer_docker_token=r.secret("REDUCER_DOCKER_TOKEN", env),
         git_token=r.secret("GIT_TOKEN", env),
     )
     if azure:
         _check_azure(r, values)
     # Given = present in the file (even with a wrong type, reported already) or the environment.
-    docker_user_given = r.has("DOCKER_USER")
-    docker_token_given = values["docker_token"] is not None or r.has("DOCKER_TOKEN")
-    if docker_user_given != docker_token_given:
-        r.bad("DOCKER_TOKEN" if docker_user_given else "DOCKER_USER",
-              "is missing while its pair is given",
-              "give both DOCKER_USER and DOCKER_TOKEN for a private registry, or neither")
+    for user, token, key in (("DOCKER_USER", "DOCKER_TOKEN", "docker_token"),
+                             ("REDUCER_DOCKER_USER", "REDUCER_DOCKER_TOKEN", "reducer_docker_token")):
+        user_given = r.has(user)
+        token_given = values[key] is not None or r.has(token)
+        if user_given != token_given:
+            r.bad(token if user_given else user, "is missing while its pair is given",
+                  f"give both {user} and {token} for a private registry (the token may come "
+                  f"from the {token} environment variable), or neither")
     for key in ("git_user", "git_repo"):
         if values[key] is not None and not _GIT_NAME_RE.match(values[key]):
             r.bad(key.upper(), f"{values[key]!r} is not a GitHub name",

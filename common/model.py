@@ -53,7 +53,7 @@ class OutputFile:
 class TaskSpec:
     task_id: str
     index: int
-    command: str  # a bash script run in the task's working directory
+    command: str  # a POSIX sh script run in the task's working directory
     inputs: tuple[InputFile, ...] = ()
     outputs: tuple[OutputFile, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
@@ -72,6 +72,13 @@ class JobSpec:
     # pool): a campaign whose client died stops billing by itself. pool_id is then a prefix.
     auto_pool: PoolSpec | None = None
     max_wall_clock_minutes: float | None = None  # the service ends the job after this
+    # Runs once on each node, on the node's own OS, before the job's tasks (Batch's job
+    # preparation task): it unpacks the inputs every task then copies.
+    preparation: TaskSpec | None = None
+    run_as_root: bool = True  # tasks run as root in their container (an admin auto-user)
+    keep_entrypoint: bool = False  # the image's ENTRYPOINT gets the command as its arguments
+    # Written into the job when it is created, so a resent creation recognises its own job.
+    owner: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,3 +113,50 @@ class BlobInfo:
     name: str
     size: int
     md5: bytes | None  # None when the service holds no Content-MD5 for it
+
+
+USABLE_STATES = ("idle", "running")
+COMING_STATES = ("creating", "starting", "waitingforstarttask", "rebooting", "reimaging",
+                 "upgradingos")
+BROKEN_STATES = ("starttaskfailed", "unusable", "offline", "unknown")
+
+
+@dataclass(frozen=True)
+class PoolHealth:
+    """A pool's nodes by state, dedicated and Spot apart, as the service counts them."""
+
+    dedicated: tuple[tuple[str, int], ...] = ()  # (state, nodes), states spelled as in node lists
+    spot: tuple[tuple[str, int], ...] = ()
+    steady: bool = True  # no resize under way
+    resize_errors: tuple[str, ...] = ()  # "code: message"
+
+    def count(self, *states: str, spot: bool | None = None) -> int:
+        kinds = [self.dedicated, self.spot] if spot is None else [self.spot if spot else self.dedicated]
+        return sum(n for kind in kinds for state, n in kind if state in states)
+
+    @property
+    def usable(self) -> int:
+        return self.count(*USABLE_STATES)
+
+    @property
+    def coming(self) -> int:
+        return self.count(*COMING_STATES)
+
+    @property
+    def broken(self) -> int:
+        return self.count(*BROKEN_STATES)
+
+    @property
+    def preempted(self) -> int:
+        return self.count("preempted", spot=True)
+
+    @property
+    def dead(self) -> bool:
+        """No node can run tasks, and none is on its way: waiting cannot help."""
+        return self.steady and not self.usable and not self.coming
+
+    def text(self) -> str:
+        def part(kind: tuple[tuple[str, int], ...]) -> str:
+            return ", ".join(f"{n} {s}" for s, n in kind) or "none"
+        spot = f"; Spot: {part(self.spot)}" if self.spot else ""
+        return f"nodes: {part(self.dedicated)}{spot}"

@@ -109,6 +109,16 @@ class AzureBlobStore(BlobStore):
             self.client.download_blob(blob.name, max_concurrency=TRANSFER_CONCURRENCY).readinto(handle)
         return None
 
+    def read_tail(self, blob: str, max_bytes: int = 4096) -> str:
+        client = self.client.get_blob_client(blob)
+        try:
+            size = client.get_blob_properties().size
+            start = max(0, size - max_bytes)
+            data = client.download_blob(offset=start, length=size - start).readall() if size else b""
+        except ResourceNotFoundError:
+            return ""
+        return data.decode("utf-8", errors="replace")
+
     def delete_blobs(self, names: Iterable[str]) -> None:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(self._delete_one, names))

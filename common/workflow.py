@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import tempfile
 import time
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -41,6 +42,8 @@ class Context:
     poll_seconds: float = 1.0
     # Test hook: called with each step's name before it runs (fault injection).
     before_step: Callable[[str], None] = lambda step: None
+    # Marks the jobs this run creates, so a resent creation knows its own job.
+    run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def ids(self) -> cp.CampaignIds:
@@ -116,38 +119,98 @@ def _start_job(ctx: Context, record: ManifestFile, pool: PoolSpec, job: JobSpec,
         ctx.backend.prepare_pool(pool, ctx.ui.info)
     ctx.step("submit", f"Submitting job {job.job_id} with {len(job.tasks)} task(s)")
     ctx.ui.info(_billing_mode(ctx, job))
-    pool_id = ctx.backend.submit_job(job, ctx.ui.info)
+    pool_id = ctx.backend.submit_job(replace(job, owner=ctx.run_token), ctx.ui.info)
     record.change_job(job.job_id, pool_id=pool_id)
 
 
-def _wait(ctx: Context, job_id: str, total: int) -> TaskCounts | None:
+HEALTH_EVERY_SECONDS = 30.0  # how often the wait also looks at the pool's nodes
+
+
+def _wait(ctx: Context, job_id: str, total: int, pool_id: str | None = None) -> TaskCounts | None:
+    """Until every one of the `total` tasks submitted has completed, or the timeout.
+
+    Batch's task counts "may not always be up to date": counts that do not account for every
+    task are never taken for the end; an exact count over the task list settles it.
+    """
     minutes = ctx.settings.sim.timeout_minutes
     ctx.step("wait", f"Waiting for {total} task(s) (timeout {minutes:g} min; Ctrl-C to stop waiting)")
     deadline = ctx.clock() + minutes * 60
+    next_check, said = ctx.clock() + HEALTH_EVERY_SECONDS, set()
     with ctx.ui.task_progress(total, "tasks") as update:
         while True:
             counts = ctx.backend.task_counts(job_id)
+            if counts.completed < total and not counts.active and not counts.running:
+                counts = ctx.backend.task_counts(job_id, exact=True)
             update(counts)
-            if counts.total and counts.active == 0 and counts.running == 0:
+            if counts.completed >= total:
                 return counts
+            if ctx.clock() >= next_check:
+                _check_progress(ctx, job_id, pool_id, counts, said)
+                next_check = ctx.clock() + HEALTH_EVERY_SECONDS
             if ctx.clock() >= deadline:
                 ctx.ui.error(f"timed out after {minutes:g} minutes: {counts_text(counts)}")
                 return None
             ctx.sleep(ctx.poll_seconds)
 
 
-def _report_failures(ctx: Context, job_id: str, counts: TaskCounts) -> list[TaskFailure]:
+def _check_progress(ctx: Context, job_id: str, pool_id: str | None, counts: TaskCounts,
+                    said: set[str]) -> None:
+    """Stop waiting at once when no node can run the tasks that wait; say, once, what is
+    wrong with some nodes while the others carry on."""
+    health = ctx.backend.pool_health(pool_id) if pool_id else None
+    problems = []
+    if health is not None:
+        problems += [f"pool {pool_id}: {e}" for e in health.resize_errors]
+        if health.broken:
+            problems.append(f"pool {pool_id}: {health.broken} node(s) cannot run tasks ({health.text()})")
+        if health.dead and counts.active:
+            raise ToolError(f"pool {pool_id}: no node can run the {counts.active} waiting task(s) "
+                            f"({health.text()}" + (f"; {'; '.join(health.resize_errors)}"
+                                                   if health.resize_errors else "") + ")")
+    preparations = ctx.backend.preparation_failures(job_id) if counts.active and not counts.running else []
+    for failure in preparations:
+        problems.append(f"{failure.task_id}: {_failure_text(failure)}"
+                        + (f" | {failure.stderr_tail[-1]}" if failure.stderr_tail else ""))
+    if preparations and (health is None or len(preparations) >= health.usable):
+        raise ToolError(*[f"the job preparation task failed, so no task can start: {p}"
+                          for p in problems if p.startswith("job preparation")][:3])
+    for problem in problems:
+        if problem not in said:
+            ctx.ui.warn(f"{problem} — the campaign goes on with the other nodes")
+            said.add(problem)
+
+
+def _failure_text(failure: TaskFailure) -> str:
+    code = "no exit code" if failure.exit_code is None else f"exit code {failure.exit_code}"
+    info = f" [{failure.failure_code}: {failure.failure_message}]" if failure.failure_code else ""
+    return code + info
+
+
+def _report_failures(ctx: Context, store: BlobStore, job: JobRecord,
+                     counts: TaskCounts) -> list[TaskFailure]:
+    """Each failed task with the end of its stderr — read from the output blobs, which outlive
+    the node (with an auto pool the node and its files are gone when the job ends)."""
     if not counts.failed:
         return []
-    failures = ctx.backend.task_failures(job_id)
-    ctx.ui.error(f"{len(failures)} of {counts.total} task(s) failed:")
+    failures = ctx.backend.task_failures(job.job_id)
+    index_of = dict(zip(job.task_ids, job.task_indices))
+    ctx.ui.error(f"{len(failures)} of {len(job.task_ids)} task(s) failed:")
     for failure in failures:
-        code = "no exit code" if failure.exit_code is None else f"exit code {failure.exit_code}"
-        info = f" [{failure.failure_code}: {failure.failure_message}]" if failure.failure_code else ""
-        ctx.ui.info(f"{failure.task_id}: {code}{info}")
-        for line in failure.stderr_tail:
+        ctx.ui.info(f"{failure.task_id}: {_failure_text(failure)}")
+        tail = failure.stderr_tail or tuple(_stderr_tail(store, job, index_of.get(failure.task_id)))
+        for line in tail:
             ctx.ui.info(f"    | {line}")
     return failures
+
+
+def _stderr_tail(store: BlobStore, job: JobRecord, index: int | None) -> list[str]:
+    if job.kind == REDUCER:
+        blob = f"{cp.RESULTS_PREFIX}reducer_stderr.txt"
+    elif index is None:
+        return []
+    else:
+        blob = f"{cp.run_prefix(index)}stderr.txt"
+    return store.read_tail(blob).splitlines()[-STDERR_TAIL_LINES:]
 
 
 def _costly(record: ManifestFile, kind: str, only: set[str] | None = None) -> list[JobRecord]:
@@ -194,6 +257,7 @@ def _delete_compute(ctx: Context, record: ManifestFile, job: JobRecord) -> None:
 
 
 T = TypeVar("T")
+STDERR_TAIL_LINES = 10
 
 
 def _guarded(ctx: Context, record: ManifestFile, kind: str, only: set[str],
@@ -295,16 +359,17 @@ def _remove_reducer_code(ctx: Context, store: BlobStore, record: ManifestFile) -
 def _finish(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
             counts: TaskCounts | None) -> Outcome:
     failures = _guarded(ctx, record, job.kind, {job.job_id},
-                        lambda: _report_failures(ctx, job.job_id, counts) if counts else [])
+                        lambda: _report_failures(ctx, store, job, counts) if counts else [])
     index_of = dict(zip(job.task_ids, job.task_indices))
     record.change_job(job.job_id, failed_indices=tuple(sorted(
         index_of[f.task_id] for f in failures if f.task_id in index_of)))
     if job.kind == REDUCER and counts and not failures:
-        _show_reducer_log(ctx, job)
+        _show_reducer_log(ctx, store)
     ending = _guarded(ctx, record, job.kind, {job.job_id},
                       lambda: _cleanup_questions(ctx, store, record, job.kind, {job.job_id}))
     results = job.kind != REDUCER or bool(ending.container_deleted or store.list_blobs(cp.RESULTS_PREFIX))
-    ok = counts is not None and not failures and ending.download_ok and results
+    all_succeeded = counts is not None and counts.succeeded >= len(job.task_ids)
+    ok = all_succeeded and not failures and ending.download_ok and results
     return Outcome(EXIT_OK if ok else EXIT_FAILED, _summary(ctx, store, record, job, counts, ending))
 
 
@@ -314,7 +379,9 @@ def _summary(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecor
     total = len(job.task_ids)
     state = ("timed out" if counts is None else
              f"{counts.succeeded} of {total} task(s) succeeded"
-             + (f", {counts.failed} failed" if counts.failed else ""))
+             + (f", {counts.failed} failed" if counts.failed else "")
+             + (f", {total - counts.completed} not accounted for"
+                if counts.completed < total else ""))
     title = "Campaign" if job.kind == WORKERS else "Reducer of"
     pool = job.pool_id or "(auto pool)"
     lines = [f"{title} {sim.sim_id}: {state} ({ctx.settings.backend} backend).",
@@ -358,7 +425,7 @@ def _run_worker_job(ctx: Context, store: BlobStore, record: ManifestFile, job: J
 
     def compute() -> TaskCounts | None:
         _start_job(ctx, record, pool, job, WORKERS)
-        return _wait(ctx, job.job_id, len(job.tasks))
+        return _wait(ctx, job.job_id, len(job.tasks), _record_of(record, job.job_id).pool_id)
     counts = _guarded(ctx, record, WORKERS, {job.job_id}, compute)
     return _finish(ctx, store, record, _record_of(record, job.job_id), counts)
 
@@ -419,7 +486,7 @@ def run_reducer(ctx: Context) -> Outcome:
     def compute() -> TaskCounts | None:
         _upload_reducer(ctx, store, record)
         _start_job(ctx, record, cp.reducer_pool(settings, ids), job, REDUCER)
-        return _wait(ctx, job.job_id, len(job.tasks))
+        return _wait(ctx, job.job_id, len(job.tasks), _record_of(record, job.job_id).pool_id)
     counts = _guarded(ctx, record, REDUCER, {job.job_id}, compute)
     return _finish(ctx, store, record, _record_of(record, job.job_id), counts)
 
@@ -445,8 +512,8 @@ def _upload_reducer(ctx: Context, store: BlobStore, record: ManifestFile) -> Non
     _upload(ctx, store, record, ctx.settings.sim.path, cp.SIMCONFIG_BLOB)
 
 
-def _show_reducer_log(ctx: Context, job: JobRecord) -> None:
-    text = ctx.backend.task_output(job.job_id, job.task_ids[0], "stdout.txt").strip()
+def _show_reducer_log(ctx: Context, store: BlobStore) -> None:
+    text = store.read_tail(f"{cp.RESULTS_PREFIX}reducer_stdout.txt").strip()
     for line in text.splitlines()[-20:]:
         ctx.ui.info(f"| {line}")
 
@@ -467,7 +534,8 @@ def attach(ctx: Context, kind: str) -> Outcome:
                         "run --cleanup to settle the rest")
     ctx.ui.step(f"Attaching to job {job.job_id} ({len(job.task_ids)} task(s))")
     store = ctx.backend.blob_store(record.manifest.container)
-    counts = _guarded(ctx, record, kind, {job.job_id}, lambda: _wait(ctx, job.job_id, len(job.task_ids)))
+    counts = _guarded(ctx, record, kind, {job.job_id},
+                      lambda: _wait(ctx, job.job_id, len(job.task_ids), job.pool_id))
     return _finish(ctx, store, record, job, counts)
 
 

@@ -105,15 +105,36 @@ FAKE_BATCH_ACCOUNT = "fakebatch"
 FAKE_BATCH_KEY = "ZmFrZS1iYXRjaC1rZXktZm9yLXRlc3RzLW9ubHktbm90LWEtc2VjcmV0LTAxMjM0NTY3ODk="
 
 
+@pytest.fixture(scope="session")
+def test_images():
+    """The container images the fake's registries hold (tests/support/images.py).
+
+    Container tasks run in a bubblewrap sandbox: without it they cannot run at all. In CI
+    (CI=true) that is an error, never a silent skip; elsewhere the tests that need it skip.
+    """
+    from tests.fake_batch.containers import sandbox_available
+    from tests.support.images import build_images, remove
+    missing = sandbox_available()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"container sandbox unavailable in CI: {missing} (run_tests.sh installs it)")
+        pytest.skip(f"container sandbox unavailable: {missing}")
+    images = build_images()
+    yield images
+    remove(images)
+
+
 @pytest.fixture
-def fake_batch(tmp_path: Path):
+def fake_batch(test_images):
     """A running fake Azure Batch account (tests/fake_batch) on a free 127.0.0.1 port.
 
     `fake_batch.url`, `.account_name`, `.account_key`, `.client(**kwargs)`; `.requests` /
-    `.request_count` / `.tasks` to inspect; `.knobs` to inject faults. Stopped (and every task
-    process killed) at teardown, which also fails the test if the fake itself misbehaved.
+    `.request_count` / `.tasks` to inspect; `.knobs` to inject faults. Its registries hold the
+    test images. Stopped (and every task process killed) at teardown, which also fails the
+    test if the fake itself misbehaved.
     """
-    fake = FakeBatch(FAKE_BATCH_ACCOUNT, FAKE_BATCH_KEY, root=tmp_path / "fake-batch-nodes")
+    fake = FakeBatch(FAKE_BATCH_ACCOUNT, FAKE_BATCH_KEY)
+    fake.knobs.images = dict(test_images)
     fake.start()
     yield fake
     fake.stop()

@@ -12,7 +12,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Iterable
 
-from common.model import BlobInfo, JobSpec, PoolSpec, TaskCounts, TaskFailure
+from common.model import BlobInfo, JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure
 
 StatusCallback = Callable[[str], None]
 
@@ -50,6 +50,10 @@ class BlobStore(ABC):
         Returns the MD5 of the bytes written when it came for free (a blob read whole in
         memory), else None and the caller reads the file back to verify it.
         """
+
+    @abstractmethod
+    def read_tail(self, blob: str, max_bytes: int = 4096) -> str:
+        """The last `max_bytes` of a text blob ('' when there is no such blob): for logs."""
 
     @abstractmethod
     def delete_blobs(self, names: Iterable[str]) -> None:
@@ -98,16 +102,24 @@ class Backend(ABC):
         """Whether the pool exists (and may cost money)."""
 
     @abstractmethod
-    def task_counts(self, job_id: str) -> TaskCounts:
-        """How many of the job's tasks are active, running, succeeded and failed (cheap)."""
+    def task_counts(self, job_id: str, exact: bool = False) -> TaskCounts:
+        """How many of the job's tasks are active, running, succeeded and failed.
+
+        Cheap, but like Batch's own counts possibly behind; `exact` asks for a count that
+        accounts for every task (more requests).
+        """
 
     @abstractmethod
     def task_failures(self, job_id: str) -> list[TaskFailure]:
-        """Every failed task with its exit code, failure info and the end of its stderr."""
+        """Every failed task with its exit code and failure info (its stderr is in storage)."""
 
-    @abstractmethod
-    def task_output(self, job_id: str, task_id: str, name: str) -> str:
-        """The text of the task's stdout.txt or stderr.txt ('' when there is none)."""
+    def preparation_failures(self, job_id: str) -> list[TaskFailure]:
+        """Job preparation tasks that failed on a node (their job's tasks never start there)."""
+        return []
+
+    def pool_health(self, pool_id: str) -> PoolHealth | None:
+        """The pool's nodes by state; None when the backend has no such notion or no pool."""
+        return None
 
     @abstractmethod
     def delete_job(self, job_id: str) -> None:

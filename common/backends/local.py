@@ -23,7 +23,6 @@ from common.errors import ToolError
 from common.model import BlobInfo, JobSpec, PoolSpec, TaskCounts, TaskFailure
 from common.transfer import md5_of
 
-STDERR_TAIL_LINES = 10
 STOP_TIMEOUT_SECONDS = 15.0
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,6 +67,14 @@ class LocalBlobStore(BlobStore):
     def download_blob(self, blob: BlobInfo, dest: Path) -> bytes | None:
         shutil.copyfile(self.folder / blob.name, dest)
         return None
+
+    def read_tail(self, blob: str, max_bytes: int = 4096) -> str:
+        try:
+            with (self.folder / blob).open("rb") as handle:
+                handle.seek(max(0, handle.seek(0, os.SEEK_END) - max_bytes))
+                return handle.read().decode("utf-8", errors="replace")
+        except (FileNotFoundError, IsADirectoryError):
+            return ""
 
     def delete_blobs(self, names: Iterable[str]) -> None:
         for name in names:
@@ -166,9 +173,11 @@ class LocalBackend(Backend):
         new = [t for t in job.tasks if t.task_id not in known]
         for task in new:
             lay.write_json(lay.task_dir(jdir, task.task_id) / "task.json", lay.task_to_json(task))
+        prep = lay.task_to_json(job.preparation) if job.preparation else None
         lay.write_json(jdir / "job.json", {"job_id": job.job_id, "pool_id": job.pool_id,
                                            "container": job.container,
                                            "auto_pool": job.auto_pool is not None,
+                                           "preparation": prep,
                                            "tasks": known + [t.task_id for t in new]})
         batch = len(list((jdir / "queue").glob("*.json")))
         lay.write_json(jdir / "queue" / f"{batch:06d}.json", [t.task_id for t in new])
@@ -192,7 +201,7 @@ class LocalBackend(Backend):
         states = [(t, lay.read_json(lay.task_dir(jdir, t) / "state.json") or {}) for t in tasks]
         return jdir, states
 
-    def task_counts(self, job_id: str) -> TaskCounts:
+    def task_counts(self, job_id: str, exact: bool = False) -> TaskCounts:
         jdir, states = self._states(job_id)
         counts = {"active": 0, "running": 0, "succeeded": 0, "failed": 0}
         for _, state in states:
@@ -206,23 +215,20 @@ class LocalBackend(Backend):
 
     def task_failures(self, job_id: str) -> list[TaskFailure]:
         jdir, states = self._states(job_id)
-        failures = []
-        for task_id, state in states:
-            if state.get("state") == lay.COMPLETED and state.get("result") != "success":
-                tail = self.task_output(job_id, task_id, "stderr.txt").splitlines()
-                failures.append(TaskFailure(task_id, state.get("exit_code"),
-                                            state.get("failure_code"), state.get("failure_message"),
-                                            tuple(tail[-STDERR_TAIL_LINES:])))
-        return failures
+        return [TaskFailure(task_id, state.get("exit_code"), state.get("failure_code"),
+                            state.get("failure_message"))
+                for task_id, state in states
+                if state.get("state") == lay.COMPLETED and state.get("result") != "success"]
 
-    def task_output(self, job_id: str, task_id: str, name: str) -> str:
+    def preparation_failures(self, job_id: str) -> list[TaskFailure]:
         jdir = self._job(job_id)
-        if jdir is None or name not in ("stdout.txt", "stderr.txt"):
-            return ""
-        try:
-            return (lay.task_dir(jdir, task_id) / name).read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
+        state = lay.read_json(jdir / "prep" / "state.json") if jdir else None
+        if not state or state.get("result") != "failure":
+            return []
+        tail = (jdir / "prep" / "stderr.txt").read_text(errors="replace").splitlines()[-10:] \
+            if (jdir / "prep" / "stderr.txt").exists() else []
+        return [TaskFailure("job preparation", state.get("exit_code"), state.get("failure_code"),
+                            state.get("failure_message"), tuple(tail))]
 
     def delete_job(self, job_id: str) -> None:
         """Stops the job's tasks; a pool made for the job alone goes with it, as on Azure."""

@@ -3,7 +3,7 @@
 Started by common/backends/local.py as `python -m common.backends.local_agent POOL_DIR`, it
 outlives the script that started it, as an Azure pool does: a closed terminal or Ctrl-C
 does not stop the tasks, and a later run can read their states from disk. Each task gets
-its own working directory with its inputs copied from the storage folder, runs with bash
+its own working directory with its inputs copied from the storage folder, runs with /bin/sh
 as its own process group, and has its output files copied back to the container when it
 ends (logs always, results only on success, like Batch's upload conditions).
 
@@ -50,6 +50,7 @@ class Agent:
         self.running: dict[Path, subprocess.Popen] = {}  # task dir -> process
         self.deleted_jobs: set[Path] = set()
         self.lock = threading.Lock()
+        self.preparing: dict[Path, threading.Lock] = {}  # job -> held while its prep runs
         self.stopping = threading.Event()
         self.last_busy = now()
 
@@ -113,6 +114,10 @@ class Agent:
         wd = tdir / "wd"
         state = {"state": lay.RUNNING, "node_id": node_id, "start_time": now()}
         lay.write_json(tdir / "state.json", state)
+        prepared = self.prepare(job, container, node_id)
+        if prepared is not None:
+            self.finish(tdir, state, None, "JobPreparationFailed", prepared)
+            return
         try:
             stage_inputs(task, container, wd)
         except OSError as exc:
@@ -129,10 +134,37 @@ class Agent:
         failure = collect_outputs(task, tdir, container, succeeded=code == 0)
         self.finish(tdir, state, code, *failure)
 
+    def prepare(self, job: Path, container: Path, node_id: str) -> str | None:
+        """Run the job's preparation task once (all "nodes" here share one disk), before its
+        first task, as Batch does on each node. None when done, else why it failed."""
+        spec = (lay.read_json(job / "job.json") or {}).get("preparation")
+        if not spec:
+            return None
+        with self.lock:
+            gate = self.preparing.setdefault(job, threading.Lock())
+        pdir = job / "prep"
+        with gate:
+            state = lay.read_json(pdir / "state.json")
+            if state is None:
+                task = lay.task_from_json(spec)
+                state = {"state": lay.RUNNING, "node_id": node_id, "start_time": now()}
+                try:
+                    stage_inputs(task, container, pdir / "wd")
+                    code = self.execute(job, pdir, task, self.task_env(job, pdir, task, node_id))
+                except OSError as exc:
+                    code, state["failure_message"] = None, f"input not staged: {exc}"
+                self.finish(pdir, state, code, None if code == 0 else "JobPreparationFailed",
+                            state.get("failure_message") or
+                            _last_line(pdir / "stderr.txt", f"exit code {code}"))
+        state = lay.read_json(pdir / "state.json") or {}
+        if state.get("result") == "success":
+            return None
+        return f"the job preparation task failed: {state.get('failure_message')}"
+
     def execute(self, job: Path, tdir: Path, task: TaskSpec, env: dict[str, str]) -> int:
         """One run of the command, its output replacing any earlier attempt's."""
         with (tdir / "stdout.txt").open("wb") as out, (tdir / "stderr.txt").open("wb") as err:
-            proc = subprocess.Popen(["bash", "-c", task.command], cwd=tdir / "wd", stdout=out,
+            proc = subprocess.Popen(["/bin/sh", "-c", task.command], cwd=tdir / "wd", stdout=out,
                                     stderr=err, stdin=subprocess.DEVNULL, env=env,
                                     start_new_session=True)
             with self.lock:
@@ -160,6 +192,8 @@ class Agent:
             "AZ_BATCH_NODE_ID": node_id,
             "AZ_BATCH_TASK_DIR": str(tdir),
             "AZ_BATCH_TASK_WORKING_DIR": str(tdir / "wd"),
+            "AZ_BATCH_JOB_PREP_DIR": str(job / "prep"),
+            "AZ_BATCH_JOB_PREP_WORKING_DIR": str(job / "prep" / "wd"),
         })
         env.update(dict(task.environment))
         # Tasks call `python3`: make it the interpreter (and venv) the tool itself runs in.
@@ -205,6 +239,14 @@ def _signal_group(proc: subprocess.Popen, sig: int) -> None:
         os.killpg(proc.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _last_line(path: Path, default: str) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return default
+    return lines[-1] if lines else default
 
 
 def stage_inputs(task: TaskSpec, container: Path, wd: Path) -> None:

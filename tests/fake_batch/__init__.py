@@ -8,19 +8,22 @@
 It checks what a client sends as the real service would (SharedKey signature, api-version,
 request bodies against Microsoft's spec, id rules, limits), keeps a record of every request
 and task, and really runs tasks: resource files come from blob storage through their SAS
-URLs, command lines run under bash on this machine (container images are recorded, never
-run), output files go back to blob storage through theirs. Faults can be injected through
-`fake.knobs` (see knobs.Knobs).
+URLs; container tasks run in a bubblewrap sandbox holding only their image's files, with
+`docker create` semantics (entrypoint, the task user's uid, no network) — see containers.py;
+job preparation tasks run once per node before a job's tasks; output files go back to blob
+storage through their SAS URLs; an auto pool and every file on its nodes vanish with its
+job. It is as unkind as the service is documented to be, behind knobs (knobs.Knobs):
+lagging task counts, lost replies, 408/429/503, unusable nodes, partial allocations.
 
 Not emulated (refused with 501 NotImplemented, or simply absent): job schedules, autoscale,
-pool resize/update, node operations beyond list/get, multi-instance tasks, task dependencies,
-exit conditions, job preparation/release/manager tasks, auto-storage resource files, managed
-identities, task maxWallClockTime, If-Match/If-Modified-Since conditions. Containers are
-never started: a task's command runs on this machine as-is, so images only matter as names.
+pool resize/update, node operations beyond list/get/files, multi-instance tasks, task
+dependencies, exit conditions, job release/manager tasks, auto-storage resource files,
+managed identities, named user accounts, task maxWallClockTime, If-Match conditions.
 
 Modules: server (HTTP, FakeBatch), api (one handler per operation), spec (routing and
 schema validation from the spec), auth (SharedKey), rules (checks beyond the schema),
-state (pools, nodes, jobs, tasks and their JSON), runner (the engine that runs tasks),
+state (pools, nodes, jobs, tasks and their JSON), runner (the engine: pools, nodes,
+scheduling), node (running tasks on a node), containers (images and the sandbox),
 blobs (the node's SAS blob client), outputs (file patterns and blob names), odata
 ($filter, $select, paging), errors (BatchError answers), knobs (timings and faults).
 """

@@ -336,7 +336,13 @@ def job_task_counts(fake: "FakeBatch", request: Request) -> Response:
         job = _job(fake, request.params["jobId"])
         counts = dict.fromkeys(("active", "running", "completed", "succeeded", "failed"), 0)
         slots = dict(counts)
-        for task in job.tasks.values():
+        job.count_polls += 1
+        tasks = list(job.tasks.values())
+        if job.count_polls <= fake.knobs.task_counts_lag_polls:
+            # a late answer: half the completed tasks counted, nothing active or running
+            done = [t for t in tasks if t.state == "completed"]
+            tasks = done[:len(done) // 2]
+        for task in tasks:
             kinds = ["running" if task.state == "preparing" else task.state]
             if task.state == "completed":
                 kinds.append("succeeded" if task.result == "success" else "failed")
@@ -348,7 +354,15 @@ def job_task_counts(fake: "FakeBatch", request: Request) -> Response:
 
 # -- tasks ----------------------------------------------------------------------------------
 
+def _check_not_preparation(job: Job, task_id: str) -> None:
+    prep = job.body.get("jobPreparationTask")
+    if prep is not None and task_id.lower() == (prep.get("id") or "jobpreparation").lower():
+        raise errors.BatchServiceError(409, "TaskIdSameAsJobPreparationTask",
+                                       "The task id is the same as the job preparation task's.")
+
+
 def _new_task(fake: "FakeBatch", job: Job, body: dict[str, Any]) -> Task:
+    _check_not_preparation(job, body["id"])
     constraints = body.get("constraints") or {}
     retries = constraints.get("maxTaskRetryCount")
     if retries is None:
@@ -413,7 +427,11 @@ def create_task_collection(fake: "FakeBatch", request: Request) -> Response:
             if task_id.lower() in job.tasks:
                 results.append(_result("clienterror", task_id, errors.exists("Task"), request_id))
                 continue
-            task = _new_task(fake, job, body)
+            try:
+                task = _new_task(fake, job, body)
+            except errors.BatchServiceError as error:
+                results.append(_result("clienterror", task_id, error, request_id))
+                continue
             results.append({"status": "success", "taskId": task.id, "eTag": task.etag,
                             "lastModified": iso(task.last_modified),
                             "location": f"{request.base_url}/jobs/{quote(job.id)}/tasks/{quote(task.id)}"})
@@ -473,6 +491,8 @@ def _task_file(fake: "FakeBatch", request: Request) -> tuple[Task, Path, str]:
     name = unquote(request.params["filePath"]).replace("\\", "/").lstrip("/")
     if task_dir is None:
         raise errors.file_not_found(name)
+    if not task_dir.exists():  # its node is gone (an auto pool goes with its job)
+        raise errors.not_found("Node")
     path = (task_dir / name).resolve()
     if task_dir.resolve() not in (path, *path.parents):
         raise errors.file_not_found(name)  # no reaching outside the task directory
@@ -490,9 +510,14 @@ def _file_headers(path: Path, url: str) -> dict[str, str]:
 
 def _file_response(fake: "FakeBatch", request: Request, with_body: bool) -> Response:
     task, path, name = _task_file(fake, request)
+    url = f"{request.base_url}/jobs/{quote(task.job_id)}/tasks/{quote(task.id)}/files/{quote(name, safe='')}"
+    return file_answer(request, path, name, url, with_body)
+
+
+def file_answer(request: Request, path: Path, name: str, url: str, with_body: bool) -> Response:
+    """A file (or its properties) from a node, with the ocp-range the client asked for."""
     if not path.exists():
         raise errors.file_not_found(name)
-    url = f"{request.base_url}/jobs/{quote(task.job_id)}/tasks/{quote(task.id)}/files/{quote(name, safe='')}"
     headers = _file_headers(path, url)
     if path.is_dir():
         return Response(200, b"" if with_body else None, headers, "application/octet-stream")
@@ -545,3 +570,6 @@ def list_task_files(fake: "FakeBatch", request: Request) -> Response:
     path = f"/jobs/{quote(task.job_id)}/tasks/{quote(task.id)}/files"
     return Response(200, odata.page(views, request.query, request.base_url, path,
                                     fake.knobs.max_page_size))
+
+
+from . import api_nodes  # noqa: E402,F401  (registers the node and preparation handlers)

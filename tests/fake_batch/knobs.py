@@ -10,6 +10,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .containers import ContainerImage
+
 # What /supportedimages answers by default. The original project's image
 # (microsoft-azure-batch / ubuntu-server-container / 20-04-lts, batch.node.ubuntu 20.04) was
 # retired in April 2025 and retired images disappear from the real list, so it is not here:
@@ -60,26 +62,43 @@ class Knobs:
         default_factory=lambda: [dict(image) for image in SUPPORTED_IMAGES])
     strict_images: bool = True  # pool with an image/agent pair not listed above: 400
     strict_container_settings: bool = True  # container pool needs task containerSettings
+    # Container images the "registries" hold, by full name (containers.normalize): a task's
+    # image that is not here fails to pull, as an unknown repository does.
+    images: dict[str, ContainerImage] = field(default_factory=dict)
+    # The environment of processes on a node's host OS (start task, job preparation task):
+    # a node's own, not the test process's.
+    host_env: dict[str, str] = field(default_factory=lambda: {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"})
 
     # --- injected faults ------------------------------------------------------------------
     seed: int = 1  # for the fractions below (requests draw in arrival order)
     busy_fraction: float = 0.0  # answered 503 ServerBusy before any processing
     internal_error_fraction: float = 0.0  # answered 500 InternalError before any processing
-    retry_after: int | None = None  # Retry-After header on injected 503s
+    retry_after: int | None = None  # Retry-After header on injected 503s and 429s
+    throttled_fraction: float = 0.0  # answered 429 TooManyRequests before any processing
+    timeout_fraction: float = 0.0  # answered 408 OperationTimedOut before any processing
+    # operationId -> how many more of its requests are carried out but never answered: the
+    # connection is closed instead, as when a reply is lost on the way (the client sees a
+    # ServiceResponseError; the spec says to resend with the same ids).
+    drop_replies: dict[str, int] = field(default_factory=dict)
+    # The first N task-count polls of each job answer late: only some completed tasks are
+    # counted and none active or running ("the numbers returned may not always be up to date").
+    task_counts_lag_polls: int = 0
     resize_error: str | None = None  # e.g. "AccountCoreQuotaReached": pools get 0 nodes
     resize_error_message: str = ("The specified account has reached VM core quota for "
                                  "standardDv3Family. Please request a quota increase.")
     start_task_failure: bool = False  # nodes end in starttaskfailed (with startTaskInfo)
     unusable_nodes: bool = False  # nodes end in unusable
+    unusable_node_count: int = 0  # only the first N nodes of each pool end in unusable
+    # A resize that stops part way: only this many nodes are allocated, with resize_error.
+    partial_allocation: int | None = None
+    job_preparation_failure: bool = False  # every job preparation task exits 1
     fail_tasks: str | None = None  # task ids matching: the command is not run, exit code below
     fail_exit_code: int = 1
     image_pull_failure: str | None = None  # image names matching: ContainerInvalidImage
     upload_failure: str | None = None  # task ids matching: every output upload fails
     collection_servererror: int = 0  # next N tasks in addtaskcollection: status servererror
     collection_servererror_pattern: str | None = None  # these task ids: always servererror
-    # Environment variables a task inherits from the test process (a node has its own PATH).
-    inherit_env: tuple[str, ...] = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR",
-                                    "PYTHONPATH", "VIRTUAL_ENV")
 
     def matches(self, pattern_field: str, value: str | None) -> bool:
         """True when the regex in `pattern_field` is set and found in `value`."""

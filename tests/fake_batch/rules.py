@@ -80,11 +80,36 @@ def check_job(body: dict[str, Any]) -> None:
             raise errors.missing_property("poolInfo.poolId")
         check_id(pool_info["poolId"], "poolInfo.poolId")
     check_job_settings(body)
-    for name in ("jobManagerTask", "jobPreparationTask", "jobReleaseTask"):
+    for name in ("jobManagerTask", "jobReleaseTask"):
         if body.get(name) is not None:
             raise errors.operation_not_supported(f"jobs with a {name}")
+    prep = body.get("jobPreparationTask")
+    if prep is not None:
+        check_preparation(prep)
     if body.get("usesTaskDependencies"):
         raise errors.operation_not_supported("task dependencies (usesTaskDependencies)")
+
+
+def check_preparation(prep: dict[str, Any]) -> None:
+    """A job preparation task (runs on each node before the job's tasks)."""
+    if prep.get("id") is not None:
+        check_id(prep["id"], "jobPreparationTask.id")
+    if not str(prep.get("commandLine") or "").strip():
+        raise errors.invalid_value("jobPreparationTask.commandLine", prep.get("commandLine"),
+                                   "The command line must not be empty.")
+    check_resource_files(prep.get("resourceFiles"), "jobPreparationTask.resourceFiles")
+    check_identity(prep.get("userIdentity"), "jobPreparationTask.userIdentity")
+
+
+def check_identity(identity: dict[str, Any] | None, path: str) -> None:
+    """Named users need the pool's userAccounts, which this fake does not emulate."""
+    if identity is None:
+        return
+    if identity.get("username") and identity.get("autoUser"):
+        raise errors.invalid_value(path, identity.get("username"),
+                                   "The userName and autoUser properties are mutually exclusive.")
+    if identity.get("username"):
+        raise errors.operation_not_supported(f"{path}.username (pool user accounts)")
 
 
 def check_job_settings(body: dict[str, Any]) -> None:
@@ -146,6 +171,7 @@ def check_task(body: dict[str, Any], path: str = "") -> None:
         if body.get(name) is not None:
             raise errors.operation_not_supported(f"tasks with {name}")
     check_resource_files(body.get("resourceFiles"), f"{path}resourceFiles")
+    check_identity(body.get("userIdentity"), f"{path}userIdentity")
     for index, output in enumerate(body.get("outputFiles") or []):
         here = f"{path}outputFiles[{index}]"
         container = (output.get("destination") or {}).get("container")

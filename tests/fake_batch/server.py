@@ -88,6 +88,9 @@ class FakeBatch:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="fake-batch-")) if root is None else Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        # Nodes' folders live here; a task's unprivileged user must be able to reach them
+        # (mkdtemp makes 0700, which only root could enter).
+        self.root.chmod(0o755)
         self.host, self.port = host, port
         self.validate_responses = validate_responses
         self.credentials = Credentials(account_name, self.account_key)
@@ -190,9 +193,30 @@ class FakeBatch:
             if self.knobs.retry_after is not None:
                 error.headers["Retry-After"] = str(self.knobs.retry_after)
             return error
-        if draw < self.knobs.busy_fraction + self.knobs.internal_error_fraction:
+        draw -= self.knobs.busy_fraction
+        if draw < self.knobs.internal_error_fraction:
             return errors.internal_error()
+        draw -= self.knobs.internal_error_fraction
+        if draw < self.knobs.throttled_fraction:
+            error = errors.BatchServiceError(429, "TooManyRequests",
+                                             "The request rate is too high; retry later.")
+            if self.knobs.retry_after is not None:
+                error.headers["Retry-After"] = str(self.knobs.retry_after)
+            return error
+        draw -= self.knobs.throttled_fraction
+        if draw < self.knobs.timeout_fraction:
+            return errors.BatchServiceError(408, "OperationTimedOut",
+                                            "The operation could not be completed in time.")
         return None
+
+    def drop_reply(self, operation: str | None) -> bool:
+        """Whether to close the connection instead of answering (knob drop_replies)."""
+        with self._record_lock:
+            left = self.knobs.drop_replies.get(operation or "", 0)
+            if left > 0:
+                self.knobs.drop_replies[operation or ""] = left - 1
+                return True
+        return False
 
     def handle(self, method: str, target: str, headers: list[tuple[str, str]], raw_body: bytes,
                host: str, record: RecordedRequest) -> Response:
@@ -323,6 +347,11 @@ class _Handler(BaseHTTPRequestHandler):
         fake._record(record)
         host = self.headers.get("Host") or f"{fake.host}:{fake.port}"
         response = fake.handle(self.command, target, header_pairs, raw_body, host, record)
+        if response.status < 400 and fake.drop_reply(record.operation):
+            record.status = -1  # carried out, never answered
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
         record.status = response.status
         if response.status >= 400 and isinstance(response.body, dict):
             record.error_code = response.body.get("code")

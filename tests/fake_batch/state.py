@@ -69,12 +69,21 @@ class Node(Versioned):
     errors: list[dict[str, Any]] = field(default_factory=list)
     start_task_running: bool = False
     process: subprocess.Popen | None = field(default=None, repr=False, compare=False)  # start task
+    root: Path | None = None  # AZ_BATCH_NODE_ROOT_DIR: gone with the node
+    preparations: dict[str, "Preparation"] = field(default_factory=dict)  # job key -> its run here
 
     def set_state(self, state: str) -> None:
         if state != self.state:
             self.state = state
             self.state_time = utcnow()
             self.touch()
+
+    def ready_for(self, job_key: str, wait_for_success: bool) -> bool:
+        """Whether the job's tasks may run here: its preparation task (if any) allows it."""
+        prep = self.preparations.get(job_key)
+        if prep is None:
+            return False
+        return prep.result == "success" or not wait_for_success
 
     @property
     def free_slots(self) -> int:
@@ -107,6 +116,28 @@ class Node(Versioned):
             "nodeAgentInfo": {"version": "1.12.9", "lastUpdateTime": iso(self.allocation_time)},
             "virtualMachineInfo": {"imageReference": dict(image, exactVersion="2025.0601.01")},
         })
+
+
+@dataclass
+class Preparation:
+    """One run of a job's preparation task on one node (the status list shows it)."""
+
+    state: str = "running"  # running / completed
+    task_dir: Path | None = None
+    start_time: datetime = field(default_factory=utcnow)
+    end_time: datetime | None = None
+    exit_code: int | None = None
+    result: str | None = None  # success / failure
+    failure_info: dict[str, Any] | None = None
+    retry_count: int = 0
+    process: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    def view(self, root_url: str, relative_dir: str) -> dict[str, Any]:
+        return _drop_none({
+            "startTime": iso(self.start_time), "endTime": iso(self.end_time), "state": self.state,
+            "taskRootDirectory": relative_dir, "taskRootDirectoryUrl": f"{root_url}/{relative_dir}",
+            "exitCode": self.exit_code, "failureInfo": self.failure_info,
+            "retryCount": self.retry_count, "result": self.result})
 
 
 @dataclass
@@ -306,6 +337,7 @@ class Job(Versioned):
     terminate_reason: str | None = None
     delete_at: float | None = None
     tasks: dict[str, Task] = field(default_factory=dict)  # lower-cased id -> task, in order
+    count_polls: int = 0  # task-count requests so far (the lag knob counts them)
 
     def set_state(self, state: str) -> None:
         if state != self.state:
