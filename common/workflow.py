@@ -123,9 +123,6 @@ def _start_job(ctx: Context, record: ManifestFile, pool: PoolSpec, job: JobSpec,
     record.change_job(job.job_id, pool_id=pool_id)
 
 
-HEALTH_EVERY_SECONDS = 30.0  # how often the wait also looks at the pool's nodes
-
-
 def _wait(ctx: Context, job_id: str, total: int, pool_id: str | None = None) -> TaskCounts | None:
     """Until every one of the `total` tasks submitted has completed, or the timeout.
 
@@ -135,7 +132,7 @@ def _wait(ctx: Context, job_id: str, total: int, pool_id: str | None = None) -> 
     minutes = ctx.settings.sim.timeout_minutes
     ctx.step("wait", f"Waiting for {total} task(s) (timeout {minutes:g} min; Ctrl-C to stop waiting)")
     deadline = ctx.clock() + minutes * 60
-    next_check, said = ctx.clock() + HEALTH_EVERY_SECONDS, set()
+    next_check, said = ctx.clock(), set()  # a first look at once, then now and then
     with ctx.ui.task_progress(total, "tasks") as update:
         while True:
             counts = ctx.backend.task_counts(job_id)
@@ -146,7 +143,7 @@ def _wait(ctx: Context, job_id: str, total: int, pool_id: str | None = None) -> 
                 return counts
             if ctx.clock() >= next_check:
                 _check_progress(ctx, job_id, pool_id, counts, said)
-                next_check = ctx.clock() + HEALTH_EVERY_SECONDS
+                next_check = ctx.clock() + ctx.backend.health_seconds
             if ctx.clock() >= deadline:
                 ctx.ui.error(f"timed out after {minutes:g} minutes: {counts_text(counts)}")
                 return None

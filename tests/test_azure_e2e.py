@@ -15,6 +15,7 @@ import pytest
 
 from conftest import AZURITE_ACCOUNT, AZURITE_KEY, REPO, write_json
 from tests.azure_settings import FAKE_DOCKER_TOKEN
+from tests.support.images import EXAMPLE_HISTORIES
 
 RUNNER = str(REPO / "batch_simulation_runner.py")
 REDUCER = str(REPO / "batch_data_reducer.py")
@@ -62,16 +63,15 @@ class AzureCampaign:
 
 
 @pytest.fixture
-def azure_env(script_env, monkeypatch) -> dict[str, str]:
-    # The fake runs task commands here: `python3` must be the one with numpy.
-    monkeypatch.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
-    monkeypatch.setenv("EXAMPLE_HISTORIES", script_env["EXAMPLE_HISTORIES"])
+def azure_env(script_env) -> dict[str, str]:
+    # The example's image runs EXAMPLE_HISTORIES histories (tests/support/images.py): the local
+    # backend, which runs on this machine, gets the same number from the script environment.
+    assert script_env["EXAMPLE_HISTORIES"] == EXAMPLE_HISTORIES
     return {**script_env, "BATCH_TOOL_POLL_SECONDS": "0.2"}
 
 
 @pytest.fixture
 def azure_campaign(tmp_path, azurite, fake_batch) -> AzureCampaign:
-    fake_batch.knobs.inherit_env = fake_batch.knobs.inherit_env + ("EXAMPLE_HISTORIES",)
     return AzureCampaign(tmp_path / "az", azurite, fake_batch)
 
 
@@ -100,7 +100,13 @@ def test_example_campaign_on_azure_matches_the_local_backend(azure_campaign, azu
     assert azure_campaign.leftovers() == ([], [])
 
     tasks = azure_campaign.fake.tasks
-    assert {t.image for t in tasks} == {"myuser/waterphantom:1.0", "python:3.12-slim"}
+    # Full names (Batch applies docker.io's credentials only to names that start with it), run
+    # as root in the container with /bin/sh as the entrypoint (the image's own one refuses).
+    assert {t.image for t in tasks} == {"docker.io/myuser/waterphantom:1.0",
+                                        "docker.io/library/python:3.12-slim"}
+    assert {t.body["containerSettings"].get("containerRunOptions") for t in tasks} == {
+        "--entrypoint /bin/sh"}
+    assert {t.body["userIdentity"]["autoUser"]["elevationLevel"] for t in tasks} == {"admin"}
 
 
 def test_quota_reached_stops_at_once_and_leaves_nothing(azure_campaign, azure_env):

@@ -10,6 +10,8 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 
 from common.backends import azure as az
+from common.backends import azure_calls as calls
+from common.backends import azure_checks as ac
 from common.errors import ToolError
 from tests.azure_settings import azure_settings
 
@@ -23,25 +25,50 @@ def pool(allocation="resizing", errors=None, **extra):
     return NS(id="p", resize_errors=errors, allocation_state=allocation, state="active", **extra)
 
 
-def test_pool_ready_when_every_target_node_is_usable():
-    assert not az.pool_state(pool(), [], 2).ready
-    assert not az.pool_state(pool(), [node("starting"), node("idle")], 2).ready
-    state = az.pool_state(pool("steady"), [node("idle"), node("running")], 2)
-    assert state.ready and state.summary == "1 idle, 1 running"
+def test_pool_is_ready_as_soon_as_one_node_can_run_tasks():
+    assert not ac.pool_state(pool(), []).ready
+    assert not ac.pool_state(pool(), [node("starting"), node("starting")]).ready
+    state = ac.pool_state(pool(), [node("starting"), node("idle")])
+    assert state.ready and state.summary == "1 idle, 1 starting"
 
 
-def test_resize_error_stops_at_once_in_the_services_words():
+def test_resize_error_with_no_node_stops_at_once_in_the_services_words():
     errors = [NS(code="AccountCoreQuotaReached", message="The core quota is 0.")]
-    state = az.pool_state(pool("steady", errors), [], 2)
+    state = ac.pool_state(pool("steady", errors), [])
     assert state.error == "pool p cannot get its nodes: AccountCoreQuotaReached: The core quota is 0."
 
 
-def test_start_task_failure_and_unusable_nodes_stop_at_once():
+def test_a_partial_allocation_is_a_warning_not_the_end():
+    errors = [NS(code="AllocationTimedout", message="Only 2 of 4 nodes were allocated.")]
+    state = ac.pool_state(pool("steady", errors), [node("idle"), node("starting")])
+    assert state.ready and state.error is None
+    assert state.warnings == ("pool p did not get all its nodes: AllocationTimedout: Only 2 of 4 "
+                              "nodes were allocated.",)
+
+
+def test_one_broken_node_is_named_while_the_others_work():
     info = NS(failure_info=NS(code="FailureExitCode", message="The task exited with exit code 1"))
-    state = az.pool_state(pool(), [node("idle"), node("starttaskfailed", start_task_info=info)], 2)
-    assert "start task failed: FailureExitCode: The task exited with exit code 1" in state.error
-    state = az.pool_state(pool(), [node("unusable", errors=[NS(code="DiskFull", message="x")])], 1)
-    assert state.error.endswith("is unusable: DiskFull: x")
+    state = ac.pool_state(pool(), [node("idle"), node("starttaskfailed", start_task_info=info)])
+    assert state.ready and state.error is None
+    assert "start task failed: FailureExitCode: The task exited with exit code 1" in state.warnings[0]
+
+
+def test_only_a_pool_with_no_usable_node_and_none_coming_is_dead():
+    broken = node("unusable", errors=[NS(code="DiskFull", message="x")])
+    assert ac.pool_state(pool(), [broken]).error is None  # still resizing: more may come
+    assert ac.pool_state(pool("steady"), [broken, node("starting")]).error is None
+    assert ac.pool_state(pool("steady"), [broken]).error.endswith("is unusable: DiskFull: x")
+
+
+def test_pool_health_from_the_services_node_counts():
+    counts = NS(dedicated=NS(idle=1, running=2, unusable=1, starting=0),
+                low_priority=NS(running=1, preempted=2))
+    health = ac.pool_health(counts, pool("steady"))
+    assert (health.usable, health.broken, health.preempted, health.dead) == (4, 1, 2, False)
+    assert health.text() == "nodes: 1 idle, 2 running, 1 unusable; Spot: 2 preempted, 1 running"
+    dead = ac.pool_health(NS(dedicated=NS(unusable=2), low_priority=None), pool("steady"))
+    assert dead.dead and not ac.pool_health(NS(dedicated=NS(unusable=2), low_priority=None),
+                                            pool("resizing")).dead
 
 
 class FakeClock:
@@ -85,29 +112,37 @@ def backend(tmp_path):
     made.storage.close()
 
 
-def test_wait_reports_node_states_until_ready(backend):
+def test_wait_reports_node_states_until_one_is_ready(backend):
     backend.client = ScriptedClient([(pool(), []), (pool(), [node("starting"), node("starting")]),
-                                     (pool(), [node("starting"), node("idle")]),
-                                     (pool("steady"), [node("idle"), node("idle")])])
+                                     (pool(), [node("starting"), node("idle")])])
     said = []
-    backend.wait_for_nodes("p", 2, said.append)
-    assert said == ["nodes: no nodes yet", "nodes: 2 starting", "nodes: 1 idle, 1 starting",
-                    "nodes: 2 idle"]
-    assert backend.fake_clock.sleeps == [5, 5, 5]
+    backend.wait_for_nodes("p", said.append)
+    assert said == ["nodes: no nodes yet", "nodes: 2 starting", "nodes: 1 idle, 1 starting"]
+    assert backend.fake_clock.sleeps == [5, 5]
+
+
+def test_wait_goes_on_past_a_bad_node_and_says_so(backend):
+    bad = node("unusable", errors=[NS(code="NodeUnusable", message="disk")])
+    backend.client = ScriptedClient([(pool("steady"), [bad, node("starting")]),
+                                     (pool("steady"), [bad, node("idle")])])
+    said = []
+    backend.wait_for_nodes("p", said.append)
+    assert any("node tvm-unusable is unusable: NodeUnusable: disk" in line and
+               "goes on with the other nodes" in line for line in said)
 
 
 def test_wait_stops_at_once_on_a_quota_error(backend):
     errors = [NS(code="AccountCoreQuotaReached", message="quota")]
     backend.client = ScriptedClient([(pool(), []), (pool("steady", errors), [])])
     with pytest.raises(ToolError, match="AccountCoreQuotaReached: quota"):
-        backend.wait_for_nodes("p", 2, lambda _: None)
+        backend.wait_for_nodes("p", lambda _: None)
     assert backend.fake_clock.now == 5  # one poll later, not after a timeout
 
 
 def test_wait_gives_up_after_its_timeout(backend):
     backend.client = ScriptedClient([(pool(), [node("starting")])])
-    with pytest.raises(ToolError, match="nodes not ready after 30 minutes"):
-        backend.wait_for_nodes("p", 1, lambda _: None)
+    with pytest.raises(ToolError, match="no node ready after 30 minutes"):
+        backend.wait_for_nodes("p", lambda _: None)
     assert backend.fake_clock.now == pytest.approx(az.POOL_READY_TIMEOUT_SECONDS, abs=5)
 
 
@@ -134,7 +169,7 @@ def tasks(n):
 
 def test_tasks_go_in_100_per_request():
     client = TaskCollectionClient(lambda ids, n: ok(ids))
-    assert az.add_tasks(client, "job", tasks(250), sleep=lambda s: None) == 3
+    assert calls.add_tasks(client, "job", tasks(250), sleep=lambda s: None) == 3
     assert sorted(len(r) for r in client.requests) == [50, 100, 100]
 
 
@@ -145,7 +180,7 @@ def test_server_errors_and_vanished_tasks_are_resubmitted_once_each():
                       + [NS(task_id=i, status="success", error=None) for i in ids[2:]])
         return ok(ids)
     client = TaskCollectionClient(answer)
-    az.add_tasks(client, "job", tasks(5), sleep=lambda s: None, in_flight=1)
+    calls.add_tasks(client, "job", tasks(5), sleep=lambda s: None, in_flight=1)
     assert client.requests == [[f"task-{i}" for i in range(5)], ["task-0", "task-1"]]
 
 
@@ -153,7 +188,7 @@ def test_task_exists_counts_as_success():
     exists = NS(code="TaskExists", message=NS(value="The specified task already exists."))
     client = TaskCollectionClient(lambda ids, n: NS(result_values=[
         NS(task_id=i, status="clienterror", error=exists) for i in ids]))
-    assert az.add_tasks(client, "job", tasks(3), sleep=lambda s: None) == 1
+    assert calls.add_tasks(client, "job", tasks(3), sleep=lambda s: None) == 1
 
 
 def test_a_refused_task_is_an_error_naming_it():
@@ -161,7 +196,7 @@ def test_a_refused_task_is_an_error_naming_it():
     client = TaskCollectionClient(lambda ids, n: NS(result_values=[
         NS(task_id=i, status="clienterror", error=bad) for i in ids]))
     with pytest.raises(ToolError, match="task task-0 refused: InvalidPropertyValue: commandLine is too long"):
-        az.add_tasks(client, "job", tasks(1), sleep=lambda s: None)
+        calls.add_tasks(client, "job", tasks(1), sleep=lambda s: None)
 
 
 def test_endless_server_errors_are_bounded():
@@ -170,8 +205,8 @@ def test_endless_server_errors_are_bounded():
                                                              text=lambda: "", request=None))
     client = TaskCollectionClient(answer)
     with pytest.raises(ToolError, match="could not be added after 5 attempts"):
-        az.add_tasks(client, "job", tasks(100), sleep=lambda s: None)
-    assert len(client.requests) == az.ADD_ATTEMPTS
+        calls.add_tasks(client, "job", tasks(100), sleep=lambda s: None)
+    assert len(client.requests) == calls.ATTEMPTS
 
 
 def test_too_large_requests_are_halved():
@@ -181,7 +216,7 @@ def test_too_large_requests_are_halved():
                 status_code=413, reason="RequestBodyTooLarge", headers={}, text=lambda: "", request=None))
         return ok(ids)
     client = TaskCollectionClient(answer)
-    az.add_tasks(client, "job", tasks(100), sleep=lambda s: None)
+    calls.add_tasks(client, "job", tasks(100), sleep=lambda s: None)
     assert sorted(len(r) for r in client.requests if len(r) <= 25) == [25, 25, 25, 25]
 
 
@@ -196,11 +231,11 @@ def test_image_checks(tmp_path):
     good = image("microsoft-dsvm", "ubuntu-hpc", "2404", "batch.node.ubuntu 24.04")
     retired = image("microsoft-azure-batch", "ubuntu-server-container", "20-04-lts",
                     "batch.node.ubuntu 20.04", end=datetime(2025, 4, 30, tzinfo=timezone.utc))
-    assert az.image_problem([retired, good], settings, now) is None
-    assert "not offered" in az.image_problem([retired], settings, now)
+    assert ac.image_problem([retired, good], settings, now) is None
+    assert "not offered" in ac.image_problem([retired], settings, now)
     late = image("microsoft-dsvm", "ubuntu-hpc", "2404", "batch.node.ubuntu 24.04", end=now - timedelta(days=1))
-    assert "end of life" in az.image_problem([late], settings, now)
+    assert "end of life" in ac.image_problem([late], settings, now)
     plain = image("microsoft-dsvm", "ubuntu-hpc", "2404", "batch.node.ubuntu 24.04", capable=False)
-    assert "cannot run containers" in az.image_problem([plain], settings, now)
+    assert "cannot run containers" in ac.image_problem([plain], settings, now)
     other_agent = image("microsoft-dsvm", "ubuntu-hpc", "2404", "batch.node.ubuntu 22.04")
-    assert "needs node agent" in az.image_problem([other_agent], settings, now)
+    assert "needs node agent" in ac.image_problem([other_agent], settings, now)

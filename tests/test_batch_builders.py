@@ -1,6 +1,7 @@
 """Pure builders -> azure.batch models: compared with golden JSON (the request bodies)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -40,7 +41,7 @@ def settings(tmp_path):
 
 def test_worker_pool_golden(settings):
     app = settings.app
-    registry = bb.registry_for(app.worker_docker_image, app.docker_user, app.docker_token)
+    registry = bb.image_credentials(app, app.worker_docker_image)
     pool = bb.pool_options(cp.worker_pool(settings, IDS), bb.NodeSetup(app.pool_image, app.node_agent_sku_id, registry))
     check_golden("worker_pool", pool)
     body = pool.as_dict()
@@ -49,7 +50,9 @@ def test_worker_pool_golden(settings):
                                     "sku": "2404", "version": "latest"}
     assert vm["nodeAgentSKUId"] == "batch.node.ubuntu 24.04"
     assert vm["containerConfiguration"]["type"] == "dockerCompatible"
-    assert vm["containerConfiguration"]["containerImageNames"] == ["myuser/topas:4.0"]
+    # the full name: Batch gives docker.io's credentials only to names that start with it
+    assert vm["containerConfiguration"]["containerImageNames"] == ["docker.io/myuser/topas:4.0"]
+    assert vm["containerConfiguration"]["containerRegistries"][0]["registryServer"] == "docker.io"
     assert vm["containerConfiguration"]["containerRegistries"][0]["password"] == FAKE_DOCKER_TOKEN
     assert FAKE_DOCKER_TOKEN not in bb.redacted_json(pool, (FAKE_DOCKER_TOKEN,))
 
@@ -57,8 +60,15 @@ def test_worker_pool_golden(settings):
 def test_named_pool_job_golden(tmp_path):
     settings = azure_settings(tmp_path, AUTO_DELETE_POOL=False)
     job = cp.worker_job(settings, IDS)
-    check_golden("worker_job", bb.job_options(job, SETUP))
+    check_golden("worker_job", bb.job_options(job, SETUP, URLS))
     assert bb.job_options(job, SETUP).as_dict()["poolInfo"] == {"poolId": "golden-sim-workers"}
+
+
+def test_full_image_names():
+    assert bb.full_image_name("myuser/topas:4.0") == "docker.io/myuser/topas:4.0"
+    assert bb.full_image_name("python:3.12-slim") == "docker.io/library/python:3.12-slim"
+    assert bb.full_image_name("myreg.azurecr.io/topas:4") == "myreg.azurecr.io/topas:4"
+    assert bb.full_image_name("localhost:5000/sim") == "localhost:5000/sim"
 
 
 def test_no_registry_without_docker_credentials():
@@ -67,24 +77,42 @@ def test_no_registry_without_docker_credentials():
     assert bb.registry_for("myuser/topas:4", "u", Secret("p")).server == "docker.io"
 
 
+def test_each_image_gets_only_its_own_registrys_credentials(tmp_path):
+    settings = azure_settings(tmp_path)  # worker myuser/topas:4.0 with DOCKER_*, reducer python
+    app = settings.app
+    assert bb.image_credentials(app, app.worker_docker_image).username == "myuser"
+    # the reducer lives on Docker Hub too: the same registry, the same credentials
+    assert bb.image_credentials(app, app.reducer_docker_image).server == "docker.io"
+    acr = dataclasses.replace(app, worker_docker_image="myreg.azurecr.io/topas:4.0")
+    assert bb.image_credentials(acr, acr.worker_docker_image).server == "myreg.azurecr.io"
+    assert bb.image_credentials(acr, acr.reducer_docker_image) is None  # not ACR's to Docker Hub
+    own = dataclasses.replace(acr, reducer_docker_user="hubuser", reducer_docker_token=Secret("t"))
+    theirs = bb.image_credentials(own, own.reducer_docker_image)
+    assert (theirs.server, theirs.username) == ("docker.io", "hubuser")
+
+
 def test_worker_job_and_task_golden(settings):
     job = cp.worker_job(settings, IDS)
-    check_golden("worker_job_auto_pool", bb.job_options(job, SETUP))
-    body = bb.job_options(job, SETUP).as_dict()
+    check_golden("worker_job_auto_pool", bb.job_options(job, SETUP, URLS))
+    body = bb.job_options(job, SETUP, URLS).as_dict()
     assert body["onAllTasksComplete"] == "noaction"
     auto = body["poolInfo"]["autoPoolSpecification"]
     assert (auto["poolLifetimeOption"], auto["keepAlive"]) == ("job", False)
     assert auto["pool"]["targetDedicatedNodes"] == 2
     assert body["constraints"] == {"maxWallClockTime": "PT01H00M00S"}  # 30 min timeout + margin
     assert bb.job_completion_update().as_dict() == {"onAllTasksComplete": "terminatejob"}
-    task = bb.task_options(job.tasks[0], job.image, URLS)
+    prep = body["jobPreparationTask"]  # on the node's own OS: no containerSettings
+    assert "containerSettings" not in prep and prep["waitForSuccess"] is True
+    assert prep["commandLine"].startswith("/bin/sh -c ")
+    assert [f["httpUrl"].split("?")[0].rsplit("/", 1)[1] for f in prep["resourceFiles"]] == [
+        "SIM_DIR.zip", "simconfig.json"]
+    task = bb.task_options(job.tasks[0], job, URLS)
     check_golden("worker_task", task)
     body = task.as_dict()
     assert body["id"] == "task-1"
-    assert body["commandLine"].startswith("/bin/bash -c ")
-    assert body["commandLine"].endswith("exec ./run.sh 1'")
-    assert [f["httpUrl"].split("?")[0].rsplit("/", 1)[1] for f in body["resourceFiles"]] == [
-        "SIM_DIR.zip", "simconfig.json"]
+    assert body["commandLine"].startswith("-c ")  # arguments of the /bin/sh entrypoint
+    assert body["commandLine"].endswith("exit $status'")
+    assert "resourceFiles" not in body  # the preparation task brought them, once per node
     outputs = {o["filePattern"]: o["destination"]["container"]["path"] for o in body["outputFiles"]}
     assert outputs == {"out_*.txt": "nodes_output/run1", "Dose.csv": "nodes_output/run1/Dose.csv",
                        "../std*.txt": "nodes_output/run1"}
@@ -92,19 +120,31 @@ def test_worker_job_and_task_golden(settings):
         "tasksuccess", "taskcompletion"}
     env = {e["name"]: e["value"] for e in body["environmentSettings"]}
     assert env["TASK_INDEX"] == "1" and env["SIM_SEED"] == str(cp.sim_seed("golden-sim", 1))
-    assert body["containerSettings"] == {"imageName": "myuser/topas:4.0"}
+    assert body["containerSettings"] == {"imageName": "docker.io/myuser/topas:4.0",
+                                         "containerRunOptions": "--entrypoint /bin/sh"}
+    assert body["userIdentity"] == {"autoUser": {"scope": "pool", "elevationLevel": "admin"}}
     assert body["constraints"] == {"maxTaskRetryCount": 1}
+
+
+def test_image_entrypoint_and_user_can_be_kept(tmp_path):
+    settings = azure_settings(tmp_path)
+    app = dataclasses.replace(settings.app, keep_image_entrypoint=True, run_as_root=False)
+    job = cp.worker_job(dataclasses.replace(settings, app=app), IDS)
+    body = bb.task_options(job.tasks[0], job, URLS).as_dict()
+    assert body["commandLine"].startswith("/bin/sh -c ")  # the entrypoint's arguments
+    assert "containerRunOptions" not in body["containerSettings"]
+    assert body["userIdentity"]["autoUser"]["elevationLevel"] == "nonadmin"
 
 
 def test_reducer_task_golden(settings):
     job = cp.reducer_job(settings, IDS)
-    task = bb.task_options(job.tasks[0], job.image, URLS)
+    task = bb.task_options(job.tasks[0], job, URLS)
     check_golden("reducer_task", task)
     body = task.as_dict()
     prefix = [f for f in body["resourceFiles"] if "blobPrefix" in f]
     assert prefix == [{"storageContainerUrl": URLS.read_list, "blobPrefix": "nodes_output/"}]
     assert "appconfig" not in json.dumps(body)  # no keys travel to the node
-    assert body["containerSettings"] == {"imageName": "python:3.12-slim"}
+    assert body["containerSettings"]["imageName"] == "docker.io/library/python:3.12-slim"
 
 
 def test_chunks_and_request_count():
@@ -112,11 +152,8 @@ def test_chunks_and_request_count():
     assert bb.request_count(1000) == 14
 
 
-def test_redacted_json_hides_signatures():
-    text = bb.redacted_json(bb.task_options(_task(), None, URLS))
+def test_redacted_json_hides_signatures(tmp_path):
+    job = cp.worker_job(azure_settings(tmp_path), IDS)
+    text = bb.redacted_json(bb.job_options(job, SETUP, URLS))
     assert "sig=***" in text and "AAA" not in text
 
-
-def _task():
-    from common.model import InputFile, TaskSpec
-    return TaskSpec("t", 1, "true", inputs=(InputFile("SIM_DIR.zip"),))

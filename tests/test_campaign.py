@@ -1,7 +1,10 @@
 """Pure builders: ids, seeds, commands and task specs."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -35,7 +38,9 @@ def test_worker_tasks_number_from_starting_node_with_their_seed(campaign):
     assert [t.task_id for t in job.tasks] == ["task-11", "task-12", "task-13"]
     env = dict(job.tasks[0].environment)
     assert env["TASK_INDEX"] == "11" and env["SIM_SEED"] == str(cp.sim_seed("tiny-campaign", 11))
-    assert job.tasks[0].command.endswith("exec ./run.sh 11")
+    assert "\n./run.sh 11 || status=$?\n" in job.tasks[0].command
+    assert job.tasks[0].inputs == ()  # the job preparation task brings the inputs, once a node
+    assert [i.blob for i in job.preparation.inputs] == [cp.SIM_ARCHIVE_BLOB, cp.SIMCONFIG_BLOB]
     destinations = {o.pattern: o.destination for o in job.tasks[0].outputs}
     assert destinations == {"out_*.txt": "nodes_output/run11/", "../std*.txt": "nodes_output/run11/"}
 
@@ -45,19 +50,89 @@ def test_plain_file_pattern_becomes_a_full_blob_name():
     assert output.destination == "nodes_output/run2/Dose.csv"
 
 
-def test_worker_command_unpacks_and_passes_the_index(tmp_path):
+@pytest.fixture
+def shell_only(tmp_path: Path) -> dict[str, str]:
+    """An environment whose PATH holds busybox's sh, cp and rm — and nothing else: what a
+    task's container must at least have (no unzip, python3, awk or sed)."""
+    busybox = shutil.which("busybox")
+    if busybox is None:
+        if os.environ.get("CI"):
+            pytest.fail("busybox is missing in CI (run_tests.sh installs busybox-static)")
+        pytest.skip("busybox is not installed")
+    tools = tmp_path / "shell-only-bin"
+    tools.mkdir()
+    for tool in ("sh", "cp", "rm"):
+        (tools / tool).symlink_to(busybox)
+    return {"PATH": str(tools)}
+
+
+def prepare(tmp_path: Path, sim: Path, run_script: str, env: dict[str, str] | None = None) -> Path:
+    """Run the job preparation command as a node would, on its own OS: returns its folder."""
+    prep = tmp_path / "prep"
+    prep.mkdir()
+    build_archive(sim, prep / cp.SIM_ARCHIVE_BLOB)
+    (prep / cp.SIMCONFIG_BLOB).write_text("{}")
+    command = cp.preparation_command(cp.SIM_ARCHIVE_BLOB, cp.SIM_FOLDER, (cp.SIMCONFIG_BLOB,), run_script)
+    done = subprocess.run(["/bin/sh", "-c", command], cwd=prep, capture_output=True, text=True,
+                          env=env)
+    assert done.returncode == 0, done.stderr
+    return prep
+
+
+def run_task(tmp_path: Path, prep: Path, command: str, env: dict[str, str],
+             name: str = "wd") -> subprocess.CompletedProcess:
+    wd = tmp_path / name
+    wd.mkdir()
+    return subprocess.run(["sh", "-c", command], cwd=wd, capture_output=True, text=True,
+                          env={**env, "AZ_BATCH_JOB_PREP_WORKING_DIR": str(prep)})
+
+
+def test_a_task_needs_only_a_shell_and_cp(tmp_path, shell_only):
     sim = tmp_path / "sim"
     (sim / "sub").mkdir(parents=True)
     script = sim / "sub" / "go.sh"
-    script.write_text('#!/bin/bash\necho "index=$1 cwd=$(basename $PWD)"\n')
-    script.chmod(0o644)  # the command makes it executable, as Batch nodes lose no mode bits
-    wd = tmp_path / "wd"
-    wd.mkdir()
-    build_archive(sim, wd / cp.SIM_ARCHIVE_BLOB)
-    result = subprocess.run(["bash", "-c", cp.worker_command("sub/go.sh", 5)], cwd=wd,
-                            capture_output=True, text=True)
+    script.write_text('#!/bin/sh\necho "index=$1 cwd=${PWD##*/}"; [ -e simconfig.json ]\n')
+    script.chmod(0o644)  # the preparation makes RUN_SCRIPT executable
+    prep = prepare(tmp_path, sim, "sub/go.sh")
+    result = run_task(tmp_path, prep, cp.worker_command("sub/go.sh", 5), shell_only)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "index=5 cwd=wd"
+    assert (tmp_path / "wd" / "simconfig.json").exists()
+
+
+def test_preparation_unpacks_with_python_when_the_node_has_no_unzip(tmp_path, shell_only):
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    (sim / "go.sh").write_text("#!/bin/sh\necho ran\n")
+    (sim / "go.sh").chmod(0o755)
+    (sim / "tool.sh").write_text("#!/bin/sh\n")
+    (sim / "tool.sh").chmod(0o755)
+    (sim / "data.txt").write_text("1 2 3\n")
+    tools = Path(shell_only["PATH"])
+    (tools / "python3").symlink_to(sys.executable)
+    (tools / "chmod").symlink_to(shutil.which("busybox"))
+    prep = prepare(tmp_path, sim, "go.sh", env=shell_only)
+    assert (prep / "sim" / "tool.sh").stat().st_mode & 0o777 == 0o755  # the mode bits survive
+    assert (prep / "sim" / "data.txt").stat().st_mode & 0o777 == 0o644
+    (tools / "python3").unlink()
+    again = subprocess.run(["/bin/sh", "-c", cp.preparation_command(cp.SIM_ARCHIVE_BLOB, "x")],
+                           cwd=prep, capture_output=True, text=True, env=shell_only)
+    assert again.returncode == 127
+    assert "neither unzip nor python3" in again.stderr
+
+
+def test_task_keeps_its_exit_code_and_leaves_no_link_to_upload(tmp_path, shell_only):
+    sim = tmp_path / "sim"
+    sim.mkdir()
+    (sim / "go.sh").write_text("#!/bin/sh\nmkdir -p out 2>/dev/null; ln -s /etc/passwd p.txt\n"
+                               "ln -s /etc sub.d\necho x > kept.txt\nexit 3\n")
+    prep = prepare(tmp_path, sim, "go.sh")
+    env = {"PATH": shell_only["PATH"] + ":/usr/bin:/bin"}  # the run script may use more tools
+    result = run_task(tmp_path, prep, cp.worker_command("go.sh", 1), env)
+    assert result.returncode == 3, result.stderr
+    wd = tmp_path / "wd"
+    assert (wd / "kept.txt").exists()
+    assert not (wd / "p.txt").is_symlink() and not (wd / "sub.d").is_symlink()
 
 
 def test_archive_is_deterministic_and_leaves_out_results(tmp_path):
@@ -77,22 +152,24 @@ def test_archive_is_deterministic_and_leaves_out_results(tmp_path):
     assert second.files == 2
 
 
-def test_seed_is_written_into_topas_parameter_files(tmp_path):
+def test_seed_is_written_into_topas_parameter_files(tmp_path, shell_only):
     sim = tmp_path / "sim"
     sim.mkdir()
-    (sim / "main.txt").write_text('s:Ge/World/Material = "G4_WATER"\n  I:TS/SEED = 17\ni:Ts/NumberOfThreads = 1\n')
+    (sim / "main.txt").write_text('s:Ge/World/Material = "G4_WATER"\n  I:TS/SEED = 17\n'
+                                  'i:Ts/NumberOfThreads = 1\n#i:Ts/Seed = 5\ni:Ts/SeedX = 2\n'
+                                  's:Ts/Path = "a\\b"\n')
     (sim / "other.txt").write_text("d:Ge/World/HLX = 10 cm")  # no seed line, no final newline
-    (sim / "go.sh").write_text("#!/bin/bash\ncat main.txt other.txt\n")
-    wd = tmp_path / "wd"
-    wd.mkdir()
-    build_archive(sim, wd / cp.SIM_ARCHIVE_BLOB)
+    (sim / "go.sh").write_text("#!/bin/sh\nfor f in main.txt other.txt; do while IFS= read -r l "
+                               "|| [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done < $f; done\n")
+    prep = prepare(tmp_path, sim, "go.sh")
     command = cp.worker_command("go.sh", 3, ("main.txt", "other.txt"))
-    result = subprocess.run(["bash", "-c", command], cwd=wd, capture_output=True, text=True,
-                            env={"SIM_SEED": "123456789", "PATH": "/usr/bin:/bin"})
+    result = run_task(tmp_path, prep, command, {**shell_only, "SIM_SEED": "123456789"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         's:Ge/World/Material = "G4_WATER"', "i:Ts/Seed = 123456789", "i:Ts/NumberOfThreads = 1",
+        "#i:Ts/Seed = 5", "i:Ts/SeedX = 2", 's:Ts/Path = "a\\b"',
         "d:Ge/World/HLX = 10 cm", "i:Ts/Seed = 123456789"]
+    assert "SEED = 17" in (prep / "sim" / "main.txt").read_text()  # only the task's copy changes
 
 
 @pytest.mark.parametrize("value, what", [(["absent.txt"], "does not exist"),

@@ -612,3 +612,184 @@ def test_spec_examples_against_the_validator():
                         "Tasks_CreateTask_ContainerSettings": [],
                         "Pools_CreatePool_VirtualMachineConfigurationWithExtensions":
                             ["targetNodeCommunicationMode"]}
+
+
+# -- containers as Batch makes them, and what real nodes and the real service do ----------------
+
+def container_task(task_id: str, image: str, command: str, *, run_options: str | None = None,
+                   admin: bool = False, **extra) -> bm.BatchTaskCreateOptions:
+    return bm.BatchTaskCreateOptions(
+        id=task_id, command_line=command,
+        container_settings=bm.BatchTaskContainerSettings(image_name=image,
+                                                         container_run_options=run_options),
+        user_identity=bm.UserIdentity(auto_user=bm.AutoUserSpecification(
+            scope="pool", elevation_level="admin" if admin else "nonadmin")), **extra)
+
+
+def hub_pool(client: BatchClient, pool_id: str, server: str = "docker.io", password: str | None = None) -> None:
+    from tests.azure_settings import FAKE_DOCKER_TOKEN
+    client.create_pool(bm.BatchPoolCreateOptions(
+        id=pool_id, vm_size="standard_d2s_v3", target_dedicated_nodes=1, task_slots_per_node=4,
+        virtual_machine_configuration=bm.VirtualMachineConfiguration(
+            image_reference=bm.BatchVmImageReference(publisher="microsoft-dsvm", offer="ubuntu-hpc",
+                                                     sku="2404", version="latest"),
+            node_agent_sku_id="batch.node.ubuntu 24.04",
+            container_configuration=bm.BatchContainerConfiguration(
+                type="dockerCompatible", container_registries=[bm.ContainerRegistryReference(
+                    registry_server=server, username="myuser",
+                    password=password or FAKE_DOCKER_TOKEN)]))))
+
+
+def outcome(client: BatchClient, job_id: str, task_id: str) -> tuple:
+    done = client.get_task(job_id, task_id)
+    info = done.execution_info
+    failure = info.failure_info
+    detail = " ".join(d.value for d in failure.details or []) if failure else ""
+    return info.exit_code, failure.code if failure else None, detail
+
+
+def test_docker_create_semantics_entrypoint_user_and_no_network(fake_batch, client, azurite):
+    hub_pool(client, "p")
+    make_job(client, "j", "p")
+    topas = "docker.io/myuser/topas:4.0"
+    port = azurite.url.split(":")[2].split("/")[0]
+    client.create_task_collection("j", bm.BatchTaskGroup(task_values=[
+        # the image's ENTRYPOINT (TOPAS) gets the command line as its arguments
+        container_task("kept", topas, "/bin/sh -c 'echo hi'", admin=True),
+        container_task("override", topas, "-c 'id -u; echo hi > x.txt'", run_options="--entrypoint /bin/sh",
+                       admin=True),
+        container_task("nonadmin", topas, "-c 'id -u; ls /root'", run_options="--entrypoint /bin/sh"),
+        container_task("tools", topas, "-c 'command -v unzip || command -v python3 || command -v awk "
+                       "|| echo none'", run_options="--entrypoint /bin/sh", admin=True),
+        container_task("offline", "python:3.12-slim", "python3 -c \"import socket; "
+                       f"socket.create_connection(('127.0.0.1', {port}), 2)\"", admin=True),
+    ]))
+    finish_job(client, "j", expected=5)
+    out = {t.id: b"".join(client.download_task_file("j", t.id, "stdout.txt")).decode()
+           for t in client.list_tasks("j")}
+    err = {t.id: b"".join(client.download_task_file("j", t.id, "stderr.txt")).decode()
+           for t in client.list_tasks("j")}
+    assert outcome(client, "j", "kept")[0] == 1 and "'/bin/sh' is not a parameter file" in err["kept"]
+    assert outcome(client, "j", "override")[0] == 0 and out["override"] == "0\n"
+    assert outcome(client, "j", "nonadmin")[0] != 0 and out["nonadmin"] == "40001\n"
+    assert "Permission denied" in err["nonadmin"]
+    assert out["tools"] == "none\n"
+    assert outcome(client, "j", "offline")[0] == 1 and "Errno" in err["offline"]  # no network
+
+
+def test_private_images_need_their_registry_named_and_the_right_password(fake_batch, client):
+    hub_pool(client, "p")
+    hub_pool(client, "wrong", password="nope")
+    make_job(client, "j", "p")
+    make_job(client, "k", "wrong")
+    client.create_task_collection("j", bm.BatchTaskGroup(task_values=[
+        container_task("short-name", "myuser/topas:4.0", "x"),
+        container_task("full-name", "docker.io/myuser/topas:4.0", "-c true", run_options="--entrypoint /bin/sh"),
+        container_task("unknown", "docker.io/myuser/nothing:1", "x")]))
+    client.create_task("k", container_task("bad-password", "docker.io/myuser/topas:4.0", "x"))
+    finish_job(client, "j", expected=3)
+    finish_job(client, "k", expected=1)
+    assert outcome(client, "j", "full-name") == (0, None, "")
+    short = outcome(client, "j", "short-name")
+    assert short[1] == "ContainerInvalidImage" and "pull access denied for myuser/topas:4.0" in short[2]
+    assert "repository does not exist" in outcome(client, "j", "unknown")[2]
+    assert "incorrect username or password" in outcome(client, "k", "bad-password")[2]
+
+
+def test_job_preparation_runs_once_per_node_on_its_os_before_the_tasks(fake_batch, client):
+    make_pool(client, "p", nodes=2, slots=2)
+    prep = bm.BatchJobPreparationTask(
+        command_line="/bin/sh -c 'echo prepared > ready.txt; command -v unzip'",
+        user_identity=bm.UserIdentity(auto_user=bm.AutoUserSpecification(elevation_level="admin")))
+    client.create_job(bm.BatchJobCreateOptions(id="j", pool_info=bm.BatchPoolInfo(pool_id="p"),
+                                               job_preparation_task=prep))
+    command = "/bin/bash -c 'cat \"$AZ_BATCH_JOB_PREP_WORKING_DIR/ready.txt\"'"
+    client.create_task_collection("j", bm.BatchTaskGroup(task_values=[
+        task(f"t{i}", command) for i in range(6)]))
+    finish_job(client, "j", expected=6)
+    assert all(b"".join(client.download_task_file("j", f"t{i}", "stdout.txt")) == b"prepared\n"
+               for i in range(6))
+    status = list(client.list_job_preparation_and_release_task_status("j"))
+    nodes = {s.node_id for s in status}
+    used = {client.get_task("j", f"t{i}").node_info.node_id for i in range(6)}
+    assert nodes == used and len(status) <= 2  # once per node that ran tasks
+    info = status[0].job_preparation_task_execution_info
+    assert (info.result, info.exit_code) == ("success", 0)
+    found = b"".join(client.download_node_file("p", status[0].node_id,
+                                               f"{info.task_root_directory}/stdout.txt"))
+    assert found.strip() == b"/usr/bin/unzip"  # the node's own tools, not an image's
+
+
+def test_a_failed_job_preparation_keeps_the_tasks_off_the_node(fake_batch, client):
+    fake_batch.knobs.job_preparation_failure = True
+    make_pool(client, "p", nodes=1)
+    client.create_job(bm.BatchJobCreateOptions(id="j", pool_info=bm.BatchPoolInfo(pool_id="p"),
+                                               job_preparation_task=bm.BatchJobPreparationTask(
+                                                   command_line="/bin/sh -c true")))
+    client.create_task("j", task("t", "/bin/bash -c true"))
+    status = wait_until(lambda: [s for s in client.list_job_preparation_and_release_task_status("j")
+                                 if s.job_preparation_task_execution_info.state == "completed"])
+    info = status[0].job_preparation_task_execution_info
+    assert info.result == "failure" and info.failure_info.code == "FailureExitCode"
+    time.sleep(0.5)
+    assert client.get_task("j", "t").state == "active"  # never scheduled on that node
+    with pytest.raises(HttpResponseError) as caught:
+        client.create_task("j", task("jobpreparation", "true"))
+    assert caught.value.error.code == "TaskIdSameAsJobPreparationTask"
+
+
+def test_auto_pool_nodes_take_their_files_with_them(fake_batch, client):
+    client.create_job(bm.BatchJobCreateOptions(
+        id="j", all_tasks_complete_mode="noaction", pool_info=bm.BatchPoolInfo(
+            auto_pool_specification=bm.BatchAutoPoolSpecification(
+                auto_pool_id_prefix="auto", pool_lifetime_option="job", keep_alive=False,
+                pool=bm.BatchPoolSpecification(vm_size="standard_d2s_v3",
+                                               virtual_machine_configuration=vm_configuration(),
+                                               target_dedicated_nodes=1)))))
+    client.create_task("j", task("t", "/bin/bash -c 'echo out'"))
+    finish_job(client, "j", expected=1)
+    wait_until(lambda: client.get_job("j").state == "completed")
+    record = fake_batch.task("j", "t")
+    wait_until(lambda: not record.task_dir.exists())
+    with pytest.raises(HttpResponseError) as caught:
+        client.get_task_file_properties("j", "t", "stdout.txt")
+    assert caught.value.status_code == 404
+
+
+def test_node_counts_partial_allocation_and_unusable_nodes(fake_batch, client):
+    fake_batch.knobs.unusable_node_count = 1
+    make_pool(client, "p", nodes=3)
+    wait_until(lambda: len(nodes := list(client.list_nodes("p"))) == 3
+               and all(n.state in ("idle", "unusable") for n in nodes))
+    [counts] = list(client.list_pool_node_counts(filter="poolId eq 'p'"))
+    assert (counts.dedicated.idle, counts.dedicated.unusable, counts.dedicated.total) == (2, 1, 3)
+    fake_batch.knobs.unusable_node_count = 0
+    fake_batch.knobs.resize_error = "AllocationTimedout"
+    fake_batch.knobs.partial_allocation = 1
+    make_pool(client, "q", nodes=3)
+    pool = wait_until(lambda: (p := client.get_pool("q")).allocation_state == "steady" and p)
+    assert pool.resize_errors[0].code == "AllocationTimedout" and pool.current_dedicated_nodes == 1
+
+
+def test_lagging_counts_and_lost_replies(fake_batch, client):
+    from azure.core.exceptions import ServiceResponseError
+    make_pool(client, "p", nodes=1, slots=4)
+    make_job(client, "j", "p")
+    fake_batch.knobs.drop_replies = {"Tasks_CreateTaskCollection": 1}
+    with pytest.raises(ServiceResponseError):  # stored, but the reply never came
+        client.create_task_collection("j", bm.BatchTaskGroup(task_values=[
+            task(f"t{i}", "/bin/bash -c true") for i in range(4)]))
+    again = client.create_task_collection("j", bm.BatchTaskGroup(task_values=[
+        task(f"t{i}", "/bin/bash -c true") for i in range(4)]))
+    assert {r.error.code for r in again.result_values} == {"TaskExists"}
+    finish_job(client, "j", expected=4)
+    fake_batch.knobs.task_counts_lag_polls = 100
+    late = client.get_job_task_counts("j").task_counts
+    assert (late.active, late.running, late.completed) == (0, 0, 2)  # 2 of 4 counted: stale
+
+
+def test_throttling_answers_429_with_retry_after(fake_batch, client):
+    fake_batch.knobs.throttled_fraction = 1.0
+    fake_batch.knobs.retry_after = 0
+    answer = raw(fake_batch.client(retry_total=0), "GET", "/pools")
+    assert answer.status_code == 429 and answer.headers["Retry-After"] == "0"

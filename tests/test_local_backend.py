@@ -60,15 +60,50 @@ def test_one_node_pool_runs_tasks_one_at_a_time(backend, tmp_path):
     assert all(spans[i][1] <= spans[i + 1][0] for i in range(len(spans) - 1))
 
 
-def test_failed_task_reports_exit_code_and_stderr_tail(backend):
+def test_failed_task_reports_exit_code_and_its_stderr_is_in_storage(backend):
     command = 'for i in $(seq 1 30); do echo "line $i" >&2; done; echo "real problem" >&2; exit 3'
-    run_job(backend, [shell_task(1, command), shell_task(2, "true")])
+    logs = (cp.output_under("../std*.txt", "nodes_output/run1/", COMPLETION),)
+    run_job(backend, [shell_task(1, command, logs), shell_task(2, "true")])
     counts = backend.task_counts("job")
     assert (counts.succeeded, counts.failed) == (1, 1)
     [failure] = backend.task_failures("job")
     assert failure.task_id == "task-1" and failure.exit_code == 3
-    assert failure.stderr_tail[-1] == "real problem"
-    assert len(failure.stderr_tail) == 10  # the end of stderr, not all of it
+    tail = backend.blob_store("box").read_tail("nodes_output/run1/stderr.txt", 40)
+    assert tail.endswith("line 30\nreal problem\n") and "line 1\n" not in tail
+    assert backend.blob_store("box").read_tail("nodes_output/run9/stderr.txt") == ""
+
+
+def test_job_preparation_runs_once_before_the_tasks(backend, tmp_path):
+    marks = tmp_path / "preparations"
+    prep = TaskSpec("jobpreparation", 0, f"echo x >> {marks}; echo prepared > here.txt")
+    command = 'read line < "$AZ_BATCH_JOB_PREP_WORKING_DIR/here.txt"; [ "$line" = prepared ]'
+    backend.prepare_pool(PoolSpec("pool", 2, None, None), lambda _: None)
+    backend.submit_job(JobSpec("job", "pool", "box", tuple(shell_task(i, command) for i in range(1, 5)),
+                               preparation=prep), lambda _: None)
+    wait_done(backend)
+    assert backend.task_counts("job").succeeded == 4
+    assert marks.read_text() == "x\n"  # once, not once per task
+    assert backend.preparation_failures("job") == []
+
+
+def test_failed_job_preparation_fails_the_tasks_and_says_why(backend):
+    prep = TaskSpec("jobpreparation", 0, "echo 'no unzip on this node' >&2; exit 127")
+    backend.prepare_pool(PoolSpec("pool", 2, None, None), lambda _: None)
+    backend.submit_job(JobSpec("job", "pool", "box", (shell_task(1, "true"), shell_task(2, "true")),
+                               preparation=prep), lambda _: None)
+    wait_done(backend)
+    assert backend.task_counts("job").failed == 2
+    [failure] = backend.preparation_failures("job")
+    assert failure.exit_code == 127 and failure.stderr_tail == ("no unzip on this node",)
+    assert {f.failure_code for f in backend.task_failures("job")} == {"JobPreparationFailed"}
+    assert "no unzip on this node" in backend.task_failures("job")[0].failure_message
+
+
+def wait_done(backend: LocalBackend, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while (counts := backend.task_counts("job")).active or counts.running:
+        assert time.monotonic() < deadline, f"tasks did not finish: {counts}"
+        time.sleep(0.05)
 
 
 def test_outputs_follow_patterns_and_upload_conditions(backend):

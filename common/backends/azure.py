@@ -21,9 +21,9 @@ from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError,
 
 from common import batch_builders as bb
 from common import storage as st
-from common.backends.azure_calls import add_tasks, create_job, send
-from common.backends.azure_checks import (error_code, image_problem, pool_health, pool_mismatch,
-                                          pool_state, service_words, value_of)
+from common.backends.azure_calls import add_tasks, create_job, end_with_last_task, send
+from common.backends.azure_checks import (error_code, failure_words, image_problem, pool_health,
+                                          pool_mismatch, pool_state, service_words, value_of)
 from common.backends.base import Backend, BlobStore, StatusCallback
 from common.config import Settings
 from common.entra import batch_credential
@@ -44,6 +44,7 @@ class AzureBackend(Backend):
         self.settings = settings
         self.clock, self.sleep = clock, sleep
         self.poll_seconds = float(os.environ.get("BATCH_TOOL_POLL_SECONDS", "5"))
+        self.health_seconds = float(os.environ.get("BATCH_TOOL_HEALTH_SECONDS", "30"))
         self.account = st.account_from(app)
         self.storage = st.service_client(self.account)
         credential, scopes = batch_credential(app)
@@ -70,7 +71,7 @@ class AzureBackend(Backend):
             return send(what, action, self.sleep)
         except ResourceNotFoundError:
             raise
-        except (HttpResponseError, ServiceRequestError) as error:
+        except (HttpResponseError, ServiceRequestError, ServiceResponseError) as error:
             raise self._error(what, error) from None
 
     def _error(self, what: str, error: Exception) -> ToolError:
@@ -147,6 +148,10 @@ class AzureBackend(Backend):
             nodes = self._call(f"nodes of {pool_id}", lambda: list(self.client.list_nodes(pool_id)))
             state = pool_state(pool, nodes)
             if state.error:
+                again = self._lookup_pool(pool_id)  # a job that already ended takes its pool
+                if again is None or value_of(again.state) == "deleting":
+                    on_status(f"pool {pool_id} is gone: its job has ended")
+                    return
                 raise ToolError(state.error)
             if state.summary != last:
                 on_status(f"nodes: {state.summary}")
@@ -218,7 +223,7 @@ class AzureBackend(Backend):
         create_job(self.client, options, job.owner, self.sleep)
         add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls) for t in job.tasks],
                   sleep=self.sleep)
-        self._call(f"job {job.job_id}", lambda: self.client.update_job(job.job_id, bb.job_completion_update()))
+        end_with_last_task(self.client, job.job_id, self.sleep)
         if job.auto_pool is None:
             return job.pool_id
         pool_id = self._auto_pool_id(job.job_id)
@@ -277,7 +282,7 @@ class AzureBackend(Backend):
             failure = info.failure_info if info else None
             failures.append(TaskFailure(task.id, info.exit_code if info else None,
                                         failure.code if failure else None,
-                                        failure.message if failure else None))
+                                        failure_words(failure) if failure else None))
         return failures
 
     def preparation_failures(self, job_id: str) -> list[TaskFailure]:
@@ -294,14 +299,14 @@ class AzureBackend(Backend):
             tail = self._node_file_tail(entry.pool_id, entry.node_id,
                                         f"{info.task_root_directory}/stderr.txt")
             failures.append(TaskFailure(f"job preparation on node {entry.node_id}", info.exit_code,
-                                        why.code if why else None, why.message if why else None,
+                                        why.code if why else None, failure_words(why) if why else None,
                                         tuple(tail.splitlines()[-10:])))
         return failures
 
     def _node_file_tail(self, pool_id: str, node_id: str, path: str) -> str:
         try:
-            data = b"".join(self.client.get_node_file(pool_id, node_id, path))
-        except (HttpResponseError, ServiceRequestError):
+            data = b"".join(self.client.download_node_file(pool_id, node_id, path))
+        except (HttpResponseError, ServiceRequestError, ServiceResponseError):
             return ""  # the node went: nothing more to say than the failure info
         return data[-STDERR_TAIL_BYTES:].decode("utf-8", errors="replace")
 
@@ -324,7 +329,7 @@ class AzureBackend(Backend):
             if error_code(error) in ("JobBeingDeleted", "PoolBeingDeleted"):
                 return
             raise ToolError(f"deleting {what}: {service_words(error)}: delete it in the Azure portal") from None
-        except ServiceRequestError as error:
+        except (ServiceRequestError, ServiceResponseError) as error:
             raise self._error(f"deleting {what}", error) from None
         poller.wait(timeout=DELETE_WAIT_SECONDS)
         if poller.done() and poller.status().lower() == "failed":

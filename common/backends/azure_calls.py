@@ -60,7 +60,7 @@ def send(what: str, action: Callable[[], T], sleep: Sleep = time.sleep,
     for attempt in range(attempts):
         try:
             return action()
-        except (HttpResponseError, ServiceRequestError) as error:
+        except (HttpResponseError, ServiceRequestError, ServiceResponseError) as error:
             if not transient(error) or attempt == attempts - 1:
                 raise
             sleep(backoff(attempt, error))
@@ -81,6 +81,16 @@ def create_job(client: BatchClient, options: bm.BatchJobCreateOptions, owner: st
         if not owner or marks.get(bb.OWNER_METADATA) != owner:
             raise ToolError(f"job {options.id} already exists and was not created by this run "
                             "(another runner of the same campaign?): check with --status") from None
+
+
+def end_with_last_task(client: BatchClient, job_id: str, sleep: Sleep = time.sleep) -> None:
+    """Set onAllTasksComplete to terminatejob. A resend that finds the job already completed
+    (or terminating) means the first one got in and the tasks are done."""
+    try:
+        send(f"job {job_id}", lambda: client.update_job(job_id, bb.job_completion_update()), sleep)
+    except HttpResponseError as error:
+        if error_code(error) not in ("JobCompleted", "JobBeingTerminated"):
+            raise ToolError(f"job {job_id}: {service_words(error)}") from None
 
 
 # ---------------------------------------------------------------------------- adding tasks

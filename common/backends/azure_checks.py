@@ -42,6 +42,14 @@ def error_code(error: HttpResponseError) -> str | None:
     return getattr(error.error, "code", None) if error.error else None
 
 
+def failure_words(info: bm.BatchTaskFailureInfo) -> str:
+    """A task's failureInfo message with its details, where the real reason usually is
+    (e.g. the Docker daemon's words for a failed pull); SAS signatures hidden."""
+    details = "; ".join(f"{d.name}: {d.value}" for d in info.details or []
+                        if d.name not in ("FilePath",) and d.value)
+    return redact(f"{info.message} ({details})" if details else str(info.message))
+
+
 # ---------------------------------------------------------------------------- pools
 
 
@@ -71,6 +79,8 @@ def pool_state(pool: bm.BatchPool, nodes: list[bm.BatchNode]) -> PoolState:
     steady = value_of(pool.allocation_state) == "steady"
     if usable:
         return PoolState(True, summary, warnings=warnings)
+    if nodes and counts.get("leavingpool", 0) == len(nodes):
+        return PoolState(False, summary)  # the pool is going (its job ended): not a failure
     if steady and not coming:
         if resize:
             return PoolState(False, summary, f"pool {pool.id} cannot get its nodes: {'; '.join(resize)}")

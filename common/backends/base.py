@@ -69,6 +69,7 @@ class Backend(ABC):
 
     name: str
     poll_seconds: float = 5.0  # how often the workflow asks for task counts while waiting
+    health_seconds: float = 30.0  # how often it also looks at the pool's nodes
 
     @abstractmethod
     def blob_store(self, container: str) -> BlobStore:

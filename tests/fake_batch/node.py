@@ -309,6 +309,8 @@ class NodeWork:
                                Message=f"The job preparation task exited with code {code}")
         except TaskFailed as failed:
             info = failed.info
+        except OSError as error:  # the node went away under it (its pool was deleted)
+            info = failure("NodeGone", "The node left the pool", Message=str(error))
         with self.store.lock:
             prep.exit_code, prep.failure_info = code, info
             prep.result = "failure" if info or code is None else "success"

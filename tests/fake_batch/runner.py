@@ -434,7 +434,9 @@ def _kill_node(node: Node) -> None:
 def _remove_later(roots: list[Path], nodes: list[Node], patience: float = 5.0) -> None:
     """A removed node takes its disk with it: once its killed tasks have let go, delete it."""
     deadline = time.monotonic() + patience
-    while time.monotonic() < deadline and any(n.running for n in nodes):
+    def busy(node: Node) -> bool:
+        return bool(node.running) or any(p.state == "running" for p in node.preparations.values())
+    while time.monotonic() < deadline and any(busy(n) for n in nodes):
         time.sleep(0.02)
     for root in roots:
         shutil.rmtree(root, ignore_errors=True)

@@ -2,12 +2,14 @@
 
 There is no Docker here: an image is a folder holding a root file system plus the config
 `docker create` reads (tests/fake_batch/containers.ContainerImage). They are made once per
-test session from Debian's busybox-static (a static shell and the usual small tools), this
-machine's bash, and this interpreter's Python (read-only binds, so nothing is copied):
+test session from this machine's files: dash and coreutils (copied with the libraries they
+load), Debian's busybox-static, bash, and this interpreter's Python (read-only binds):
 
-- TOPAS_IMAGE, `myuser/topas:4.0` (private): a shell and core tools only — no unzip, no
-  python3, no awk — and a stand-in "TOPAS" installed under /root/topas (mode 0700) and reached
-  through the image's ENTRYPOINT, as TOPAS images are commonly built.
+- TOPAS_IMAGE, `myuser/topas:4.0` (private): dash as /bin/sh and a few coreutils — no unzip,
+  no python3, no awk, no sed (busybox is not used here: its shell runs any of its applets,
+  unzip and awk included, even without a link to them) — and a stand-in "TOPAS" installed
+  under /root/topas (mode 0700) and reached through the image's ENTRYPOINT, as TOPAS images
+  are commonly built.
 - EXAMPLE_IMAGE, `myuser/waterphantom:1.0` (private): bash and a Python with numpy for the
   example simulation; its ENTRYPOINT refuses anything but a parameter file.
 - PYTHON_IMAGE, `python:3.12-slim` (public): a Python with numpy and matplotlib, for the
@@ -21,7 +23,9 @@ run_tests.sh installs when it runs as root.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +41,10 @@ DOCKER_USER = "myuser"
 EXAMPLE_HISTORIES = "20000"  # the example image runs fewer histories than the shipped example
 
 BUSYBOX = Path("/usr/bin/busybox")
+# What a minimal distribution image has (coreutils); deliberately no unzip, python3, awk, sed.
+CORE_TOOLS = ("cp", "mkdir", "chmod", "cat", "ls", "rm", "mv", "ln", "id", "head", "tail", "sleep",
+              "true", "false", "wc", "dirname", "basename", "touch", "uname", "readlink", "tr",
+              "cut", "sort")
 # A base image's tools. Deliberately absent: unzip, python3, awk, find.
 SHELL_TOOLS = ("sh", "ash", "cat", "cp", "mkdir", "chmod", "ls", "rm", "mv", "ln", "echo",
                "printf", "test", "[", "env", "id", "head", "tail", "sleep", "true", "false",
@@ -99,6 +107,42 @@ def _base(root: Path, with_bash: bool) -> Path:
     return root
 
 
+def _libraries(binary: str) -> list[str]:
+    """The shared libraries a binary loads (ldd), the loader included."""
+    found = []
+    for line in subprocess.run(["ldd", binary], capture_output=True, text=True).stdout.splitlines():
+        parts = line.split()
+        if "=>" in parts and len(parts) > 2 and parts[2].startswith("/"):
+            found.append(parts[2])
+        elif parts and parts[0].startswith("/"):
+            found.append(parts[0])
+    return found
+
+
+def _copy_binary(root: Path, binary: str, target: str) -> None:
+    """A host binary into the image at `target`, with every library it needs."""
+    for source, where in [(binary, target)] + [(lib, lib) for lib in _libraries(binary)]:
+        path = root / where.lstrip("/")
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(os.path.realpath(source), path)
+
+
+def _shell_only(root: Path) -> Path:
+    """dash and core tools: the smallest image a task can be asked to live with."""
+    for folder in ("bin", "usr/bin", "etc", "tmp", "proc", "dev", "home"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    (root / "root").mkdir(mode=0o700)
+    (root / "root").chmod(0o700)
+    _copy_binary(root, shutil.which("dash") or "/bin/dash", "/bin/sh")
+    for tool in CORE_TOOLS:
+        _copy_binary(root, shutil.which(tool) or f"/bin/{tool}", f"/bin/{tool}")
+    _copy_binary(root, shutil.which("env") or "/usr/bin/env", "/usr/bin/env")
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n" + NODE_USER)
+    (root / "etc" / "group").write_text("root:x:0:\n_azbatch:x:40001:\n")
+    return root
+
+
 def _library_binds(root: Path) -> tuple[str, ...]:
     return tuple(f"/usr/{lib}" for lib in ("lib", "lib64") if (root / "usr" / lib).is_dir()
                  and Path(f"/usr/{lib}").is_dir())
@@ -127,7 +171,7 @@ def build_images(folder: Path | None = None) -> dict[str, ContainerImage]:
 
 
 def _topas(root: Path) -> ContainerImage:
-    _base(root, with_bash=False)
+    _shell_only(root)
     _write(root / "root" / "topas" / "bin" / "topas", _TOPAS)
     _write(root / "root" / "topas" / "entrypoint.sh", _TOPAS_ENTRYPOINT)
     (root / "root" / "topas" / "G4Data").mkdir()
