@@ -475,7 +475,7 @@ def _check_azure(r: _Reader, values: dict[str, Any]) -> None:
     if batch_name is not None and not _BATCH_NAME_RE.match(batch_name):
         r.bad("BATCH_ACCOUNT_NAME", f"{batch_name!r} is not a Batch account name",
               "use the account's name: 3-24 lowercase letters and digits")
-    _base64_key(r, "STORAGE_ACCOUNT_KEY", values["storage_account_key"], True,
+    _base64_key(r, "STORAGE_ACCOUNT_KEY", values["storage_account_key"], False,
                 "the Azure portal (Storage account > Access keys)")
     _base64_key(r, "BATCH_ACCOUNT_KEY", values["batch_account_key"], False,
                 "the Azure portal (Batch account > Keys)")

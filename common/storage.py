@@ -4,7 +4,9 @@
 workflow's uploads, verified downloads and deletion guard (common/transfer.py) work the
 same on both. Retries are azure-storage-blob's own ExponentialRetry policy; large blobs
 move in parallel 8 MB blocks. SAS tokens are built with the SDK, each granting only what
-its user needs, and expire with the campaign (its timeout plus a margin).
+its user needs, and expire with the campaign (its timeout plus a margin). Without an account
+key (many institutions disable shared keys) the client signs in with Entra ID and the SAS
+tokens are user-delegation SAS, signed with a key the service lends to that identity.
 """
 from __future__ import annotations
 
@@ -13,18 +15,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 from urllib.parse import quote
 
 import requests
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import (BlobSasPermissions, BlobServiceClient, ContainerSasPermissions,
-                                ContentSettings, ExponentialRetry, generate_blob_sas,
-                                generate_container_sas)
+                                ContentSettings, ExponentialRetry, UserDelegationKey,
+                                generate_blob_sas, generate_container_sas)
 
 from common.backends.base import BlobStore
 from common.config import AppConfig, Secret
+from common.errors import ToolError
 from common.model import BlobInfo
 
 BLOCK_SIZE = 8 * 1024 * 1024
@@ -38,7 +41,8 @@ CLOCK_SKEW = timedelta(minutes=5)
 class StorageAccount:
     name: str
     url: str  # the blob endpoint, without a trailing slash
-    key: Secret
+    key: Secret | None  # None: Entra ID sign-in and user-delegation SAS
+    authority: str | None = None  # where an Entra ID sign-in goes (the Batch account's cloud)
 
     def container_url(self, container: str) -> str:
         return f"{self.url}/{container}"
@@ -49,10 +53,12 @@ class StorageAccount:
 
 def account_from(app: AppConfig) -> StorageAccount:
     """STORAGE_ACCOUNT_URL wins (Azurite, sovereign clouds); otherwise name + domain."""
-    if app.storage_account_key is None or app.storage_account_name is None:
-        raise ValueError("storage account name and key are required")
+    if app.storage_account_name is None:
+        raise ValueError("the storage account name is required")
     url = app.storage_account_url or f"https://{app.storage_account_name}.blob.{app.storage_account_domain}"
-    return StorageAccount(app.storage_account_name, url.rstrip("/"), app.storage_account_key)
+    from common.entra import cloud_of
+    return StorageAccount(app.storage_account_name, url.rstrip("/"), app.storage_account_key,
+                          cloud_of(app.batch_account_url).authority)
 
 
 def service_client(account: StorageAccount) -> BlobServiceClient:
@@ -63,11 +69,18 @@ def service_client(account: StorageAccount) -> BlobServiceClient:
     session.mount("https://", adapter)
     return BlobServiceClient(
         account.url,
-        credential={"account_name": account.name, "account_key": account.key.reveal()},
+        credential=_credential(account),
         retry_policy=ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=6),
         transport=RequestsTransport(session=session, session_owner=True),
         max_single_put_size=BLOCK_SIZE, max_block_size=BLOCK_SIZE,
         max_single_get_size=BLOCK_SIZE, max_chunk_get_size=BLOCK_SIZE)
+
+
+def _credential(account: StorageAccount) -> Any:
+    if account.key is not None:
+        return {"account_name": account.name, "account_key": account.key.reveal()}
+    from common.entra import entra_credential
+    return entra_credential(account.authority or "")
 
 
 class AzureBlobStore(BlobStore):
@@ -153,28 +166,72 @@ def _start(now: datetime | None) -> datetime:
     return (now or datetime.now(timezone.utc)) - CLOCK_SKEW
 
 
+# Signs what --dry-run shows (never sent, signatures hidden) when there is no account key.
+PLACEHOLDER_KEY = Secret("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
+# A user delegation key lives at most 7 days (the service's limit).
+MAX_DELEGATION = timedelta(days=7)
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """What signs SAS tokens: the account key, or a user delegation key lent to an identity."""
+
+    account_key: Secret | None = None
+    delegation: UserDelegationKey | None = None
+
+    def arguments(self) -> dict[str, Any]:
+        if self.account_key is not None:
+            return {"account_key": self.account_key.reveal()}
+        return {"user_delegation_key": self.delegation}
+
+
+def signing_key(service: BlobServiceClient, account: StorageAccount, expiry: datetime,
+                now: datetime | None = None) -> SigningKey:
+    """The account key when there is one; else a user delegation key valid until `expiry`
+    (one request, made with the Entra ID identity the client signed in with)."""
+    if account.key is not None:
+        return SigningKey(account_key=account.key)
+    start = _start(now)
+    try:
+        key = service.get_user_delegation_key(start, min(expiry, start + MAX_DELEGATION))
+    except HttpResponseError as error:
+        code = getattr(error, "error_code", None) or error.status_code
+        raise ToolError(f"storage account {account.name}: no user delegation key for SAS URLs "
+                        f"({code}): the signed-in identity needs the 'Storage Blob Data "
+                        "Contributor' role on the account, or set STORAGE_ACCOUNT_KEY") from None
+    return SigningKey(delegation=key)
+
+
+def _signed(account: StorageAccount, signing: SigningKey | None) -> dict[str, Any]:
+    if signing is None:
+        if account.key is None:
+            raise ValueError("no account key: pass the SigningKey from signing_key()")
+        signing = SigningKey(account_key=account.key)
+    return signing.arguments()
+
+
 def blob_read_url(account: StorageAccount, container: str, blob: str, expiry: datetime,
-                  now: datetime | None = None) -> str:
+                  now: datetime | None = None, signing: SigningKey | None = None) -> str:
     """A URL that can read this one blob and nothing else (resource files)."""
-    token = generate_blob_sas(account.name, container, blob, account_key=account.key.reveal(),
+    token = generate_blob_sas(account.name, container, blob, **_signed(account, signing),
                               permission=BlobSasPermissions(read=True), expiry=expiry,
                               start=_start(now))
     return f"{account.blob_url(container, blob)}?{token}"
 
 
 def container_read_list_url(account: StorageAccount, container: str, expiry: datetime,
-                            now: datetime | None = None) -> str:
+                            now: datetime | None = None, signing: SigningKey | None = None) -> str:
     """Read + list over the container: for a resource file with a blob prefix (the reducer)."""
-    token = generate_container_sas(account.name, container, account_key=account.key.reveal(),
+    token = generate_container_sas(account.name, container, **_signed(account, signing),
                                    permission=ContainerSasPermissions(read=True, list=True),
                                    expiry=expiry, start=_start(now))
     return f"{account.container_url(container)}?{token}"
 
 
 def container_write_url(account: StorageAccount, container: str, expiry: datetime,
-                        now: datetime | None = None) -> str:
+                        now: datetime | None = None, signing: SigningKey | None = None) -> str:
     """Write only: what Batch output files need to create blobs; cannot read, list or delete."""
-    token = generate_container_sas(account.name, container, account_key=account.key.reveal(),
+    token = generate_container_sas(account.name, container, **_signed(account, signing),
                                    permission=ContainerSasPermissions(write=True), expiry=expiry,
                                    start=_start(now))
     return f"{account.container_url(container)}?{token}"

@@ -239,3 +239,82 @@ def test_image_checks(tmp_path):
     assert "cannot run containers" in ac.image_problem([plain], settings, now)
     other_agent = image("microsoft-dsvm", "ubuntu-hpc", "2404", "batch.node.ubuntu 22.04")
     assert "needs node agent" in ac.image_problem([other_agent], settings, now)
+
+
+# ---------------------------------------------------------------------------- lost replies, 409s
+
+
+def dropped() -> Exception:
+    from azure.core.exceptions import ServiceResponseError
+    return ServiceResponseError("('Connection aborted.', RemoteDisconnected('Remote end closed "
+                                "connection without response'))")
+
+
+def status_error(status: int, code: str | None = None, retry_after: str | None = None) -> HttpResponseError:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    error = HttpResponseError(message=code or "error", response=NS(
+        status_code=status, reason=code, headers=headers, text=lambda: "", request=None))
+    error.error = NS(code=code, message=code) if code else None
+    return error
+
+
+def test_a_lost_reply_is_resent_with_the_same_ids_and_task_exists_is_success():
+    stored = set()
+
+    def answer(ids, n):
+        if n == 1:
+            stored.update(ids)  # the service kept them, but the reply never came
+            raise dropped()
+        exists = NS(code="TaskExists", message=NS(value="exists"))
+        return NS(result_values=[NS(task_id=i, status="clienterror" if i in stored else "success",
+                                    error=exists if i in stored else None) for i in ids])
+    client = TaskCollectionClient(answer)
+    assert calls.add_tasks(client, "job", tasks(3), sleep=lambda s: None) == 2
+    assert client.requests[0] == client.requests[1]
+
+
+def test_throttling_is_waited_out_as_long_as_the_service_asks():
+    waits = []
+    answers = iter([status_error(429, "TooManyRequests", "7"), status_error(408, "OperationTimedOut")])
+
+    def answer(ids, n):
+        error = next(answers, None)
+        if error is not None:
+            raise error
+        return ok(ids)
+    client = TaskCollectionClient(answer)
+    calls.add_tasks(client, "job", tasks(2), sleep=waits.append)
+    assert waits == [7.0, 2.0]  # Retry-After when given, else exponential
+
+
+class JobClient:
+    def __init__(self, create_errors, owner):
+        self.create_errors = list(create_errors)
+        self.owner = owner
+        self.created = 0
+
+    def create_job(self, options):
+        self.created += 1
+        if self.create_errors:
+            raise self.create_errors.pop(0)
+
+    def get_job(self, job_id):
+        return NS(metadata=[NS(name="created-by", value=self.owner)])
+
+
+def test_job_exists_after_a_resend_is_ours_by_its_owner_mark():
+    client = JobClient([dropped(), status_error(409, "JobExists")], owner="run-1")
+    calls.create_job(client, NS(id="job"), "run-1", sleep=lambda s: None)
+    assert client.created == 2
+
+
+def test_someone_elses_job_or_a_job_being_deleted_is_an_error_in_the_services_words():
+    with pytest.raises(ToolError, match="already exists and was not created by this run"):
+        calls.create_job(JobClient([status_error(409, "JobExists")], owner="other"), NS(id="job"),
+                         "run-1", sleep=lambda s: None)
+    with pytest.raises(ToolError, match="JobBeingDeleted"):
+        calls.create_job(JobClient([status_error(409, "JobBeingDeleted")], owner="run-1"),
+                         NS(id="job"), "run-1", sleep=lambda s: None)
+    with pytest.raises(ToolError, match="ActiveJobAndScheduleQuotaReached"):
+        calls.create_job(JobClient([status_error(409, "ActiveJobAndScheduleQuotaReached")],
+                                   owner="run-1"), NS(id="job"), "run-1", sleep=lambda s: None)

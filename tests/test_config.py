@@ -366,7 +366,7 @@ def test_backend_option_overrides_the_file(setup, capsys):
     code, lines = setup.run(capsys, "simconfig.json", "--backend", "azure")
     assert code == EXIT_USAGE
     assert {key for _, key in keyed(lines)} == {
-        "STORAGE_ACCOUNT_NAME", "STORAGE_ACCOUNT_KEY", "BATCH_ACCOUNT_NAME",
+        "STORAGE_ACCOUNT_NAME", "BATCH_ACCOUNT_NAME",
         "BATCH_ACCOUNT_URL", "WORKER_DOCKER_IMAGE", "REDUCER_DOCKER_IMAGE"}
     assert setup.azure().load(backend="local").backend == "local"
 
@@ -377,6 +377,11 @@ def test_backend_option_overrides_the_file(setup, capsys):
 def test_missing_batch_key_means_entra_id(setup):
     app = setup.azure(BATCH_ACCOUNT_KEY=DELETE).load().app
     assert app.batch_account_key is None
+
+
+def test_missing_storage_key_means_entra_id_and_user_delegation_sas(setup):
+    app = setup.azure(STORAGE_ACCOUNT_KEY=DELETE, BATCH_ACCOUNT_KEY=DELETE).load().app
+    assert app.storage_account_key is None and app.secrets() == ()
 
 
 def test_pool_image_and_node_agent_are_configurable(setup):
@@ -408,7 +413,6 @@ def test_valid_azure_appconfig_loads(setup):
     ("BATCH_ACCOUNT_URL", "https://batch_account_url.batch.azure.com", "valid host name"),
     ("BATCH_ACCOUNT_URL", "https://", "is not an http(s) URL"),
     ("BATCH_ACCOUNT_URL", "https://-bad-.example.com", "valid host name"),
-    ("STORAGE_ACCOUNT_KEY", DELETE, "is missing"),
     ("STORAGE_ACCOUNT_KEY", "storage_account_key", "is not a valid base64 account key"),
     ("STORAGE_ACCOUNT_KEY", "abc", "is not a valid base64 account key"),
     ("STORAGE_ACCOUNT_KEY", 12345, "must be a string"),

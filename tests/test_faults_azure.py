@@ -46,7 +46,7 @@ SIM_CHANGES = [
 APP_CHANGES = [
     ("BACKEND", "aws"), ("BACKEND", ["azure"]), ("BATCH_ACCOUNT_URL", "batch.example.com"),
     ("BATCH_ACCOUNT_URL", "https://bad_host.batch.azure.com"), ("BATCH_ACCOUNT_KEY", "not base64!"),
-    ("STORAGE_ACCOUNT_KEY", DELETE), ("STORAGE_ACCOUNT_NAME", "Has-Caps"),
+    ("STORAGE_ACCOUNT_KEY", "not base64!"), ("STORAGE_ACCOUNT_NAME", "Has-Caps"),
     ("WORKER_DOCKER_IMAGE", "UPPER/Case"), ("REDUCER_DOCKER_IMAGE", DELETE),
     ("POOL_IMAGE", {"publisher": "microsoft-dsvm"}), ("POOL_IMAGE", "ubuntu"),
     ("DOCKER_TOKEN", DELETE), ("STORAGE_ACCOUNT_URL", "ftp://x"), ("SIM_ID", "in-the-wrong-file"),

@@ -178,14 +178,19 @@ class AzureBackend(Backend):
 
     # -- jobs --------------------------------------------------------------------------
 
-    def task_urls(self, job: JobSpec) -> bb.TaskUrls:
+    def task_urls(self, job: JobSpec, dry_run: bool = False) -> bb.TaskUrls:
         expiry = st.sas_expiry(self.settings.sim.timeout_minutes)
+        # --dry-run sends nothing, not even the request for a user delegation key; its
+        # signatures are hidden anyway
+        signing = st.SigningKey(account_key=st.PLACEHOLDER_KEY) if dry_run and self.account.key is None \
+            else st.signing_key(self.storage, self.account, expiry)
         everyone = list(job.tasks) + ([job.preparation] if job.preparation else [])
         blobs = {i.blob for t in everyone for i in t.inputs if not i.is_prefix}
         return bb.TaskUrls(
-            read={b: st.blob_read_url(self.account, job.container, b, expiry) for b in sorted(blobs)},
-            read_list=st.container_read_list_url(self.account, job.container, expiry),
-            write=st.container_write_url(self.account, job.container, expiry))
+            read={b: st.blob_read_url(self.account, job.container, b, expiry, signing=signing)
+                  for b in sorted(blobs)},
+            read_list=st.container_read_list_url(self.account, job.container, expiry, signing=signing),
+            write=st.container_write_url(self.account, job.container, expiry, signing=signing))
 
     def describe(self, pool: PoolSpec, job: JobSpec, shown_tasks: int = 3) -> list[tuple[str, str]]:
         secrets = self.settings.app.secrets()
@@ -193,7 +198,7 @@ class AzureBackend(Backend):
         shown = JobSpec(job.job_id, job.pool_id, job.container, job.tasks[:shown_tasks], job.image,
                         preparation=job.preparation, run_as_root=job.run_as_root,
                         keep_entrypoint=job.keep_entrypoint)
-        urls = self.task_urls(shown)
+        urls = self.task_urls(shown, dry_run=True)
         tasks = [bb.task_options(t, shown, urls) for t in shown.tasks]
         pool_part = [] if job.auto_pool else [
             ("pool (POST /pools)", bb.redacted_json(bb.pool_options(pool, setup), secrets))]

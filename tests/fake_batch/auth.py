@@ -12,6 +12,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
@@ -29,6 +31,27 @@ SIGNED_HEADERS = ("content-encoding", "content-language", "content-length", "con
 class Credentials:
     account: str
     key: str  # base64, as the portal shows it
+    # Entra ID: the audience a bearer token must carry (None: tokens are refused, keys only)
+    token_audience: str | None = None
+
+
+def check_token(token: str, audience: str) -> None:
+    """A bearer token's claims as the service would check them (its signature is not: the
+    test token endpoint has no real key); the wrong audience, an expired token or a foreign
+    issuer is refused with the service's 401."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        raise errors.BatchServiceError(401, "InvalidAuthenticationInfo",
+                                       "The token is not a JWT.") from None
+    if claims.get("aud") != audience:
+        raise errors.BatchServiceError(401, "InvalidAuthenticationTokenAudience",
+                                       f"The access token has an invalid audience: {claims.get('aud')}")
+    if float(claims.get("exp", 0)) < time.time():
+        raise errors.BatchServiceError(401, "ExpiredAuthenticationToken", "The access token expired.")
+    if not str(claims.get("iss", "")).startswith("https://sts.windows.net/"):
+        raise errors.BatchServiceError(401, "InvalidAuthenticationInfo", "Unknown token issuer.")
 
 
 def string_to_sign(method: str, raw_target: str, headers: Iterable[tuple[str, str]],
@@ -67,6 +90,9 @@ def authenticate(method: str, raw_target: str, headers: list[tuple[str, str]],
     lookup = {name.lower(): value for name, value in headers}
     authorization = lookup.get("authorization", "")
     scheme, _, token = authorization.partition(" ")
+    if scheme == "Bearer" and credentials.token_audience:
+        check_token(token, credentials.token_audience)
+        return
     account, _, signature = token.partition(":")
     if scheme != "SharedKey" or not account or not signature:
         raise errors.missing_authentication()

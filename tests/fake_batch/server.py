@@ -19,6 +19,7 @@ import json
 import os
 import random
 import shutil
+import ssl
 import sys
 import tempfile
 import threading
@@ -77,6 +78,7 @@ class FakeBatch:
     def __init__(self, account_name: str = "fakebatch", account_key: str | None = None, *,
                  root: Path | None = None, host: str = "127.0.0.1", port: int = 0,
                  knobs: Knobs | None = None, validate_responses: bool = True,
+                 tls: tuple[Path, Path] | None = None, token_audience: str | None = None,
                  **knob_values: Any) -> None:
         self.account_name = account_name
         self.account_key = account_key or base64.b64encode(os.urandom(64)).decode("ascii")
@@ -93,7 +95,8 @@ class FakeBatch:
         self.root.chmod(0o755)
         self.host, self.port = host, port
         self.validate_responses = validate_responses
-        self.credentials = Credentials(account_name, self.account_key)
+        self.credentials = Credentials(account_name, self.account_key, token_audience)
+        self.tls = tls  # (certificate, key): serve HTTPS, as the real endpoint does
         self.spec = load_spec()
         self.store = Store()
         self.engine = Engine(self.store, self.knobs, self.root, account_name, lambda: self.url)
@@ -111,6 +114,10 @@ class FakeBatch:
         handler = type("BoundHandler", (_Handler,), {"fake": self})
         self._server = _Server((self.host, self.port), handler)
         self.port = self._server.server_address[1]
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(self.tls[0]), str(self.tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         # a short poll interval: shutdown() waits up to one interval (0.5 s by default)
         self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
                                         name="fake-batch-http", daemon=True)
@@ -136,7 +143,7 @@ class FakeBatch:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def client(self, **kwargs: Any):
         """A BatchClient (azure-batch) for this account; kwargs go to the client (retry_total...)."""
@@ -249,7 +256,8 @@ class FakeBatch:
                                                      f"{operation.template})")
             body = self._read_body(operation, raw_body)
             request = Request(method, parts.path, {k: unquote(v) for k, v in params.items()},
-                              record.query, record.headers, body, raw_body, f"http://{host}")
+                              record.query, record.headers, body, raw_body,
+                              f"{'https' if self.tls else 'http'}://{host}")
             response = handler(self, request)
             if self.validate_responses and "$select" not in record.query:
                 self._check_response(operation, response)
