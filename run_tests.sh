@@ -11,4 +11,15 @@ fi
 if [ ! -x node_modules/.bin/azurite-blob ]; then
   npm ci --no-audit --no-fund --loglevel=error
 fi
+# The fake Batch service runs container tasks in a bubblewrap sandbox, and the test images are
+# made with busybox: Debian packages, installed here when missing (CI runs as root).
+if ! command -v bwrap >/dev/null 2>&1 || [ ! -x /usr/bin/busybox ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq bubblewrap busybox-static >/dev/null 2>&1 ||
+      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq bubblewrap busybox-static >/dev/null; }
+  else
+    echo "note: install bubblewrap and busybox-static (Debian packages) for the container tests" >&2
+  fi
+fi
 .venv/bin/python -m pytest -q "$@"
