@@ -15,11 +15,15 @@ from typing import Callable, Sequence
 
 from rich.console import Console
 
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+
 from common.backends import get_backend
-from common.config import BACKENDS, load_settings
+from common.config import BACKENDS, Settings, load_settings
 from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, ToolError, usage_error
 from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
+from common.network import network_failure
 from common.redaction import redact
+from common.signals import Terminated, signals_as_interrupts
 from common.ui import Ui
 from common.manifest import REDUCER as REDUCER_JOBS
 from common.manifest import WORKERS
@@ -109,7 +113,7 @@ def _run(script: str, argv: Sequence[str], console: Console) -> Outcome:
     settings = load_settings(args.simconfig, args.appconfig, backend=args.backend,
                              for_reducer=script == REDUCER)
     ui = Ui(console, verbose=args.verbose, secrets=settings.app.secrets())
-    backend = get_backend(settings)
+    backend = get_backend(settings, say=ui.warn, debug=ui.debug if args.verbose else None)
     workflow: Callable[[Context], Outcome] = run_simulation if script == RUNNER else run_reducer
     try:
         ctx = Context(settings=settings, backend=backend, prompter=_prompter(args, ui), ui=ui,
@@ -126,19 +130,34 @@ def _run(script: str, argv: Sequence[str], console: Console) -> Outcome:
         if getattr(args, "rerun_failed", False):
             return rerun_failed(ctx)
         return workflow(ctx)
+    except (ServiceRequestError, ServiceResponseError) as error:
+        raise network_failure(error, _endpoints(settings)) from None
     finally:
         backend.close()
+        ui.timings()
+
+
+def _endpoints(settings: Settings) -> dict[str, str]:
+    app = settings.app
+    storage = app.storage_account_url or (f"https://{app.storage_account_name}.blob."
+                                          f"{app.storage_account_domain}" if app.storage_account_name else "")
+    key = "STORAGE_ACCOUNT_URL" if app.storage_account_url else "STORAGE_ACCOUNT_NAME"
+    return {"BATCH_ACCOUNT_URL": app.batch_account_url or "", key: storage}
 
 
 def main(script: str, argv: Sequence[str]) -> int:
     console = Console(stderr=True)
     verbose = "-v" in argv or "--verbose" in argv
     try:
-        outcome = _run(script, argv, console)
+        with signals_as_interrupts():
+            outcome = _run(script, argv, console)
     except ToolError as exc:
         for line in exc.lines:
             console.print(f"error: {redact(line)}", markup=False, highlight=False, soft_wrap=True)
         return exc.exit_code
+    except Terminated as exc:
+        console.print(f"{exc.signal_name}: stopped; nothing was deleted", markup=False)
+        return 128 + exc.signal_number
     except KeyboardInterrupt:
         console.print("interrupted", markup=False)
         return EXIT_INTERRUPTED
@@ -147,7 +166,8 @@ def main(script: str, argv: Sequence[str]) -> int:
     except Exception as exc:  # a bug: say so plainly, traceback on request
         if verbose:
             traceback.print_exc()
-        console.print(f"internal error: {redact(repr(exc))} (run with -v for the traceback)",
+        hint = "" if verbose else " (run with -v for the traceback)"
+        console.print(f"internal error: {redact(repr(exc))}{hint}",
                       markup=False, highlight=False, soft_wrap=True)
         return EXIT_FAILED
     for line in outcome.summary:

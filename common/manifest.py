@@ -4,18 +4,35 @@ One small JSON file per SIM_ID beside the simconfig (`<SIM_ID>.campaign.json`), 
 before the first effect and after every one, so a closed terminal, a crash or Ctrl-C never
 loses track of a pool that bills or of results not yet saved: `--status`, `--attach` and
 `--cleanup` start from it. It holds names, counts and paths, never a secret.
+
+Two processes may work on one campaign (a runner and a later `--cleanup`, or two runners
+started by mistake): every change is a read-modify-write of the file on disk under an
+exclusive lock (fcntl, on a `.lock` file beside it), so no process ever loses another's
+record. A running script also leaves a *claim* in it (pid, host), which is how a second
+runner learns that the campaign is busy. The file is read, not obeyed: every field is
+checked (ids by Batch's rules, the container by the storage service's, SIM_ID and backend
+against the configuration) and anything else is refused with exit 2, naming the field.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+import socket
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
+
+from common.errors import ToolError
 
 WORKERS, REDUCER = "workers", "reducer"
+MAX_BYTES = 16 * 1024 * 1024  # a manifest is a few KB; anything this big is not one
+_BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
 
 
 def _now() -> str:
@@ -37,6 +54,29 @@ class JobRecord:
 
 
 @dataclass(frozen=True)
+class RunClaim:
+    """A script working on the campaign right now (removed when it ends)."""
+
+    token: str
+    pid: int
+    host: str
+    script: str  # "runner", "reducer", "cleanup"...
+    started: str = field(default_factory=_now)
+
+    def alive(self) -> bool:
+        """Whether its process still runs (a claim from another host is taken as alive)."""
+        if self.host != socket.gethostname():
+            return True
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+@dataclass(frozen=True)
 class Manifest:
     sim_id: str
     backend: str
@@ -48,6 +88,7 @@ class Manifest:
     downloads: tuple[str, ...] = ()
     container_deleted: bool = False
     events: tuple[str, ...] = ()
+    claims: tuple[RunClaim, ...] = ()
 
     def latest(self, kind: str) -> JobRecord | None:
         found = [j for j in self.jobs if j.kind == kind]
@@ -57,78 +98,250 @@ class Manifest:
         """Jobs whose job or pool was not deleted by this tool (they may still cost money)."""
         return [j for j in self.jobs if not j.job_deleted or not (j.pool_deleted or j.auto_pool)]
 
+    def job(self, job_id: str) -> JobRecord:
+        return next(j for j in self.jobs if j.job_id == job_id)
+
 
 def manifest_path(simconfig: Path, sim_id: str) -> Path:
     return simconfig.resolve().parent / f"{sim_id}.campaign.json"
 
 
-def _to_json(manifest: Manifest) -> dict[str, Any]:
-    return asdict(manifest)
+# ---------------------------------------------------------------------------- reading, checked
 
 
-def _from_json(data: dict[str, Any]) -> Manifest:
-    jobs = tuple(JobRecord(**{**j, "task_ids": tuple(j["task_ids"]),
-                              "task_indices": tuple(j["task_indices"]),
-                              "failed_indices": tuple(j.get("failed_indices", ()))})
-                 for j in data["jobs"])
-    return Manifest(**{**data, "jobs": jobs, "uploaded": tuple(data["uploaded"]),
-                       "downloads": tuple(data["downloads"]), "events": tuple(data["events"])})
+class _Bad(Exception):
+    def __init__(self, where: str, what: str) -> None:
+        super().__init__(f"{where}: {what}")
+
+
+def _typed(data: Any, key: str, kind: type | tuple[type, ...], where: str = "") -> Any:
+    if not isinstance(data, dict) or key not in data:
+        raise _Bad(f"{where}{key}", "is missing")
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _Bad(f"{where}{key}", f"has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _strings(data: Any, key: str, where: str = "", default: tuple = ()) -> tuple[str, ...]:
+    if isinstance(data, dict) and key not in data:
+        return default
+    values = _typed(data, key, list, where)
+    if not all(isinstance(v, str) for v in values):
+        raise _Bad(f"{where}{key}", "must be a list of strings")
+    return tuple(values)
+
+
+def _batch_id(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _BATCH_ID.match(value):
+        raise _Bad(where, f"{str(value)[:80]!r} is not a Batch id")
+    return value
+
+
+def _job(data: Any, index: int) -> JobRecord:
+    where = f"jobs[{index}]."
+    kind = _typed(data, "kind", str, where)
+    if kind not in (WORKERS, REDUCER):
+        raise _Bad(f"{where}kind", f"{kind[:40]!r} is neither {WORKERS!r} nor {REDUCER!r}")
+    pool = data.get("pool_id")
+    indices = _typed(data, "task_indices", list, where)
+    failed = data.get("failed_indices", [])
+    for name, numbers in (("task_indices", indices), ("failed_indices", failed)):
+        if not isinstance(numbers, list) or not all(isinstance(n, int) and not isinstance(n, bool)
+                                                    and n >= 0 for n in numbers):
+            raise _Bad(f"{where}{name}", "must be a list of task indices")
+    task_ids = _strings(data, "task_ids", where)
+    for number, task_id in enumerate(task_ids):
+        _batch_id(task_id, f"{where}task_ids[{number}]")
+    if len(task_ids) != len(indices):
+        raise _Bad(f"{where}task_ids", "does not match task_indices")
+    flags = {k: data.get(k, False) for k in ("auto_pool", "job_deleted", "pool_deleted")}
+    if not all(isinstance(v, bool) for v in flags.values()):
+        raise _Bad(where.rstrip("."), "auto_pool, job_deleted and pool_deleted must be true or false")
+    return JobRecord(job_id=_batch_id(data.get("job_id"), f"{where}job_id"), kind=kind,
+                     pool_id=None if pool is None else _batch_id(pool, f"{where}pool_id"),
+                     task_ids=task_ids, task_indices=tuple(indices),
+                     created=str(data.get("created", "")), failed_indices=tuple(failed), **flags)
+
+
+def _claim(data: Any, index: int) -> RunClaim:
+    where = f"claims[{index}]."
+    return RunClaim(token=_typed(data, "token", str, where), pid=_typed(data, "pid", int, where),
+                    host=_typed(data, "host", str, where), script=_typed(data, "script", str, where),
+                    started=str(data.get("started", "")))
+
+
+def _from_json(data: Any) -> Manifest:
+    if not isinstance(data, dict):
+        raise _Bad("(top level)", "is not a JSON object")
+    container = _typed(data, "container", str)
+    if not _CONTAINER.match(container):
+        raise _Bad("container", f"{container[:80]!r} is not a blob container name")
+    jobs = _typed(data, "jobs", list)
+    claims = data.get("claims", [])
+    if not isinstance(claims, list):
+        raise _Bad("claims", "must be a list")
+    deleted = data.get("container_deleted", False)
+    if not isinstance(deleted, bool):
+        raise _Bad("container_deleted", "must be true or false")
+    return Manifest(sim_id=_typed(data, "sim_id", str), backend=_typed(data, "backend", str),
+                    container=container, simconfig=_typed(data, "simconfig", str),
+                    created=str(data.get("created", "")), uploaded=_strings(data, "uploaded"),
+                    jobs=tuple(_job(j, i) for i, j in enumerate(jobs)),
+                    downloads=_strings(data, "downloads"), container_deleted=deleted,
+                    events=_strings(data, "events"),
+                    claims=tuple(_claim(c, i) for i, c in enumerate(claims)))
+
+
+def _refuse(path: Path, what: str) -> ToolError:
+    return ToolError(f"{path}: {what}: this is not a campaign manifest this tool wrote; move it "
+                     "aside (the jobs and pools it named must then be checked by hand)",
+                     exit_code=2)
+
+
+def load(path: Path) -> Manifest | None:
+    """The manifest at `path`, checked field by field; None when there is none."""
+    try:
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise _refuse(path, "is not a regular file")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise _refuse(path, f"cannot be read ({exc.strerror or exc.__class__.__name__})") from None
+    if len(raw) > MAX_BYTES:
+        raise _refuse(path, f"is larger than {MAX_BYTES // 2**20} MB")
+    try:
+        return _from_json(json.loads(raw.decode("utf-8")))
+    except UnicodeDecodeError:
+        raise _refuse(path, "is not UTF-8 text") from None
+    except RecursionError:
+        raise _refuse(path, "is nested too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise _refuse(path, f"is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except _Bad as bad:
+        raise _refuse(path, str(bad)) from None
+
+
+def check_belongs(manifest: Manifest, path: Path, sim_id: str, backend: str) -> None:
+    """A manifest of another campaign or backend is never acted on."""
+    if manifest.sim_id != sim_id:
+        raise ToolError(f"{path}: sim_id is {manifest.sim_id[:60]!r}, not this campaign's "
+                        f"{sim_id!r}: move it aside, or use the simconfig it belongs to", exit_code=2)
+    if manifest.container != sim_id.lower():
+        raise ToolError(f"{path}: container is {manifest.container!r}, not {sim_id.lower()!r} "
+                        "(the container is always the SIM_ID in lower case): move it aside",
+                        exit_code=2)
+    if manifest.backend != backend:
+        raise ToolError(f"{path}: the campaign ran on the {manifest.backend!r} backend, not "
+                        f"{backend}: pass --backend {manifest.backend}", exit_code=2)
+
+
+# ---------------------------------------------------------------------------- writing, locked
 
 
 class ManifestFile:
-    """The manifest on disk; every change is written at once, whole (temp file + rename)."""
+    """The manifest on disk. Every change is applied to what is on disk *now*, under an
+    exclusive lock, and written whole (temp file + rename); `manifest` is the latest state."""
 
     def __init__(self, path: Path, manifest: Manifest) -> None:
         self.path = path
         self.manifest = manifest
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.lock")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
     @classmethod
     def open(cls, path: Path, fresh: Manifest) -> "ManifestFile":
         """The existing manifest of this SIM_ID (a campaign can be extended), or a new one."""
-        existing = load(path)
-        made = cls(path, existing if existing and existing.sim_id == fresh.sim_id else fresh)
-        if made.manifest.container_deleted:  # a new campaign in a container made anew
-            made.manifest = replace(made.manifest, container_deleted=False, uploaded=())
+        made = cls(path, fresh)
+        made._change(lambda current: _continued(current, fresh))
         return made
 
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def _change(self, change: Callable[[Manifest | None], Manifest]) -> None:
+        with self._locked():
+            current = load(self.path)
+            self.manifest = change(current)
+            self._write()
+
+    def _write(self) -> None:
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(_to_json(self.manifest), handle, indent=2)
-        os.replace(tmp, self.path)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(asdict(self.manifest), handle, indent=2)
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def refresh(self) -> Manifest:
+        with self._locked():
+            self.manifest = load(self.path) or self.manifest
+        return self.manifest
 
     def update(self, **changes: Any) -> None:
-        self.manifest = replace(self.manifest, **changes)
-        self.save()
+        self._change(lambda m: replace(m or self.manifest, **changes))
 
     def note(self, event: str) -> None:
-        self.update(events=self.manifest.events + (f"{_now()} {event}",))
+        self._change(lambda m: replace(m or self.manifest,
+                                       events=(m or self.manifest).events + (f"{_now()} {event}",)))
 
     def uploaded(self, blob: str) -> None:
-        if blob not in self.manifest.uploaded:
-            self.update(uploaded=self.manifest.uploaded + (blob,))
+        def add(m: Manifest | None) -> Manifest:
+            m = m or self.manifest
+            return m if blob in m.uploaded else replace(m, uploaded=m.uploaded + (blob,))
+        self._change(add)
 
     def add_job(self, record: JobRecord) -> None:
-        others = tuple(j for j in self.manifest.jobs if j.job_id != record.job_id)
-        self.update(jobs=others + (record,))
+        def add(m: Manifest | None) -> Manifest:
+            m = m or self.manifest
+            return replace(m, jobs=tuple(j for j in m.jobs if j.job_id != record.job_id) + (record,))
+        self._change(add)
 
     def change_job(self, job_id: str, **changes: Any) -> None:
-        self.update(jobs=tuple(replace(j, **changes) if j.job_id == job_id else j
-                               for j in self.manifest.jobs))
+        def change(m: Manifest | None) -> Manifest:
+            m = m or self.manifest
+            return replace(m, jobs=tuple(replace(j, **changes) if j.job_id == job_id else j
+                                         for j in m.jobs))
+        self._change(change)
 
     def downloaded(self, folder: Path) -> None:
-        if str(folder) not in self.manifest.downloads:
-            self.update(downloads=self.manifest.downloads + (str(folder),))
+        def add(m: Manifest | None) -> Manifest:
+            m = m or self.manifest
+            return m if str(folder) in m.downloads else replace(m, downloads=m.downloads + (str(folder),))
+        self._change(add)
+
+    def claim(self, claim: RunClaim) -> list[RunClaim]:
+        """Add this run's claim; returns the other live claims (dead ones are dropped)."""
+        others: list[RunClaim] = []
+
+        def add(m: Manifest | None) -> Manifest:
+            m = m or self.manifest
+            others[:] = [c for c in m.claims if c.token != claim.token and c.alive()]
+            return replace(m, claims=tuple(others) + (claim,))
+        self._change(add)
+        return others
+
+    def release(self, token: str) -> None:
+        self._change(lambda m: replace(m or self.manifest, claims=tuple(
+            c for c in (m or self.manifest).claims if c.token != token)))
 
 
-def load(path: Path) -> Manifest | None:
-    try:
-        return _from_json(json.loads(path.read_text(encoding="utf-8")))
-    except FileNotFoundError:
-        return None
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        from common.errors import ToolError
-        raise ToolError(f"{path}: not a campaign manifest this tool can read ({exc}): move it "
-                        "aside; the pools and jobs it named must then be checked by hand",
-                        exit_code=2) from None
+def _continued(current: Manifest | None, fresh: Manifest) -> Manifest:
+    if current is None:
+        return fresh
+    if current.container_deleted:  # a new campaign in a container made anew
+        return replace(current, container_deleted=False, uploaded=())
+    return current

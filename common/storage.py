@@ -15,20 +15,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 from urllib.parse import quote
 
 import requests
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import (BlobSasPermissions, BlobServiceClient, ContainerSasPermissions,
-                                ContentSettings, ExponentialRetry, UserDelegationKey,
+                                ContentSettings, UserDelegationKey,
                                 generate_blob_sas, generate_container_sas)
 
 from common.backends.base import BlobStore
 from common.config import AppConfig, Secret
 from common.errors import ToolError
 from common.model import BlobInfo
+from common.network import ReportingStorageRetry, RequestLog
 
 BLOCK_SIZE = 8 * 1024 * 1024
 TRANSFER_CONCURRENCY = 8
@@ -61,8 +62,10 @@ def account_from(app: AppConfig) -> StorageAccount:
                           cloud_of(app.batch_account_url).authority)
 
 
-def service_client(account: StorageAccount) -> BlobServiceClient:
-    """The one client of a script run: shared-key auth, SDK retries, parallel-ready transport."""
+def service_client(account: StorageAccount, say: Callable[[str], None] | None = None,
+                   log: RequestLog | None = None) -> BlobServiceClient:
+    """The one client of a script run: key or Entra ID auth, SDK retries (each said through
+    `say`), requests logged with -v (`log`), parallel-ready transport."""
     session = requests.Session()
     adapter = requests.adapters.HTTPAdapter(pool_connections=CONNECTIONS, pool_maxsize=CONNECTIONS)
     session.mount("http://", adapter)
@@ -70,7 +73,8 @@ def service_client(account: StorageAccount) -> BlobServiceClient:
     return BlobServiceClient(
         account.url,
         credential=_credential(account),
-        retry_policy=ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=6),
+        retry_policy=ReportingStorageRetry(say, initial_backoff=1, increment_base=2, retry_total=6),
+        **(log.hooks() if log else {}),
         transport=RequestsTransport(session=session, session_owner=True),
         max_single_put_size=BLOCK_SIZE, max_block_size=BLOCK_SIZE,
         max_single_get_size=BLOCK_SIZE, max_chunk_get_size=BLOCK_SIZE)

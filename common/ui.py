@@ -31,13 +31,27 @@ class Ui:
     console: Console
     verbose: bool = False
     secrets: tuple[str, ...] = field(default=())
+    # (step text, when it started): for "where the time went", printed with -v
+    steps: list[tuple[str, float]] = field(default_factory=list)
 
     def _print(self, text: str, style: str | None = None) -> None:
         self.console.print(escape(redact(text, self.secrets)), style=style, highlight=False,
                            soft_wrap=True)
 
     def step(self, text: str) -> None:
+        self.steps.append((text, time.monotonic()))
         self._print(f"==> {text}", "bold")
+
+    def timings(self) -> None:
+        """With -v: how long each step took, longest first."""
+        if not self.verbose or not self.steps:
+            return
+        ends = [start for _, start in self.steps[1:]] + [time.monotonic()]
+        spent = sorted(((end - start, text) for (text, start), end in zip(self.steps, ends)),
+                       reverse=True)
+        self._print("where the time went:", "dim")
+        for seconds, text in spent:
+            self._print(f"    {seconds:8.1f} s  {text[:90]}", "dim")
 
     def info(self, text: str) -> None:
         self._print(f"    {text}")

@@ -21,7 +21,8 @@ from common import campaign as cp
 from common.backends.base import Backend, BlobStore
 from common.config import Settings
 from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, ToolError
-from common.manifest import REDUCER, WORKERS, JobRecord, Manifest, ManifestFile, load, manifest_path
+from common.manifest import (REDUCER, WORKERS, JobRecord, Manifest, ManifestFile, check_belongs, load,
+                             manifest_path)
 from common.model import JobSpec, PoolSpec, TaskCounts, TaskFailure
 from common.packaging import build_archive
 from common.prompts import Prompter
@@ -77,10 +78,12 @@ def _billing_mode(ctx: Context, job: JobSpec | JobRecord) -> str:
 
 def _open_manifest(ctx: Context) -> ManifestFile:
     ids = ctx.ids
+    existing = load(ctx.manifest_path)
+    if existing is not None:
+        check_belongs(existing, ctx.manifest_path, ctx.settings.sim.sim_id, ctx.settings.backend)
     fresh = Manifest(sim_id=ctx.settings.sim.sim_id, backend=ctx.settings.backend,
                      container=ids.container, simconfig=str(ctx.settings.sim.path))
     record = ManifestFile.open(ctx.manifest_path, fresh)
-    record.save()
     ctx.ui.info(f"campaign manifest: {record.path}")
     return record
 
@@ -90,9 +93,7 @@ def _existing_manifest(ctx: Context) -> ManifestFile:
     if found is None:
         raise ToolError(f"no campaign manifest at {ctx.manifest_path}: nothing to pick up for "
                         f"{ctx.settings.sim.sim_id} (it is written when a campaign starts)")
-    if found.backend != ctx.settings.backend:
-        raise ToolError(f"{ctx.manifest_path}: the campaign ran on the {found.backend} backend, "
-                        f"not {ctx.settings.backend}: pass --backend {found.backend}", exit_code=2)
+    check_belongs(found, ctx.manifest_path, ctx.settings.sim.sim_id, ctx.settings.backend)
     ctx.ui.info(f"campaign manifest: {ctx.manifest_path}")
     return ManifestFile(ctx.manifest_path, found)
 
@@ -138,6 +139,9 @@ def _wait(ctx: Context, job_id: str, total: int, pool_id: str | None = None) -> 
             counts = ctx.backend.task_counts(job_id)
             if counts.completed < total and not counts.active and not counts.running:
                 counts = ctx.backend.task_counts(job_id, exact=True)
+            if counts_text(counts) not in said:
+                said.add(counts_text(counts))
+                ctx.ui.debug(f"task states: {counts_text(counts)}")
             update(counts)
             if counts.completed >= total:
                 return counts

@@ -29,6 +29,7 @@ from common.config import Settings
 from common.entra import batch_credential
 from common.errors import ToolError
 from common.model import JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure
+from common.network import ReportingRetry, RequestLog
 
 POOL_READY_TIMEOUT_SECONDS = 30 * 60
 DELETE_WAIT_SECONDS = 120
@@ -39,17 +40,20 @@ class AzureBackend(Backend):
     name = "azure"
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] | None = None,
+                 log: RequestLog | None = None) -> None:
+        """`say` tells the user of each SDK retry as it happens; `log` (-v) logs each request."""
         app = settings.app
         self.settings = settings
         self.clock, self.sleep = clock, sleep
         self.poll_seconds = float(os.environ.get("BATCH_TOOL_POLL_SECONDS", "5"))
         self.health_seconds = float(os.environ.get("BATCH_TOOL_HEALTH_SECONDS", "30"))
         self.account = st.account_from(app)
-        self.storage = st.service_client(self.account)
+        self.storage = st.service_client(self.account, say, log)
         credential, scopes = batch_credential(app)
-        self.client = BatchClient(app.batch_account_url, credential, retry_total=3,
-                                  credential_scopes=scopes)
+        self.client = BatchClient(app.batch_account_url, credential, credential_scopes=scopes,
+                                  retry_policy=ReportingRetry(say, retry_total=3),
+                                  **(log.hooks() if log else {}))
 
     def close(self) -> None:
         self.client.close()

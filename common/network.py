@@ -1,0 +1,128 @@
+"""What the user sees of the network: retries as they happen, requests under -v, and a
+failure to connect as one line that says where, what was tried and why.
+
+The Azure SDKs retry on their own, silently: a wrong account URL used to mean 17 s of
+nothing, then `internal error: ServiceRequestError(...)`. Here the SDKs' retry policies are
+subclassed only to say each retry before sleeping, hooks log each request with -v (method,
+path, status, time; query strings and secrets left out), and `network_failure` turns the
+SDKs' connection errors into a ToolError naming the endpoint and the likely cause.
+"""
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from azure.core.exceptions import ServiceRequestError, ServiceResponseError
+from azure.core.pipeline.policies import RetryPolicy
+from azure.storage.blob import ExponentialRetry
+
+from common.errors import ToolError
+from common.redaction import redact
+
+Say = Callable[[str], None]
+_STARTED = "batch_tool_started"
+
+
+def _where(request: Any) -> str:
+    parts = urlsplit(getattr(request, "url", "") or "")
+    return f"{parts.scheme}://{parts.netloc}" if parts.netloc else "the service"
+
+
+def _why(error: BaseException | None) -> str:
+    text = str(error or "")
+    for pattern, cause in _CAUSES:
+        if re.search(pattern, text, re.IGNORECASE):
+            return cause
+    first = (text.splitlines() or ["no answer"])[0]
+    return redact(first)[:160]
+
+
+_CAUSES = (
+    (r"Name or service not known|Failed to resolve|getaddrinfo|nodename nor servname|"
+     r"Temporary failure in name resolution", "the host name does not resolve (a typo in the "
+     "account name or URL, or no DNS)"),
+    (r"Connection refused", "nothing answers on that address and port (wrong URL or port?)"),
+    (r"timed out|Timeout", "no answer in time (a firewall, a proxy, or no network)"),
+    (r"CERTIFICATE_VERIFY_FAILED|SSLError|certificate", "the TLS certificate is not trusted "
+     "(a proxy that inspects TLS? set REQUESTS_CA_BUNDLE to its CA)"),
+    (r"Network is unreachable|No route to host", "no route to the host (offline?)"),
+    (r"Connection aborted|RemoteDisconnected|Connection reset", "the connection was dropped"),
+)
+
+
+class ReportingStorageRetry(ExponentialRetry):
+    """azure-storage-blob's exponential retry, saying each retry before it waits."""
+
+    def __init__(self, say: Say | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.say = say
+
+    def sleep(self, settings: dict[str, Any], transport: Any) -> None:
+        if self.say is not None:
+            history = settings.get("history") or [None]
+            last = history[-1]
+            error = getattr(last, "error", None)
+            status = getattr(getattr(last, "http_response", None), "status_code", None)
+            request = getattr(last, "http_request", None)
+            why = f"HTTP {status}" if status else _why(error)
+            self.say(f"storage: {_where(request)}: {why}; retry {settings['count']} of "
+                     f"{self.total_retries}, in {self.get_backoff_time(settings):.0f} s")
+        super().sleep(settings, transport)
+
+
+class ReportingRetry(RetryPolicy):
+    """azure-core's retry (the Batch client's), saying each retry before it waits."""
+
+    def __init__(self, say: Say | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.say = say
+
+    def sleep(self, settings: dict[str, Any], transport: Any, response: Any = None) -> None:
+        if self.say is not None:
+            history = settings.get("history") or []
+            last = history[-1] if history else None
+            error = getattr(last, "error", None)
+            status = getattr(getattr(last, "http_response", None), "status_code", None)
+            request = getattr(last, "http_request", None)
+            why = f"HTTP {status}" if status else _why(error)
+            self.say(f"Batch: {_where(request)}: {why}; retry {len(history)} of "
+                     f"{self.total_retries}, in {self.get_backoff_time(settings):.1f} s")
+        super().sleep(settings, transport, response=response)
+
+
+class RequestLog:
+    """-v: one line per request (method, host, path, status, milliseconds); no query string,
+    so no SAS signature, and secrets redacted."""
+
+    def __init__(self, say: Say, secrets: tuple[str, ...] = ()) -> None:
+        self.say, self.secrets = say, secrets
+
+    def request(self, pipeline_request: Any) -> None:
+        pipeline_request.context[_STARTED] = time.perf_counter()
+
+    def response(self, pipeline_response: Any) -> None:
+        started = pipeline_response.context.get(_STARTED)
+        request = pipeline_response.http_request
+        parts = urlsplit(request.url)
+        took = f" {1000 * (time.perf_counter() - started):.0f} ms" if started else ""
+        status = getattr(pipeline_response.http_response, "status_code", "?")
+        self.say(redact(f"{request.method} {parts.netloc}{parts.path} -> {status}{took}",
+                        self.secrets))
+
+    def hooks(self) -> dict[str, Any]:
+        return {"raw_request_hook": self.request, "raw_response_hook": self.response}
+
+
+def network_failure(error: ServiceRequestError | ServiceResponseError, endpoints: dict[str, str],
+                    tried: str = "") -> ToolError:
+    """One line: which endpoint (and the configuration key naming it), what was tried, and
+    the likely cause — never a traceback for something a user can fix."""
+    text = str(error)
+    where, key = next(((url, name) for name, url in endpoints.items()
+                       if url and (urlsplit(url).hostname or "~") in text),
+                      (next(iter(endpoints.values()), "the service"), ""))
+    check = f": check {key} and the network" if key else ": check the network"
+    action = f" ({tried})" if tried else ""
+    return ToolError(f"cannot reach {redact(where)}{action}: {_why(error)}{check}")
