@@ -112,6 +112,30 @@ class Engine:
         for node in pool.nodes:
             if node.state == "starting" and now >= node.ready_at:
                 self._node_started(pool, node)
+            elif node.state == "preempted" and now >= node.ready_at:
+                node.set_state("starting")  # capacity is back: the node rejoins
+                node.ready_at = now + self.knobs.node_start_delay
+            elif node.state == "running" and not node.dedicated and self._preempt_now(node, now):
+                self._preempt(pool, node, now)
+
+    def _preempt_now(self, node: Node, now: float) -> bool:
+        """Knob preemptions: a Spot node that has run a task this long is taken away."""
+        if self.knobs.preemptions <= 0 or self.knobs.preempt_after is None:
+            return False
+        started = [t.start_time for t in self.store.all_tasks
+                   if t.key in node.running and t.start_time is not None]
+        return bool(started) and (utcnow() - min(started)).total_seconds() >= self.knobs.preempt_after
+
+    def _preempt(self, pool: Pool, node: Node, now: float) -> None:
+        """Azure takes a Spot node back: its running tasks are requeued (not a retry: Batch
+        counts them in requeueCount) and it stays preempted until capacity returns."""
+        self.knobs.preemptions -= 1
+        for task in self.store.all_tasks:
+            if task.state == "running" and task.node_id == node.id:
+                self.stop_task(task, REQUEUE)
+        _kill_node(node)
+        node.set_state("preempted")
+        node.ready_at = now + self.knobs.preemption_lasts
 
     def _allocate(self, pool: Pool, now: float) -> None:
         """The nodes a resize gets: all, none (a resize error) or some (a partial one)."""
