@@ -102,7 +102,8 @@ def test_inputs_are_staged_like_resource_files(backend, tmp_path):
     for name in ("in.txt", "nodes_output/run1/a.csv", "nodes_output/run2/b.csv"):
         source = tmp_path / "src"
         source.write_text(name)
-        store.upload_file(source, name, b"")
+        with source.open("rb") as handle:
+            store.upload_file(handle, name, b"")
     inputs = (InputFile("in.txt"), InputFile("nodes_output/"))
     outputs = (cp.output_under("listing.txt", "out/", SUCCESS),)
     run_job(backend, [shell_task(1, "find . -type f | sort > listing.txt", outputs, inputs)])

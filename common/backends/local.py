@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 from common.backends import local_layout as lay
 from common.backends.base import Backend, BlobStore, StatusCallback
@@ -58,11 +58,12 @@ class LocalBlobStore(BlobStore):
                 found.append(BlobInfo(name, path.stat().st_size, md5_of(path)))
         return found
 
-    def upload_file(self, source: Path, blob: str, md5: bytes) -> None:
+    def upload_file(self, source: BinaryIO, blob: str, md5: bytes) -> None:
         target = self.folder / blob
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.uploading")
-        shutil.copyfile(source, partial)
+        with partial.open("wb") as handle:
+            shutil.copyfileobj(source, handle, 1 << 20)
         os.replace(partial, target)
 
     def download_blob(self, blob: BlobInfo, dest: Path) -> bytes | None:
