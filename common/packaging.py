@@ -262,6 +262,7 @@ def build_archive(root: Path, dest: Path | BinaryIO, exclude: tuple[Path, ...] =
     walk.folder(rules.root, root, "", (rules.root,))
     if walk.problems:
         raise _refusal(walk.problems, label)
+    walk.entries.sort(key=lambda e: e.name)  # the order of earlier versions: same bytes
     if isinstance(dest, (str, os.PathLike)):
         with open(dest, "wb") as handle:
             _write_zip(walk.entries, handle, rules.root, secrets, label)
