@@ -33,6 +33,7 @@ from common.packaging import NotAllowed, open_inside
 
 POLL_SECONDS = 0.05
 KILL_GRACE_SECONDS = 3.0
+RECENT_NS = 2_000_000_000
 IDLE_SECONDS = float(os.environ.get("LOCALBATCH_AGENT_IDLE_SECONDS", "600"))
 _WILDCARD = re.compile(r"[*?\[]")
 
@@ -59,6 +60,8 @@ class Agent:
         self.tallies: dict[Path, dict[str, int]] = {}  # job -> counts, written to counts.json
         self.dirty: set[Path] = set()
         self.containers: dict[Path, Path] = {}
+        self.jobs: list[Path] = []  # job folders, listed again when jobs/ changes
+        self.stamps: dict[Path, int | None] = {}  # folder -> mtime at the last look
 
     # -- discovery ---------------------------------------------------------------------
 
@@ -108,10 +111,21 @@ class Agent:
             if job not in self.deleted_jobs:
                 lay.write_counts(job, counts)
 
+    def anything_new(self) -> bool:
+        """Whether a job or a batch of tasks may have come since the last look: a few stat()
+        calls, not a glob, 20 times a second. A folder changed within the last seconds counts
+        as changed, since a second change in the same clock tick leaves its mtime as it was."""
+        jobs = self.pool / "jobs"
+        stamps = {folder: _mtime(folder) for folder in [jobs, *(j / "queue" for j in self.jobs)]}
+        if stamps.get(jobs) != self.stamps.get(jobs) or _recent(stamps.get(jobs)):
+            self.jobs = sorted(p for p in jobs.iterdir() if p.is_dir()) if jobs.is_dir() else []
+        changed = stamps != self.stamps or any(_recent(s) for s in stamps.values())
+        self.stamps = stamps
+        return changed
+
     def handle_deletions(self) -> None:
-        for marker in self.pool.glob("jobs/*/DELETE"):
-            job = marker.parent
-            if job in self.deleted_jobs:
+        for job in self.jobs:
+            if job in self.deleted_jobs or not (job / "DELETE").exists():
                 continue
             self.deleted_jobs.add(job)
             self.kill(lambda task: task.parent.parent == job)
@@ -230,7 +244,8 @@ class Agent:
         for thread in threads:
             thread.start()
         while not self.stopping.is_set() and self.pool.exists() and not self.idle():
-            self.discover()
+            if self.anything_new():
+                self.discover()
             self.handle_deletions()
             self.flush_counts()
             time.sleep(POLL_SECONDS)
@@ -238,6 +253,17 @@ class Agent:
         self.kill(lambda task: True)
         kill_marked(self.pool, only=self.mark)  # what left the tasks' process groups
         self.flush_counts()
+
+
+def _mtime(folder: Path) -> int | None:
+    try:
+        return folder.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def _recent(stamp: int | None) -> bool:
+    return stamp is not None and time.time_ns() - stamp < RECENT_NS
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
