@@ -94,7 +94,10 @@ def big_blob(url: str, size_mb: int, tmp: Path) -> list[str]:
     store = store_at(url, "big")
     from common.transfer import md5_of
     md5 = md5_of(source)
-    up_ours = timed(lambda: store.upload_file(source, "ours.bin", md5))
+    def upload_ours() -> None:
+        with source.open("rb") as data:
+            store.upload_file(data, "ours.bin", md5)
+    up_ours = timed(upload_ours)
 
     def download_default() -> None:
         with (tmp / "d1.bin").open("wb") as handle:

@@ -10,14 +10,16 @@ from __future__ import annotations
 import base64
 import binascii
 import difflib
-import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from common.errors import usage_error
+from common.config_files import Problems as _Problems
+from common.config_files import display as _display
+from common.config_files import read_json_object as _read_json_object
+from common.redaction import mask_url_credentials
 
 BACKENDS = ("local", "azure")
 BUILTIN_TOPAS = "builtin:topas"
@@ -175,54 +177,6 @@ class Settings:
 # ---------------------------------------------------------------------------- reading
 
 
-@dataclass
-class _Problems:
-    """Collects one line per bad value; raised together at the end."""
-
-    lines: list[str] = field(default_factory=list)
-
-    def add(self, where: str, key: str | None, what: str, fix: str) -> None:
-        prefix = f"{where}: {key}" if key else where
-        self.lines.append(f"{prefix}: {what}: {fix}")
-
-    def raise_if_any(self) -> None:
-        if self.lines:
-            raise usage_error(*self.lines)
-
-
-def _display(path: Path) -> str:
-    """The path as the user would type it: relative to the working directory when inside it."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def _read_json_object(path: Path, problems: _Problems) -> dict[str, Any] | None:
-    where = _display(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        problems.add(where, None, "file not found", "check the path, or pass the right one")
-        return None
-    except (OSError, UnicodeDecodeError) as exc:
-        problems.add(where, None, f"cannot be read ({exc.__class__.__name__})",
-                     "check that it is a readable UTF-8 text file")
-        return None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        problems.add(f"{where}:{exc.lineno}", None,
-                     f"invalid JSON at line {exc.lineno} column {exc.colno} ({exc.msg})",
-                     "fix the syntax (keys and strings in double quotes, no trailing commas)")
-        return None
-    if not isinstance(data, dict):
-        problems.add(where, None, f"holds a JSON {type(data).__name__}, not an object",
-                     'write the settings as one object: {"KEY": value, ...}')
-        return None
-    return data
-
-
 class _Reader:
     """Typed access to one config file's keys, recording every problem it meets."""
 
@@ -250,6 +204,9 @@ class _Reader:
             return None
         if not isinstance(value, str):
             self.bad(key, f"must be a string, not {_json_type(value)}", fix)
+            return None
+        if "\x00" in value:
+            self.bad(key, "contains a NUL character (\\u0000)", "remove it from the value")
             return None
         return value
 
@@ -283,9 +240,20 @@ class _Reader:
             return None
         return float(value)
 
-    def resolve_path(self, key: str, value: str) -> Path:
+    def resolve_path(self, key: str, value: str) -> Path | None:
         """Relative paths resolve against the folder of the file that names them."""
-        return (self.path.parent / Path(value).expanduser()).resolve()
+        try:
+            expanded = Path(value).expanduser()
+        except RuntimeError:  # ~name of a user this machine does not have
+            self.bad(key, f"{value!r} starts with the home folder of an unknown user",
+                     "use the home folder of an existing user (~name), or write the path out")
+            return None
+        try:
+            return (self.path.parent / expanded).resolve()
+        except (RuntimeError, OSError):  # a loop of symbolic links
+            self.bad(key, f"{value!r} goes through a link that loops back on itself",
+                     "give the real folder's path")
+            return None
 
     def secret(self, key: str, env: Mapping[str, str]) -> Secret | None:
         if env.get(key):
@@ -297,6 +265,9 @@ class _Reader:
         if not isinstance(value, str):
             self.bad(key, f"must be a string, not {_json_type(value)}",
                      f"write it in quotes, or set the {key} environment variable")
+            return None
+        if "\x00" in value:
+            self.bad(key, "contains a NUL character (\\u0000)", "remove it from the value")
             return None
         return Secret(value.strip())
 
@@ -313,8 +284,12 @@ class _Reader:
 
 
 def _json_type(value: Any) -> str:
-    return {bool: "true/false", int: "a number", float: "a number", str: "a string",
-            list: "a list", dict: "an object", type(None): "null"}.get(type(value), "a value")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return "a number"
+    if isinstance(value, dict):
+        return "an object"
+    return {bool: "true/false", float: "a number", str: "a string",
+            list: "a list", type(None): "null"}.get(type(value), "a value")
 
 
 # ---------------------------------------------------------------------------- appconfig
@@ -375,7 +350,7 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
         r.bad("BACKEND", f"is {backend!r}", backend_fix)
     storage_value = r.string("LOCAL_STORAGE_PATH", False, "give a folder path")
     local_storage = r.resolve_path("LOCAL_STORAGE_PATH", storage_value or ".localbatch")
-    if local_storage.exists() and not local_storage.is_dir():
+    if local_storage is not None and local_storage.exists() and not local_storage.is_dir():
         r.bad("LOCAL_STORAGE_PATH", f"{storage_value!r} is a file, not a folder",
               "give a folder (it is created if missing)")
     azure = backend == "azure"
@@ -419,10 +394,11 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
                   f"give both {user} and {token} for a private registry (the token may come "
                   f"from the {token} environment variable), or neither")
     for key in ("git_user", "git_repo"):
-        if values[key] is not None and not _GIT_NAME_RE.match(values[key]):
-            r.bad(key.upper(), f"{values[key]!r} is not a GitHub name",
-                  "use letters, digits, '.', '-' or '_'")
-    if backend not in BACKENDS:
+        name = values[key]
+        if name is not None and (not _GIT_NAME_RE.match(name) or name in (".", "..")):
+            r.bad(key.upper(), f"{name!r} is not a GitHub name",
+                  "use letters, digits, '.', '-' or '_' (not '.' or '..' alone)")
+    if backend not in BACKENDS or local_storage is None:
         return None
     return AppConfig(path=path, backend=backend, local_storage_path=local_storage, **values)
 
@@ -448,7 +424,8 @@ def _pool_image(r: _Reader) -> PoolImage:
 def _git_base(r: _Reader) -> str:
     base = r.string("GIT_BASE_URL", False, "use e.g. https://github.com") or "https://github.com"
     if not re.match(r"^(https?|file|ssh)://", base):
-        r.bad("GIT_BASE_URL", f"{base!r} is not a URL", "use e.g. https://github.com or "
+        shown = mask_url_credentials(base)  # never echo a user:password@ part
+        r.bad("GIT_BASE_URL", f"{shown!r} is not a URL", "use e.g. https://github.com or "
               "https://gitlab.example.org (the repository URL is <base>/<GIT_USER>/<GIT_REPO>.git)")
     return base
 
@@ -506,6 +483,9 @@ def _relative_inside(r: _Reader, key: str, value: str | None, root: Path | None,
     """A path given relative to `root` that stays inside it; returned in POSIX form."""
     if value is None or root is None:
         return None
+    if "\x00" in value:
+        r.bad(key, "contains a NUL character (\\u0000)", "remove it from the value")
+        return None
     candidate = (root / value).resolve()
     try:
         relative = candidate.relative_to(root)
@@ -533,7 +513,10 @@ def _patterns(r: _Reader) -> tuple[str, ...]:
     if not patterns:
         r.bad("OUTPUT_FILE_PATTERNS", "is empty, so no result would be kept", fix)
     for pattern in patterns:
-        if pattern.startswith("/") or ".." in Path(pattern).parts:
+        if "\x00" in pattern:
+            r.bad("OUTPUT_FILE_PATTERNS", f"{pattern!r} contains a NUL character (\\u0000)",
+                  "remove it from the pattern")
+        elif pattern.startswith("/") or ".." in Path(pattern).parts:
             r.bad("OUTPUT_FILE_PATTERNS", f"{pattern!r} leaves the task's working directory",
                   "give patterns relative to the simulation folder")
     return patterns
@@ -564,9 +547,7 @@ def _read_sim(path: Path, data: Mapping[str, Any], problems: _Problems,
                             "for reuse)")
     slots = r.integer("TASK_SLOTS_PER_NODE", 1, 1, 256, "use the tasks one node runs at once, 1-256")
     retries = r.integer("MAX_TASK_RETRIES", 0, 0, 100, "use how often Batch retries a failed task, 0-100")
-    results_value = r.string("LOCAL_RESULTS_PATH", False, "give a folder path")
-    results = (r.resolve_path("LOCAL_RESULTS_PATH", results_value) if results_value
-               else (sim_path / "nodes_output" if sim_path else None))
+    results = _results_path(r, sim_path)
     if None in (sim_id, nodes, tasks, start, sim_path, run_script, timeout, results, slots,
                 retries) or not patterns:
         return None
@@ -577,6 +558,27 @@ def _read_sim(path: Path, data: Mapping[str, Any], problems: _Problems,
                      timeout_minutes=timeout, local_results_path=results,
                      task_slots_per_node=slots, max_task_retries=retries,
                      seed_parameter_files=seed_files, auto_delete_pool=auto_delete)
+
+
+def _results_path(r: _Reader, sim_path: Path | None) -> Path | None:
+    value = r.string("LOCAL_RESULTS_PATH", False, "give a folder path")
+    if value is None:
+        return sim_path / "nodes_output" if sim_path else None
+    path = r.resolve_path("LOCAL_RESULTS_PATH", value)
+    fix = 'give the downloads a folder of their own, e.g. "results" (created if missing)'
+    if path is None:
+        return None
+    if path.exists() and not path.is_dir():
+        r.bad("LOCAL_RESULTS_PATH", f"{value!r} is a file, not a folder", fix)
+    elif path == r.path.parent.resolve():
+        r.bad("LOCAL_RESULTS_PATH", f"{value!r} is the folder of {r.where} itself, where the "
+              "configs and the campaign manifest live", fix)
+    elif sim_path is not None and (path == sim_path or path in sim_path.parents):
+        r.bad("LOCAL_RESULTS_PATH", f"{value!r} holds the simulation folder (LOCAL_SIM_PATH), "
+              "which results are kept out of", fix)
+    else:
+        return path
+    return None
 
 
 def _seed_files(r: _Reader, sim_path: Path | None) -> tuple[str, ...]:
@@ -597,6 +599,8 @@ def _sim_path(r: _Reader) -> Path | None:
     if value is None:
         return None
     path = r.resolve_path("LOCAL_SIM_PATH", value)
+    if path is None:
+        return None
     if not path.is_dir():
         r.bad("LOCAL_SIM_PATH", f"{value!r} is not a folder",
               "give the path of the simulation folder (relative to this file, or absolute)")
@@ -611,7 +615,7 @@ def _reducer(r: _Reader, for_reducer: bool) -> tuple[str | None, Path | None]:
     folder = None
     if folder_value is not None:
         folder = r.resolve_path("REDUCER_PATH", folder_value)
-        if not folder.is_dir():
+        if folder is not None and not folder.is_dir():
             r.bad("REDUCER_PATH", f"{folder_value!r} is not a folder",
                   "give the folder holding REDUCER_SCRIPT, or remove the key to use GIT_REPO")
             folder = None
@@ -630,7 +634,7 @@ def find_appconfig(simconfig: Path, explicit: Path | None) -> Path:
     if explicit is not None:
         return explicit
     beside = simconfig.parent / "appconfig.json"
-    if beside.is_file():
+    if os.path.lexists(beside):  # a FIFO, a folder or a broken link there is named, not skipped
         return beside
     return Path("appconfig.json")
 
@@ -655,9 +659,26 @@ def load_settings(simconfig: Path, appconfig: Path | None = None, *,
     if for_reducer and app_data is not None and sim_data is not None:
         _check_reducer_source(_Reader(simconfig, sim_data, problems),
                               _Reader(app_path, app_data, problems))
+    if app is not None and sim is not None and app_data.get("LOCAL_STORAGE_PATH"):
+        _check_storage_apart(_Reader(app_path, app_data, problems), app, sim)
     problems.raise_if_any()
     assert app is not None and sim is not None
     return Settings(app=app, sim=sim)
+
+
+def _check_storage_apart(r: _Reader, app: AppConfig, sim: SimConfig) -> None:
+    """The local backend's storage and the simulation folder must not hold each other: the
+    zip would pack the storage, or leave the whole simulation out."""
+    storage, folder = app.local_storage_path, sim.local_sim_path
+    value = r.data.get("LOCAL_STORAGE_PATH")
+    fix = "put it outside the simulation folder (or remove the key: .localbatch beside " \
+          f"{r.where})"
+    if storage == folder or folder in storage.parents:
+        r.bad("LOCAL_STORAGE_PATH", f"{value!r} is inside the simulation folder "
+              f"{_display(folder)} (LOCAL_SIM_PATH)", fix)
+    elif storage in folder.parents:
+        r.bad("LOCAL_STORAGE_PATH", f"{value!r} holds the simulation folder {_display(folder)} "
+              "(LOCAL_SIM_PATH)", fix)
 
 
 def _check_reducer_source(sim: _Reader, app: _Reader) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from common.config import BUILTIN_TOPAS, Settings
 from common.errors import ToolError
 from common.packaging import Archive, build_archive
+from common.redaction import redact
 
 _PACKAGE = Path(__file__).resolve().parent  # common/
 # What `python -m common.topas` needs on a node: nothing else of the tool.
@@ -39,7 +40,7 @@ def describe(settings: Settings) -> str:
 
 def build_reducer_archive(settings: Settings, workdir: Path) -> Archive:
     """Pack the reducer code into workdir/REDUCER.zip (the task unpacks it into reducer/)."""
-    sim = settings.sim
+    sim, app = settings.sim, settings.app
     staging = workdir / "reducer"
     if sim.reducer_script in (None, BUILTIN_TOPAS):
         _stage_builtin(staging)
@@ -49,9 +50,11 @@ def build_reducer_archive(settings: Settings, workdir: Path) -> Archive:
         _clone(settings, staging)
         if not (staging / sim.reducer_script).is_file():
             raise ToolError(f"{sim.path.name}: REDUCER_SCRIPT: {sim.reducer_script!r} is not in "
-                            f"the repository {settings.app.git_user}/{settings.app.git_repo}: "
+                            f"the repository {app.git_user}/{app.git_repo}: "
                             "check the name, or set REDUCER_PATH", exit_code=2)
-    return build_archive(staging, workdir / "REDUCER.zip")
+    label = "REDUCER_PATH" if staging == sim.reducer_path else "the reducer code"
+    return build_archive(staging, workdir / "REDUCER.zip", exclude_files=(app.path,),
+                         secrets=app.secrets(), label=label)
 
 
 def _stage_builtin(staging: Path) -> None:
@@ -76,15 +79,24 @@ def _clone(settings: Settings, staging: Path) -> None:
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": str(askpass),
            "BATCH_TOOL_GIT_USER": app.git_user or "",
            "BATCH_TOOL_GIT_TOKEN": app.git_token.reveal() if app.git_token else ""}
-    command = ["git", "clone", "--quiet", "--depth", "1", git_url(settings), str(staging)]
+    # An empty credential.helper empties the list of helpers from every config file, so a
+    # `store` helper in the user's ~/.gitconfig never writes the token to ~/.git-credentials.
+    command = ["git", "-c", "credential.helper=", "clone", "--quiet", "--depth", "1",
+               git_url(settings), str(staging)]
     try:
         result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise ToolError(f"git clone of {app.git_user}/{app.git_repo} failed: {exc}") from None
+        raise ToolError(_safe(settings, f"git clone of {app.git_user}/{app.git_repo} failed: "
+                                        f"{exc}")) from None
     finally:
         askpass.unlink(missing_ok=True)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        raise ToolError(f"git clone of {git_url(settings)} failed: {last}: check GIT_USER, "
-                        "GIT_REPO and GIT_TOKEN in appconfig.json")
+        raise ToolError(_safe(settings, f"git clone of {git_url(settings)} failed: {last}: check "
+                                        "GIT_USER, GIT_REPO and GIT_TOKEN in appconfig.json"))
     shutil.rmtree(staging / ".git", ignore_errors=True)
+
+
+def _safe(settings: Settings, message: str) -> str:
+    """No URL credentials and no secret in a message (git echoes the URL it was given)."""
+    return redact(message, settings.app.secrets())

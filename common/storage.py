@@ -111,11 +111,14 @@ class AzureBlobStore(BlobStore):
         return [BlobInfo(b.name, b.size, _md5(b.content_settings.content_md5))
                 for b in self.client.list_blobs(name_starts_with=prefix or None)]
 
-    def upload_file(self, source: Path, blob: str, md5: bytes) -> None:
+    def upload_file(self, source, blob: str, md5: bytes) -> None:  # source: BinaryIO, as in base.py
         # Block-list uploads get no service-side MD5: set it, so downloads can be verified.
-        with source.open("rb") as data:
-            self.client.upload_blob(blob, data, overwrite=True, max_concurrency=TRANSFER_CONCURRENCY,
-                                    content_settings=ContentSettings(content_md5=bytearray(md5)))
+        start = source.tell()
+        length = source.seek(0, 2) - start  # 2: from the end
+        source.seek(start)
+        self.client.upload_blob(blob, source, length=length, overwrite=True,
+                                max_concurrency=TRANSFER_CONCURRENCY,
+                                content_settings=ContentSettings(content_md5=bytearray(md5)))
 
     def download_blob(self, blob: BlobInfo, dest: Path) -> bytes | None:
         if blob.size <= BLOCK_SIZE:  # one request: hash in memory, no second read of the file

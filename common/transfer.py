@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from common.backends.base import BlobStore
 from common.model import BlobInfo
@@ -37,13 +37,30 @@ def md5_of(path: Path) -> bytes:
     return digest.digest()
 
 
-def upload_if_changed(store: BlobStore, source: Path, blob: str) -> bool:
-    """Upload unless the blob already holds these exact bytes; True if bytes were sent."""
-    md5 = md5_of(source)
-    size = source.stat().st_size
+def _md5_and_size(handle: BinaryIO) -> tuple[bytes, int]:
+    digest = hashlib.md5(usedforsecurity=False)
+    size = 0
+    handle.seek(0)
+    for block in iter(lambda: handle.read(CHUNK), b""):
+        digest.update(block)
+        size += len(block)
+    return digest.digest(), size
+
+
+def upload_if_changed(store: BlobStore, source: Path | BinaryIO, blob: str) -> bool:
+    """Upload unless the blob already holds these exact bytes; True if bytes were sent.
+
+    `source` is a file's path or a seekable binary file (e.g. an anonymous temporary file,
+    which leaves nothing behind if the process is killed); it is read from its start.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as handle:
+            return upload_if_changed(store, handle, blob)
+    md5, size = _md5_and_size(source)
     for existing in store.list_blobs(blob):
         if existing.name == blob and existing.size == size and existing.md5 == md5:
             return False
+    source.seek(0)
     store.upload_file(source, blob, md5)
     return True
 

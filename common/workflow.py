@@ -436,17 +436,24 @@ def _record_of(record: ManifestFile, job_id: str) -> JobRecord:
 
 
 def _upload_simulation(ctx: Context, store: BlobStore, record: ManifestFile) -> None:
-    sim = ctx.settings.sim
-    with tempfile.TemporaryDirectory(prefix="batch-sim-") as tmp:
+    sim, app = ctx.settings.sim, ctx.settings.app
+    # An anonymous file: nothing is left in the temporary folder whatever kills the process.
+    with tempfile.TemporaryFile(prefix="batch-sim-") as handle:
         ctx.step("pack", f"Packing {sim.local_sim_path}")
-        archive = build_archive(sim.local_sim_path, Path(tmp) / cp.SIM_ARCHIVE_BLOB,
-                                exclude=(sim.local_results_path, ctx.settings.app.local_storage_path))
+        # Refuses (exit 2) links leaving the folder, FIFOs, unreadable files and secrets.
+        archive = build_archive(sim.local_sim_path, handle,
+                                exclude=(sim.local_results_path, app.local_storage_path),
+                                exclude_files=(app.path,), secrets=app.secrets())
         ctx.ui.info(f"{archive.files} file(s), {archive.size:,} bytes")
         ctx.step("upload", f"Uploading to container {store.container} ({store.location})")
         if store.create():
             ctx.ui.info(f"created container {store.container}")
-        _upload(ctx, store, record, archive.path, cp.SIM_ARCHIVE_BLOB)
-        _upload(ctx, store, record, sim.path, cp.SIMCONFIG_BLOB)
+        record.uploaded(cp.SIM_ARCHIVE_BLOB)  # before the effect, as _upload does
+        if upload_if_changed(store, handle, cp.SIM_ARCHIVE_BLOB):
+            ctx.ui.info(f"uploaded {cp.SIM_ARCHIVE_BLOB} ({archive.size:,} bytes)")
+        else:
+            ctx.ui.info(f"{cp.SIM_ARCHIVE_BLOB} is unchanged in storage: nothing uploaded")
+    _upload(ctx, store, record, sim.path, cp.SIMCONFIG_BLOB)
 
 
 def rerun_failed(ctx: Context) -> Outcome:
@@ -602,10 +609,11 @@ def plan(ctx: Context, reducer: bool) -> Outcome:
         pool, job = cp.reducer_pool(settings, ids), cp.reducer_job(settings, ids)
     else:
         pool, job = cp.worker_pool(settings, ids), cp.worker_job(settings, ids)
-        with tempfile.TemporaryDirectory(prefix="batch-sim-") as tmp:
-            archive = build_archive(settings.sim.local_sim_path, Path(tmp) / cp.SIM_ARCHIVE_BLOB,
-                                    exclude=(settings.sim.local_results_path,
-                                             settings.app.local_storage_path))
+        sim, app = settings.sim, settings.app
+        with tempfile.TemporaryFile(prefix="batch-sim-") as handle:
+            archive = build_archive(sim.local_sim_path, handle,
+                                    exclude=(sim.local_results_path, app.local_storage_path),
+                                    exclude_files=(app.path,), secrets=app.secrets())
         ctx.ui.info(f"{cp.SIM_ARCHIVE_BLOB} would hold {archive.files} file(s), {archive.size:,} bytes")
     lines = [f"Dry run of {'the reducer' if reducer else 'campaign'} {settings.sim.sim_id} "
              f"({settings.backend} backend): nothing was created, uploaded or sent.",

@@ -72,7 +72,7 @@ def _no_secrets_in_environment(monkeypatch):
 
 
 def _snapshot(root: Path) -> dict[str, tuple[bool, int | None]]:
-    return {str(p.relative_to(root)): (p.is_dir(), None if p.is_dir() else p.stat().st_mtime_ns)
+    return {str(p.relative_to(root)): (p.is_dir(), None if p.is_dir() else p.lstat().st_mtime_ns)
             for p in root.rglob("*")}
 
 
@@ -767,3 +767,100 @@ def test_local_storage_path_that_is_a_file_is_refused(setup, capsys):
     setup.write(app=setup.app)
     code, lines = setup.run(capsys, "simconfig.json")
     assert code == EXIT_USAGE and "LOCAL_STORAGE_PATH" in lines[0]
+
+
+# ----------------------------------------------------------------------------- inputs that got through
+
+
+def _sim_text(setup: Setup, **raw: str) -> str:
+    """simconfig.json as text, with some values written raw (what json.dumps cannot write)."""
+    body = {k: v for k, v in setup.sim.items() if k not in raw}
+    text = json.dumps(body, indent=2)[:-2]
+    return text + "".join(f',\n  "{k}": {v}' for k, v in raw.items()) + "\n}\n"
+
+
+@pytest.mark.parametrize("key, raw, what", [
+    ("POOL_NODE_COUNT", "9" * 5000, "is a 5,000-digit number, outside 1..2000"),
+    ("TIMEOUT_MINUTES", "-" + "1" * 5000, "is a 5,000-digit number, outside the range"),
+    ("SIM_ID", "1" * 5000, "must be a string, not a number"),
+    ("OUTPUT_FILE_PATTERNS", "[" * 100_000 + "]" * 100_000, "is nested too deeply"),
+    ("SIM_ID", '"dup-one", "SIM_ID": "dup-two"', "is given twice"),
+])
+def test_raw_values_json_lets_through_are_refused(setup, capsys, key, raw, what):
+    setup.simconfig.write_text(_sim_text(setup, **{key: raw}))
+    code, lines = setup.run(capsys)
+    assert_one_error(code, lines, "simconfig.json", key, what)
+
+
+@pytest.mark.parametrize("file, key, value, what", [
+    ("sim", "LOCAL_SIM_PATH", "sim\x00/x", "contains a NUL character"),
+    ("sim", "RUN_SCRIPT", "main_run_script.sh\x00", "contains a NUL character"),
+    ("sim", "OUTPUT_FILE_PATTERNS", ["IsoSeed\x00*"], "contains a NUL character"),
+    ("app", "LOCAL_STORAGE_PATH", "store\x00", "contains a NUL character"),
+    ("sim", "LOCAL_SIM_PATH", "~nosuchuser4242/sim", "home folder of an unknown user"),
+    ("sim", "LOCAL_RESULTS_PATH", ".", "is the folder of simconfig.json itself"),
+    ("sim", "LOCAL_RESULTS_PATH", "sim/main_run_script.sh", "is a file, not a folder"),
+    ("app", "LOCAL_STORAGE_PATH", "sim", "is inside the simulation folder"),
+    ("app", "LOCAL_STORAGE_PATH", "sim/store", "is inside the simulation folder"),
+    ("app", "LOCAL_STORAGE_PATH", ".", "holds the simulation folder"),
+    ("app", "GIT_USER", "..", "is not a GitHub name"),
+    ("app", "GIT_REPO", ".", "is not a GitHub name"),
+])
+def test_values_that_got_through_are_refused(setup, capsys, file, key, value, what):
+    setup.write(**{file: {key: value}})
+    code, lines = setup.run(capsys)
+    name = "simconfig.json" if file == "sim" else "appconfig.json"
+    assert_one_error(code, lines, name, key, what)
+
+
+def test_a_pool_image_key_given_twice_is_named_with_its_setting(setup, capsys):
+    setup.appconfig.write_text('{"BACKEND": "local", "POOL_IMAGE": {"publisher": "a", "offer": "b", '
+                               '"sku": "c", "sku": "d"}}')
+    code, lines = setup.run(capsys)
+    assert_one_error(code, lines, "appconfig.json", "POOL_IMAGE", "has 'sku' twice")
+
+
+def _file_error(lines: list[str], file: str, *fragments: str) -> None:
+    assert len(lines) == 1, lines
+    match = FILE_LINE.match(lines[0])
+    assert match and match["file"] == file, lines
+    for fragment in fragments:
+        assert fragment in lines[0], lines
+
+
+def test_a_byte_order_mark_is_refused_with_the_right_fix(setup, capsys):
+    setup.simconfig.write_bytes(b"\xef\xbb\xbf" + setup.simconfig.read_bytes())
+    code, lines = setup.run(capsys)
+    assert code == EXIT_USAGE
+    _file_error(lines, "simconfig.json", "byte-order mark", "remove the byte-order mark")
+    assert "double quotes" not in lines[0]
+
+
+@pytest.mark.parametrize("where", ["--appconfig", "beside"])
+def test_an_appconfig_link_that_loops_is_refused(setup, capsys, where):
+    setup.appconfig.unlink()
+    if where == "beside":  # found by name, not skipped for ./appconfig.json elsewhere
+        setup.appconfig.symlink_to("appconfig.json")
+        code, lines = setup.run(capsys)
+        _file_error(lines, "appconfig.json", "is a link that loops")
+    else:
+        (setup.root / "loop.json").symlink_to("loop.json")
+        code, lines = setup.run(capsys, "simconfig.json", "--appconfig", "loop.json")
+        _file_error(lines, "loop.json", "is a link that loops")
+    assert code == EXIT_USAGE
+
+
+@pytest.mark.parametrize("name", ["simconfig.json", "appconfig.json"])
+def test_a_config_that_is_a_fifo_is_refused_without_hanging(setup, name):
+    (setup.root / name).unlink()
+    os.mkfifo(setup.root / name)  # reading it would wait for a writer forever
+    result = _subprocess(setup.root, "simconfig.json")  # a time limit: a hang fails the test
+    assert result.returncode == EXIT_USAGE
+    _file_error(["error: " + line[len("error: "):] for line in result.stderr.splitlines()], name,
+                "is a FIFO (named pipe), not a file")
+
+
+def test_git_base_url_credentials_are_never_echoed(setup, capsys):
+    code, lines = setup.write(app={"GIT_BASE_URL": "ftp://me:hunter2pw@git.example.org"}).run(capsys)
+    assert_one_error(code, lines, "appconfig.json", "GIT_BASE_URL", "is not a URL")
+    assert "hunter2pw" not in lines[0]

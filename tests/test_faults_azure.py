@@ -42,6 +42,11 @@ SIM_CHANGES = [
     ("OUTPUT_FILE_PATTERNS", ["../secret/*"]), ("POOL_VM_SIZE", DELETE), ("MAX_TASK_RETRIES", 1000),
     ("TASK_SLOTS_PER_NODE", 0), ("AUTO_DELETE_POOL", "yes"), ("SEED_PARAMETER_FILES", ["../x.txt"]),
     ("POOL_NODE_COUNTS", 4),
+    # got through before: a NUL reached the OS (ValueError), ~user raised RuntimeError, and
+    # "." made the downloads land among the configs
+    ("LOCAL_SIM_PATH", "examples/water\x00phantom"), ("RUN_SCRIPT", "run_simulation.sh\x00"),
+    ("OUTPUT_FILE_PATTERNS", ["Dose\x00*"]), ("LOCAL_SIM_PATH", "~nosuchuser4242/sim"),
+    ("LOCAL_RESULTS_PATH", "."), ("LOCAL_RESULTS_PATH", "simconfig.json"),
 ]
 APP_CHANGES = [
     ("BACKEND", "aws"), ("BACKEND", ["azure"]), ("BATCH_ACCOUNT_URL", "batch.example.com"),
@@ -50,6 +55,8 @@ APP_CHANGES = [
     ("WORKER_DOCKER_IMAGE", "UPPER/Case"), ("REDUCER_DOCKER_IMAGE", DELETE),
     ("POOL_IMAGE", {"publisher": "microsoft-dsvm"}), ("POOL_IMAGE", "ubuntu"),
     ("DOCKER_TOKEN", DELETE), ("STORAGE_ACCOUNT_URL", "ftp://x"), ("SIM_ID", "in-the-wrong-file"),
+    ("LOCAL_STORAGE_PATH", "store\x00"), ("LOCAL_STORAGE_PATH", "examples/water_phantom/store"),
+    ("GIT_USER", ".."),
 ]
 
 
@@ -108,8 +115,47 @@ def test_unreadable_and_malformed_files_send_nothing(az, capsys):
     refused(az, capsys, script=batch_data_reducer, argv=[str(az.root / "absent.json")])
 
 
+def _raw_simconfig(az: AzureCampaign, **raw: str) -> None:
+    """Write values json.dumps cannot: a 5,000-digit number, a key twice, 100,000 brackets."""
+    body = json.dumps({k: v for k, v in az.sim.items() if k not in raw}, indent=2)[:-2]
+    az.simconfig.write_text(body + "".join(f',\n  "{k}": {v}' for k, v in raw.items()) + "\n}\n")
+
+
+def _fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)  # read naively, it waits for a writer forever
+
+
+def _loop(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.name)
+
+
+# (what, file named in the line, key named or None, how to break the campaign)
+FILE_CHANGES = [
+    ("5,000 digits", "simconfig.json", "POOL_NODE_COUNT",
+     lambda az: _raw_simconfig(az, POOL_NODE_COUNT="7" * 5000)),
+    ("a key twice", "simconfig.json", "SIM_ID",
+     lambda az: _raw_simconfig(az, SIM_ID='"first-id", "SIM_ID": "second-id"')),
+    ("nested 100,000 deep", "simconfig.json", "OUTPUT_FILE_PATTERNS",
+     lambda az: _raw_simconfig(az, OUTPUT_FILE_PATTERNS="[" * 100_000 + "]" * 100_000)),
+    ("byte-order mark", "simconfig.json", None,
+     lambda az: az.simconfig.write_bytes(b"\xef\xbb\xbf" + az.simconfig.read_bytes())),
+    ("a FIFO", "simconfig.json", None, lambda az: _fifo(az.simconfig)),
+    ("a link that loops", "appconfig.json", None, lambda az: _loop(az.root / "appconfig.json")),
+]
+
+
+@pytest.mark.parametrize("what, file, key, change", FILE_CHANGES, ids=[c[0] for c in FILE_CHANGES])
+def test_malformed_config_files_send_nothing(az, capsys, monkeypatch, what, file, key, change):
+    monkeypatch.chdir(az.root)
+    change(az)
+    [line] = refused(az, capsys, argv=["simconfig.json"])
+    assert line.startswith(f"error: {file}: {key}: " if key else f"error: {file}: "), line
+
+
 def test_at_least_25_malformed_inputs_are_covered():
-    assert len(SIM_CHANGES) + len(APP_CHANGES) + 5 + 5 >= 25
+    assert len(SIM_CHANGES) + len(APP_CHANGES) + len(FILE_CHANGES) + 5 + 5 >= 25
 
 
 # ---------------------------------------------------------------------------- transient faults

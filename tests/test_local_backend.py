@@ -137,10 +137,12 @@ def test_inputs_are_staged_like_resource_files(backend, tmp_path):
     for name in ("in.txt", "nodes_output/run1/a.csv", "nodes_output/run2/b.csv"):
         source = tmp_path / "src"
         source.write_text(name)
-        store.upload_file(source, name, b"")
+        with source.open("rb") as handle:
+            store.upload_file(handle, name, b"")
     inputs = (InputFile("in.txt"), InputFile("nodes_output/"))
     outputs = (cp.output_under("listing.txt", "out/", SUCCESS),)
-    run_job(backend, [shell_task(1, "find . -type f | sort > listing.txt", outputs, inputs)])
+    # touch first: find and the redirection to sort run at once, and find may come first
+    run_job(backend, [shell_task(1, "touch listing.txt; find . -type f | sort > listing.txt", outputs, inputs)])
     listing = (store.folder / "out/listing.txt").read_text().split()
     assert listing == ["./in.txt", "./listing.txt", "./nodes_output/run1/a.csv",
                        "./nodes_output/run2/b.csv"]
@@ -201,3 +203,125 @@ def test_failed_task_is_retried_up_to_max_retries(backend, tmp_path):
     run_job(backend, [task])
     assert backend.task_counts("job").succeeded == 1
     assert counter.read_text().count("x") == 3
+
+
+# ---------------------------------------------------------------------------- outputs stay inside
+
+
+RUN1 = "nodes_output/run1/"
+
+
+def test_an_output_link_leaving_the_working_directory_is_not_followed(backend, tmp_path):
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$hash\n")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "data.csv").write_text("outside\n")
+    outputs = (cp.output_under("*.txt", RUN1, SUCCESS), cp.output_under("sub/*.csv", RUN1, SUCCESS),
+               cp.output_under("../std*.txt", RUN1, COMPLETION))
+    command = (f"echo kept > real.txt; ln -s real.txt alias.txt; ln -s {secret} leak.txt; "
+               f"ln -s {outside} sub")
+    run_job(backend, [shell_task(1, command, outputs)])
+    store = backend.blob_store("box")
+    names = sorted(b.name for b in store.list_blobs())
+    assert names == [RUN1 + "alias.txt", RUN1 + "real.txt", RUN1 + "stderr.txt", RUN1 + "stdout.txt"]
+    assert (store.folder / RUN1 / "alias.txt").read_text() == "kept\n"  # a link inside: its file
+    [failure] = backend.task_failures("job")
+    assert failure.failure_code == "FileUploadError"
+    assert "leak.txt is a link to" in failure.failure_message
+    assert "sub/data.csv is a link to" in failure.failure_message
+    blobs = b"".join(p.read_bytes() for p in store.folder.rglob("*") if p.is_file())
+    assert b"root:$6$hash" not in blobs and b"outside" not in blobs
+
+
+def test_an_output_fifo_fails_the_task_instead_of_hanging_the_agent(backend):
+    outputs = (cp.output_under("*.dat", RUN1, SUCCESS),)
+    run_job(backend, [shell_task(1, "mkfifo pipe.dat; echo x > ok.dat", outputs)])
+    [failure] = backend.task_failures("job")
+    assert "pipe.dat is a FIFO" in failure.failure_message
+    assert [b.name for b in backend.blob_store("box").list_blobs()] == [RUN1 + "ok.dat"]
+
+
+def test_two_patterns_bringing_files_to_one_name_fail_the_task_naming_both(backend):
+    outputs = (cp.output_under("a/*.csv", RUN1, SUCCESS), cp.output_under("b/*.csv", RUN1, SUCCESS),
+               cp.output_under("*.log", RUN1, SUCCESS), cp.output_under("x.log", RUN1, SUCCESS))
+    command = "mkdir a b; echo A > a/dose.csv; echo B > b/dose.csv; echo same > x.log"
+    run_job(backend, [shell_task(1, command, outputs)])
+    [failure] = backend.task_failures("job")
+    assert failure.failure_code == "FileUploadError"
+    assert "'a/*.csv' and 'b/*.csv' both bring a file to 'nodes_output/run1/dose.csv'" in \
+        failure.failure_message
+    store = backend.blob_store("box")
+    # neither dose.csv overwrote the other; one file matched by two patterns is no collision
+    assert [b.name for b in store.list_blobs()] == [RUN1 + "x.log"]
+
+
+# ---------------------------------------------------------------------------- tasks die with the agent
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, only not yet reaped
+
+
+def _start_tree(backend, tmp_path) -> tuple[Path, list[int]]:
+    """A running task with a child in its own session (out of reach of the task's group)."""
+    pids = tmp_path / "pids"
+    command = (f"setsid sleep 300 & echo $! >> {pids}; sleep 300 & echo $! >> {pids}; "
+               f"echo $$ >> {pids}; wait")
+    backend.prepare_pool(PoolSpec("pool", 1, None, None), lambda _: None)
+    backend.submit_job(JobSpec("job", "pool", "box", (shell_task(1, command),)), lambda _: None)
+    deadline = time.monotonic() + 30
+    while not pids.exists() or len(pids.read_text().split()) < 3:
+        assert time.monotonic() < deadline, "the task did not start"
+        time.sleep(0.05)
+    pool = backend.root / "pools" / "pool"
+    return pool, [int(p) for p in pids.read_text().split()]
+
+
+def _wait_dead(pids: list[int]) -> None:
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() < deadline, f"still running: {[p for p in pids if _alive(p)]}"
+        time.sleep(0.05)
+
+
+def test_a_sigkilled_agent_takes_its_tasks_with_it(backend, tmp_path):
+    import os
+    import signal
+    pool, pids = _start_tree(backend, tmp_path)
+    assert all(_alive(p) for p in pids)
+    os.kill(int((pool / "agent.pid").read_text()), signal.SIGKILL)
+    _wait_dead(pids)  # its reaper killed them, with nobody polling
+    counts = backend.task_counts("job")  # a new agent reports the task lost
+    deadline = time.monotonic() + 30
+    while counts.failed != 1:
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.05)
+        counts = backend.task_counts("job")
+    [failure] = backend.task_failures("job")
+    assert failure.failure_code == "NodeAgentLost"
+
+
+@pytest.mark.parametrize("then", ["next-agent", "delete-pool"])
+def test_tasks_of_an_agent_killed_with_its_reaper_die_before_being_reported_lost(backend, tmp_path,
+                                                                                then):
+    import os
+    import signal
+    pool, pids = _start_tree(backend, tmp_path)
+    os.kill(int((pool / "reaper.pid").read_text()), signal.SIGKILL)
+    os.kill(int((pool / "agent.pid").read_text()), signal.SIGKILL)
+    time.sleep(0.5)  # not an assertion: lets a would-be survivor show itself
+    assert any(_alive(p) for p in pids)  # nobody was left to kill them
+    if then == "delete-pool":
+        backend.delete_pool("pool")
+        _wait_dead(pids)
+        return
+    deadline = time.monotonic() + 30
+    while backend.task_counts("job").failed != 1:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    _wait_dead(pids)  # the new agent killed them (before reporting the task lost)

@@ -10,7 +10,7 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import BinaryIO, Callable, Iterable
 
 from common.model import BlobInfo, JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure
 
@@ -40,8 +40,12 @@ class BlobStore(ABC):
         """Every blob whose name starts with `prefix`, with its size and MD5 when known."""
 
     @abstractmethod
-    def upload_file(self, source: Path, blob: str, md5: bytes) -> None:
-        """Store the file as `blob` (replacing it), recording `md5` as its Content-MD5."""
+    def upload_file(self, source: BinaryIO, blob: str, md5: bytes) -> None:
+        """Store the bytes of the open file `source`, from its current position to its end, as
+        `blob` (replacing it), recording `md5` as its Content-MD5. The caller closes `source`.
+
+        An open file rather than a path: the simulation zip is an anonymous temporary file,
+        which nothing can leave behind, whatever kills the process."""
 
     @abstractmethod
     def download_blob(self, blob: BlobInfo, dest: Path) -> bytes | None:

@@ -14,10 +14,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable
 
 from common.backends import local_layout as lay
 from common.backends.base import Backend, BlobStore, StatusCallback
+from common.backends.local_reaper import kill_marked
 from common.config import SECRET_KEYS
 from common.errors import ToolError
 from common.model import BlobInfo, JobSpec, PoolSpec, TaskCounts, TaskFailure
@@ -57,11 +58,12 @@ class LocalBlobStore(BlobStore):
                 found.append(BlobInfo(name, path.stat().st_size, md5_of(path)))
         return found
 
-    def upload_file(self, source: Path, blob: str, md5: bytes) -> None:
+    def upload_file(self, source: BinaryIO, blob: str, md5: bytes) -> None:
         target = self.folder / blob
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.uploading")
-        shutil.copyfile(source, partial)
+        with partial.open("wb") as handle:
+            shutil.copyfileobj(source, handle, 1 << 20)
         os.replace(partial, target)
 
     def download_blob(self, blob: BlobInfo, dest: Path) -> bytes | None:
@@ -101,6 +103,8 @@ class LocalBackend(Backend):
     def __init__(self, root: Path, cpus: int | None = None) -> None:
         self.root = root
         self.cpus = cpus or usable_cpus()
+        self._job_dirs: dict[str, Path] = {}
+        self._totals: dict[Path, tuple[tuple[int, int], int]] = {}  # job -> (job.json stamp, tasks)
 
     # -- storage -----------------------------------------------------------------------
 
@@ -159,8 +163,27 @@ class LocalBackend(Backend):
     # -- jobs --------------------------------------------------------------------------
 
     def _job(self, job_id: str) -> Path | None:
+        known = self._job_dirs.get(job_id)
+        if known is not None and (known / "job.json").exists():
+            return known
         found = list(self.root.glob(f"pools/*/jobs/{job_id}/job.json"))
-        return found[0].parent if found else None
+        if not found:
+            return None
+        self._job_dirs[job_id] = found[0].parent
+        return found[0].parent
+
+    def _task_total(self, jdir: Path) -> int:
+        """How many tasks the job has; job.json (every task id) is parsed only when it changes."""
+        try:
+            status = (jdir / "job.json").stat()
+        except FileNotFoundError:
+            return 0
+        stamp = (status.st_ino, status.st_mtime_ns)
+        cached = self._totals.get(jdir)
+        if cached is None or cached[0] != stamp:
+            cached = (stamp, len((lay.read_json(jdir / "job.json") or {}).get("tasks", [])))
+            self._totals[jdir] = cached
+        return cached[1]
 
     def submit_job(self, job: JobSpec, on_status: StatusCallback) -> str:
         if job.auto_pool is not None:  # nothing bills here: a pool per job, kept like any other
@@ -202,16 +225,19 @@ class LocalBackend(Backend):
         return jdir, states
 
     def task_counts(self, job_id: str, exact: bool = False) -> TaskCounts:
-        jdir, states = self._states(job_id)
-        counts = {"active": 0, "running": 0, "succeeded": 0, "failed": 0}
-        for _, state in states:
-            if state.get("state") == lay.COMPLETED:
-                counts["succeeded" if state.get("result") == "success" else "failed"] += 1
-            else:
-                counts["running" if state.get("state") == lay.RUNNING else "active"] += 1
-        if counts["active"] or counts["running"]:
+        """One small file the agent keeps (counts.json), not every task's state: a poll costs
+        the same for 5 tasks and for 5,000."""
+        jdir = self._job(job_id)
+        if jdir is None:
+            raise ToolError(f"local job {job_id} does not exist")
+        tally = lay.read_json(jdir / "counts.json") or {}
+        unseen = max(0, self._task_total(jdir) - tally.get("known", 0))  # not yet picked up
+        counts = TaskCounts(active=tally.get(lay.ACTIVE, 0) + unseen,
+                            running=tally.get(lay.RUNNING, 0),
+                            succeeded=tally.get(lay.SUCCEEDED, 0), failed=tally.get(lay.FAILED, 0))
+        if counts.active or counts.running:
             self._ensure_agent(jdir.parent.parent)  # an agent that idled out or died resumes
-        return TaskCounts(**counts)
+        return counts
 
     def task_failures(self, job_id: str) -> list[TaskFailure]:
         jdir, states = self._states(job_id)
@@ -251,6 +277,8 @@ class LocalBackend(Backend):
         pool = lay.pool_dir(self.root, pool_id)
         if not pool.exists():
             return
+        if not self._agent_alive(pool):  # a dead agent's tasks may still run: they go too
+            kill_marked(pool.resolve())
         if self._agent_alive(pool):
             pid = int((pool / "agent.pid").read_text() or 0)
             if pid > 0:

@@ -23,13 +23,17 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path, PurePosixPath
 
 from common.backends import local_layout as lay
+from common.backends.local_reaper import MARK_VARIABLE, agent_mark, kill_marked, start_reaper
 from common.model import SUCCESS, OutputFile, TaskSpec
+from common.packaging import NotAllowed, open_inside
 
 POLL_SECONDS = 0.05
 KILL_GRACE_SECONDS = 3.0
+RECENT_NS = 2_000_000_000
 IDLE_SECONDS = float(os.environ.get("LOCALBATCH_AGENT_IDLE_SECONDS", "600"))
 _WILDCARD = re.compile(r"[*?\[]")
 
@@ -53,11 +57,19 @@ class Agent:
         self.preparing: dict[Path, threading.Lock] = {}  # job -> held while its prep runs
         self.stopping = threading.Event()
         self.last_busy = now()
+        self.mark = agent_mark(pool, f"{os.getpid()}-{uuid.uuid4().hex[:12]}")
+        self.tallies: dict[Path, dict[str, int]] = {}  # job -> counts, written to counts.json
+        self.dirty: set[Path] = set()
+        self.containers: dict[Path, Path] = {}
+        self.jobs: list[Path] = []  # job folders, listed again when jobs/ changes
+        self.stamps: dict[Path, int | None] = {}  # folder -> mtime at the last look
 
     # -- discovery ---------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Tasks a dead agent left 'running' cannot be followed any more: fail them."""
+        """Tasks a dead agent left 'running' cannot be followed any more: kill whatever of them
+        still runs (its reaper may have died with it), then fail them."""
+        kill_marked(self.pool, spare=self.mark)
         for state_file in self.pool.glob("jobs/*/tasks/*/state.json"):
             state = lay.read_json(state_file) or {}
             if state.get("state") == lay.RUNNING:
@@ -74,13 +86,47 @@ class Agent:
             self.seen_batches.add(batch)
             job = batch.parent.parent
             for task_id in lay.read_json(batch) or []:
-                if not (lay.task_dir(job, task_id) / "state.json").exists():
+                state = lay.read_json(lay.task_dir(job, task_id) / "state.json")
+                self.tally(job, None, lay.bucket(state))  # counted before a slot can take it
+                if state is None:
                     self.queue.put((job, task_id))
 
+    # -- counts ------------------------------------------------------------------------
+
+    def tally(self, job: Path, old: str | None, new: str) -> None:
+        """Move one task between counts; the client reads them in one file (counts.json)."""
+        with self.lock:
+            counts = self.tallies.setdefault(job, dict.fromkeys(lay.COUNT_KEYS, 0))
+            if old is None:
+                counts["known"] += 1
+            else:
+                counts[old] -= 1
+            counts[new] += 1
+            self.dirty.add(job)
+
+    def flush_counts(self) -> None:
+        with self.lock:
+            changed = {job: dict(self.tallies[job]) for job in self.dirty}
+            self.dirty.clear()
+        for job, counts in changed.items():
+            if job not in self.deleted_jobs:
+                lay.write_counts(job, counts)
+
+    def anything_new(self) -> bool:
+        """Whether a job or a batch of tasks may have come since the last look: a few stat()
+        calls, not a glob, 20 times a second. A folder changed within the last seconds counts
+        as changed, since a second change in the same clock tick leaves its mtime as it was."""
+        jobs = self.pool / "jobs"
+        stamps = {folder: _mtime(folder) for folder in [jobs, *(j / "queue" for j in self.jobs)]}
+        if stamps.get(jobs) != self.stamps.get(jobs) or _recent(stamps.get(jobs)):
+            self.jobs = sorted(p for p in jobs.iterdir() if p.is_dir()) if jobs.is_dir() else []
+        changed = stamps != self.stamps or any(_recent(s) for s in stamps.values())
+        self.stamps = stamps
+        return changed
+
     def handle_deletions(self) -> None:
-        for marker in self.pool.glob("jobs/*/DELETE"):
-            job = marker.parent
-            if job in self.deleted_jobs:
+        for job in self.jobs:
+            if job in self.deleted_jobs or not (job / "DELETE").exists():
                 continue
             self.deleted_jobs.add(job)
             self.kill(lambda task: task.parent.parent == job)
@@ -110,10 +156,13 @@ class Agent:
     def run_task(self, job: Path, task_id: str, node_id: str) -> None:
         tdir = lay.task_dir(job, task_id)
         task = lay.task_from_json(lay.read_json(tdir / "task.json"))
-        container = self.storage_root / (lay.read_json(job / "job.json") or {})["container"]
+        if job not in self.containers:  # job.json lists every task id: read it once
+            self.containers[job] = self.storage_root / (lay.read_json(job / "job.json") or {})["container"]
+        container = self.containers[job]
         wd = tdir / "wd"
         state = {"state": lay.RUNNING, "node_id": node_id, "start_time": now()}
         lay.write_json(tdir / "state.json", state)
+        self.tally(job, lay.ACTIVE, lay.RUNNING)
         prepared = self.prepare(job, container, node_id)
         if prepared is not None:
             self.finish(tdir, state, None, "JobPreparationFailed", prepared)
@@ -153,9 +202,12 @@ class Agent:
                     code = self.execute(job, pdir, task, self.task_env(job, pdir, task, node_id))
                 except OSError as exc:
                     code, state["failure_message"] = None, f"input not staged: {exc}"
-                self.finish(pdir, state, code, None if code == 0 else "JobPreparationFailed",
-                            state.get("failure_message") or
-                            _last_line(pdir / "stderr.txt", f"exit code {code}"))
+                state.update(state=lay.COMPLETED, result="success" if code == 0 else "failure",
+                             exit_code=code, end_time=now(),
+                             failure_code=None if code == 0 else "JobPreparationFailed",
+                             failure_message=None if code == 0 else state.get("failure_message")
+                             or _last_line(pdir / "stderr.txt", f"exit code {code}"))
+                lay.write_json(pdir / "state.json", state)  # not a task: no count changes
         state = lay.read_json(pdir / "state.json") or {}
         if state.get("result") == "success":
             return None
@@ -181,7 +233,8 @@ class Agent:
         ok = code == 0 and failure_code is None
         state.update(state=lay.COMPLETED, result="success" if ok else "failure", exit_code=code,
                      failure_code=failure_code, failure_message=failure_message, end_time=now())
-        lay.write_json(tdir / "state.json", state)
+        lay.write_json(tdir / "state.json", state)  # before the count: a reader of counts.json
+        self.tally(tdir.parent.parent, lay.RUNNING, lay.bucket(state))  # finds the state there
 
     def task_env(self, job: Path, tdir: Path, task: TaskSpec, node_id: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -196,6 +249,7 @@ class Agent:
             "AZ_BATCH_JOB_PREP_WORKING_DIR": str(job / "prep" / "wd"),
         })
         env.update(dict(task.environment))
+        env[MARK_VARIABLE] = self.mark  # inherited by all it starts: see local_reaper.py
         # Tasks call `python3`: make it the interpreter (and venv) the tool itself runs in.
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env.pop("PYTHONPATH", None)
@@ -227,11 +281,26 @@ class Agent:
         for thread in threads:
             thread.start()
         while not self.stopping.is_set() and self.pool.exists() and not self.idle():
-            self.discover()
+            if self.anything_new():
+                self.discover()
             self.handle_deletions()
+            self.flush_counts()
             time.sleep(POLL_SECONDS)
         self.stopping.set()
         self.kill(lambda task: True)
+        kill_marked(self.pool, only=self.mark)  # what left the tasks' process groups
+        self.flush_counts()
+
+
+def _mtime(folder: Path) -> int | None:
+    try:
+        return folder.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+def _recent(stamp: int | None) -> bool:
+    return stamp is not None and time.time_ns() - stamp < RECENT_NS
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:
@@ -271,32 +340,66 @@ def _copy(source: Path, target: Path) -> None:
 
 
 def matching_files(wd: Path, pattern: str) -> list[tuple[Path, str]]:
-    """Files matching an output pattern, each with its path below the pattern's fixed part."""
+    """What an output pattern matches (files, links, FIFOs: not folders), each with its path
+    below the pattern's fixed part. Links are not followed here: see _upload."""
     parts = PurePosixPath(pattern).parts
     fixed = []
     for part in parts:
         if _WILDCARD.search(part):
             break
         fixed.append(part)
-    base = (wd.joinpath(*fixed)).resolve()
+    base = Path(os.path.normpath(wd.joinpath(*fixed)))
     rest = "/".join(parts[len(fixed):])
     if not rest:
-        return [(base, base.name)] if base.is_file() else []
-    return sorted((f, f.relative_to(base).as_posix()) for f in base.glob(rest) if f.is_file())
+        return [(base, base.name)] if os.path.lexists(base) and not base.is_dir() else []
+    return sorted((f, f.relative_to(base).as_posix()) for f in base.glob(rest) if not f.is_dir())
+
+
+def _confinement(tdir: Path, pattern: str) -> str:
+    """The folder no output may come from outside of: the working directory, or the task's
+    folder for the tool's own `../stdout.txt` patterns (users' patterns cannot leave wd)."""
+    root = tdir if pattern.startswith("../") else tdir / "wd"
+    return os.path.realpath(root)
 
 
 def collect_outputs(task: TaskSpec, tdir: Path, container: Path,
                     succeeded: bool) -> tuple[str | None, str | None]:
-    """Copy output files to the container; (failure code, message) if an upload failed."""
+    """Copy output files to the container; (failure code, message) if any was not copied.
+
+    A link is followed only while it stays inside the working directory, and two patterns
+    bringing two files to one blob name copy neither (nothing is overwritten silently)."""
+    chosen: dict[str, tuple[str, Path, str]] = {}  # blob -> (pattern, path, confinement)
+    problems: list[str] = []
     for output in task.outputs:
         if output.when == SUCCESS and not succeeded:
             continue
-        try:
-            for path, relative in matching_files(tdir / "wd", output.pattern):
-                _upload(path, container, _blob_name(output, relative))
-        except OSError as exc:
-            return "FileUploadError", f"output {output.pattern!r} not uploaded: {exc}"
+        root = _confinement(tdir, output.pattern)
+        for path, relative in matching_files(tdir / "wd", output.pattern):
+            blob = _blob_name(output, relative)
+            earlier = chosen.get(blob)
+            if earlier is None:
+                chosen[blob] = (output.pattern, path, root)
+            elif os.path.realpath(earlier[1]) != os.path.realpath(path):
+                problems.append(f"outputs {earlier[0]!r} and {output.pattern!r} both bring a file "
+                                f"to {blob!r}: neither was kept; rename one, or make the patterns "
+                                "match different files")
+                chosen[blob] = (earlier[0], earlier[1], "")  # "" marks the name as taken twice
+    for blob, (pattern, path, root) in chosen.items():
+        if root:
+            problems += _upload_one(pattern, path, root, container, blob)
+    if problems:
+        return "FileUploadError", "; ".join(problems)
     return None, None
+
+
+def _upload_one(pattern: str, path: Path, root: str, container: Path, blob: str) -> list[str]:
+    try:
+        _upload(path, root, container, blob)
+    except NotAllowed as refused:
+        return [f"output {pattern!r}: {os.path.relpath(path, root)} {refused.what}: not kept"]
+    except OSError as exc:
+        return [f"output {pattern!r} not uploaded: {exc}"]
+    return []
 
 
 def _blob_name(output: OutputFile, relative: str) -> str:
@@ -305,11 +408,13 @@ def _blob_name(output: OutputFile, relative: str) -> str:
     return output.destination
 
 
-def _upload(source: Path, container: Path, blob: str) -> None:
-    target = container / blob
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.uploading")
-    shutil.copyfile(source, partial)
+def _upload(source: Path, root: str, container: Path, blob: str) -> None:
+    with open_inside(source, root) as handle:  # never a link out of root, never a FIFO
+        target = container / blob
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.uploading")
+        with partial.open("wb") as out:
+            shutil.copyfileobj(handle, out, 1 << 20)
     os.replace(partial, target)
 
 
@@ -322,6 +427,7 @@ def main(argv: list[str]) -> int:
         return 0  # another agent serves this pool
     (pool / "agent.pid").write_text(str(os.getpid()))
     agent = Agent(pool)
+    reaper_pipe = start_reaper(pool, agent.mark)  # noqa: F841  # open until this process ends
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     agent.serve()

@@ -6,6 +6,7 @@
     <root>/pools/<pool>/jobs/<job>/job.json           the job's spec (container, task ids)
     <root>/pools/<pool>/jobs/<job>/queue/<n>.json     task ids handed to the agent, in order
     <root>/pools/<pool>/jobs/<job>/DELETE             asks the agent to stop the job's tasks
+    <root>/pools/<pool>/jobs/<job>/counts.json        task counts, kept by the agent
     <root>/pools/<pool>/jobs/<job>/tasks/<task>/      task.json, state.json, stdout.txt,
                                                       stderr.txt and wd/ (its working dir)
 
@@ -23,6 +24,9 @@ from typing import Any
 from common.model import InputFile, OutputFile, TaskSpec
 
 ACTIVE, RUNNING, COMPLETED = "active", "running", "completed"
+SUCCEEDED, FAILED = "succeeded", "failed"
+# counts.json: tasks the agent knows of, by state (a task it has not seen yet is active).
+COUNT_KEYS = ("known", ACTIVE, RUNNING, SUCCEEDED, FAILED)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -38,6 +42,29 @@ def read_json(path: Path) -> Any | None:
         return json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def bucket(state: dict[str, Any] | None) -> str:
+    """Which count a task's state.json puts it in."""
+    if not state:
+        return ACTIVE
+    if state.get("state") == COMPLETED:
+        return SUCCEEDED if state.get("result") == "success" else FAILED
+    return RUNNING if state.get("state") == RUNNING else ACTIVE
+
+
+def write_counts(job: Path, counts: dict[str, int]) -> None:
+    """Like write_json, but never creates the job folder again once it has been deleted."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=job, prefix=".tmp-", suffix=".json")
+    except FileNotFoundError:
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(counts, handle)
+    try:
+        os.replace(tmp, job / "counts.json")
+    except FileNotFoundError:
+        pass
 
 
 def storage_dir(root: Path, container: str) -> Path:
