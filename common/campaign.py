@@ -204,21 +204,26 @@ def worker_job(settings: Settings, ids: CampaignIds, indices: tuple[int, ...] | 
                 tasks, settings.app.worker_docker_image, worker_preparation(settings))
 
 
-def reducer_command(reducer_script: str) -> str:
-    """Merge every run folder into nodes_output/results/.
+def reducer_command(reducer_script: str, leave_out: tuple[int, ...] = (),
+                    merge_options: tuple[str, ...] = ()) -> str:
+    """Merge every run folder (but those left out: failed, or not wanted) into
+    nodes_output/results/.
 
     A user's script gets the original's arguments: the worker outputs folder and the simconfig.
     """
     lines = ["set -e", f'cp -R "{PREPARED}/{REDUCER_FOLDER}" {REDUCER_FOLDER}',
              f'cp "{PREPARED}/{SIMCONFIG_BLOB}" {SIMCONFIG_BLOB}', f"mkdir -p {RESULTS_PREFIX}"]
+    if leave_out:
+        lines.append("rm -rf " + " ".join(run_prefix(i).rstrip("/") for i in leave_out))
     if reducer_script == BUILTIN_TOPAS:
         # The merge needs numpy; a plain Python image (python:3.12-slim) gets it from PyPI.
         # matplotlib only draws the pictures: without it the merge still runs, and says so.
         lines.append('python3 -c "import numpy" 2>/dev/null || python3 -m pip install --quiet numpy')
         lines.append('python3 -c "import matplotlib" 2>/dev/null || '
                      'python3 -m pip install --quiet matplotlib || true')
+        options = "".join(f"{shlex.quote(o)} " for o in merge_options)
         lines.append(f'PYTHONPATH="$PWD/{REDUCER_FOLDER}" exec python3 -m common.topas merge '
-                     f'--out {RESULTS_PREFIX} {OUTPUT_PREFIX}run*/')
+                     f'{options}--out {RESULTS_PREFIX} {OUTPUT_PREFIX}run*/')
     else:
         script = shlex.quote(f"./{reducer_script}")
         lines += ['wd="$PWD"', f"cd {REDUCER_FOLDER}", f"chmod +x {script}",
@@ -231,13 +236,15 @@ def reducer_pool(settings: Settings, ids: CampaignIds) -> PoolSpec:
                     image=settings.app.reducer_docker_image)
 
 
-def reducer_job(settings: Settings, ids: CampaignIds) -> JobSpec:
+def reducer_job(settings: Settings, ids: CampaignIds, leave_out: tuple[int, ...] = (),
+                merge_options: tuple[str, ...] = ()) -> JobSpec:
     script = settings.sim.reducer_script or BUILTIN_TOPAS
     task = TaskSpec(
         task_id="reducer",
         index=0,
-        command=reducer_command(script),
-        inputs=(InputFile(OUTPUT_PREFIX),),
+        command=reducer_command(script, leave_out, merge_options),
+        # the run folders only: an earlier merged result (results/) is not an input
+        inputs=(InputFile(OUTPUT_PREFIX + "run", prefix=True),),
         outputs=(OutputFile(f"{RESULTS_PREFIX}**/*", RESULTS_PREFIX, SUCCESS),
                  OutputFile("../stdout.txt", f"{RESULTS_PREFIX}reducer_stdout.txt", COMPLETION),
                  OutputFile("../stderr.txt", f"{RESULTS_PREFIX}reducer_stderr.txt", COMPLETION)),

@@ -27,8 +27,8 @@ from common.signals import Terminated, signals_as_interrupts
 from common.ui import Ui
 from common.manifest import REDUCER as REDUCER_JOBS
 from common.manifest import WORKERS
-from common.workflow import (Context, Outcome, attach, cleanup, plan, rerun_failed, run_reducer,
-                             run_simulation, status)
+from common.workflow import (Context, Options, Outcome, attach, cleanup, plan, rerun_failed,
+                             run_reducer, run_simulation, status)
 
 RUNNER, REDUCER = "runner", "reducer"
 _DESCRIPTIONS = {
@@ -82,6 +82,17 @@ def build_parser(script: str) -> argparse.ArgumentParser:
         modes.add_argument("--rerun-failed", action="store_true",
                            help="resubmit only the failed tasks of the last run (same index and "
                                 "seed, new task ids), wait, and ask the cleanup questions")
+        parser.add_argument("--overwrite", action="store_true",
+                            help="replace runs of the campaign that already exist (the same task "
+                                 "indices); their earlier local copies and the old merged result "
+                                 "are moved aside, not deleted")
+    else:
+        parser.add_argument("--allow-partial", action="store_true",
+                            help="merge the runs that are there when some the campaign expects "
+                                 "failed or are missing (the summary names the runs merged)")
+        parser.add_argument("--allow-inconsistent", action="store_true",
+                            help="built-in merge: merge runs that disagree with the others "
+                                 "statistically instead of stopping (the summary records them)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print more detail, and a traceback on unexpected errors")
     return parser
@@ -116,8 +127,12 @@ def _run(script: str, argv: Sequence[str], console: Console) -> Outcome:
     backend = get_backend(settings, say=ui.warn, debug=ui.debug if args.verbose else None)
     workflow: Callable[[Context], Outcome] = run_simulation if script == RUNNER else run_reducer
     try:
+        options = Options(overwrite=getattr(args, "overwrite", False),
+                          allow_partial=getattr(args, "allow_partial", False),
+                          allow_inconsistent=getattr(args, "allow_inconsistent", False),
+                          script=script)
         ctx = Context(settings=settings, backend=backend, prompter=_prompter(args, ui), ui=ui,
-                      poll_seconds=backend.poll_seconds)
+                      poll_seconds=backend.poll_seconds, options=options)
         kind = REDUCER_JOBS if script == REDUCER else WORKERS
         if args.dry_run:
             return plan(ctx, reducer=script == REDUCER)

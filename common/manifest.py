@@ -51,6 +51,7 @@ class JobRecord:
     job_deleted: bool = False
     pool_deleted: bool = False
     failed_indices: tuple[int, ...] = ()  # task indices that failed, kept after the job is gone
+    succeeded: bool = False  # every task succeeded (a reducer's result exists)
 
 
 @dataclass(frozen=True)
@@ -155,9 +156,9 @@ def _job(data: Any, index: int) -> JobRecord:
         _batch_id(task_id, f"{where}task_ids[{number}]")
     if len(task_ids) != len(indices):
         raise _Bad(f"{where}task_ids", "does not match task_indices")
-    flags = {k: data.get(k, False) for k in ("auto_pool", "job_deleted", "pool_deleted")}
+    flags = {k: data.get(k, False) for k in ("auto_pool", "job_deleted", "pool_deleted", "succeeded")}
     if not all(isinstance(v, bool) for v in flags.values()):
-        raise _Bad(where.rstrip("."), "auto_pool, job_deleted and pool_deleted must be true or false")
+        raise _Bad(where.rstrip("."), f"{', '.join(flags)} must be true or false")
     return JobRecord(job_id=_batch_id(data.get("job_id"), f"{where}job_id"), kind=kind,
                      pool_id=None if pool is None else _batch_id(pool, f"{where}pool_id"),
                      task_ids=task_ids, task_indices=tuple(indices),

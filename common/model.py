@@ -30,10 +30,11 @@ class InputFile:
 
     blob: str
     path: str = "."
+    prefix: bool = False  # every blob whose name starts with `blob` (a trailing '/' says so too)
 
     @property
     def is_prefix(self) -> bool:
-        return self.blob.endswith("/")
+        return self.prefix or self.blob.endswith("/")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ def describe(settings: Settings) -> str:
         return "the built-in TOPAS merge (builtin:topas)"
     if sim.reducer_path is not None:
         return f"{sim.reducer_script} from {sim.reducer_path}"
-    return f"{sim.reducer_script} from git repository {app.git_user}/{app.git_repo}"
+    return f"{sim.reducer_script} from git repository {redact(git_url(settings))}"
 
 
 def build_reducer_archive(settings: Settings, workdir: Path) -> Archive:

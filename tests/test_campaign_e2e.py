@@ -45,7 +45,6 @@ def test_example_campaign_end_to_end(example, script_env, tmp_path):
     runner = run(RUNNER, [simconfig, "--no-input"], script_env, elsewhere)
     assert runner.returncode == 0, runner.stderr
     assert "4 of 4 task(s) succeeded" in runner.stdout
-    assert f"Next: python batch_data_reducer.py {simconfig}" in runner.stdout
     assert "Delete storage container water-phantom-example? The reducer" in runner.stderr
     results = example / "examples" / "water_phantom" / "nodes_output"
     runs = sorted(p.name for p in results.iterdir())
@@ -53,7 +52,14 @@ def test_example_campaign_end_to_end(example, script_env, tmp_path):
     seeds = {(results / r / "stdout.txt").read_text().split("SIM_SEED: ")[1].split()[0] for r in runs}
     assert len(seeds) == 4
 
-    reducer = run(REDUCER, [simconfig, "--no-input"], script_env, elsewhere)
+    # The "Next:" line runs as printed: this interpreter, outside any activated venv.
+    [next_command] = [line[len("Next: "):] for line in runner.stdout.splitlines()
+                      if line.startswith("Next: ")]
+    assert "batch_data_reducer.py" in next_command and not next_command.startswith("python ")
+    bare = {k: v for k, v in script_env.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
+    bare["PATH"] = "/usr/bin:/bin"
+    reducer = subprocess.run(next_command + " --no-input", shell=True, cwd=elsewhere, env=bare,
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=300)
     assert reducer.returncode == 0, reducer.stderr
     merged = read_scorer(results / "results" / "DoseAtPhantom.csv")
     parts = [read_scorer(results / r / "DoseAtPhantom.csv") for r in runs]
@@ -74,7 +80,8 @@ def _zip_names(example: Path) -> list[str]:
 
 def test_second_upload_of_an_unchanged_folder_sends_nothing(campaign, script_env):
     first = run(RUNNER, [str(campaign.simconfig), "--no-input"], script_env, campaign.root)
-    second = run(RUNNER, [str(campaign.simconfig), "--no-input"], script_env, campaign.root)
+    second = run(RUNNER, [str(campaign.simconfig), "--no-input", "--overwrite"], script_env,
+                 campaign.root)
     assert first.returncode == second.returncode == 0, second.stderr
     assert "uploaded SIM_DIR.zip" in first.stderr
     assert "SIM_DIR.zip is unchanged in storage: nothing uploaded" in second.stderr
@@ -136,9 +143,9 @@ def test_timeout_ends_with_exit_1_and_cleans_up(campaign, script_env):
 def test_reducer_without_worker_outputs_says_what_to_run(campaign, script_env):
     result = run(REDUCER, [str(campaign.simconfig), "--no-input"], script_env, campaign.root)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        "error: container tiny-campaign does not exist on the local backend: run "
-        "batch_simulation_runner.py for tiny-campaign first")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: container tiny-campaign does not exist on the local backend: run `")
+    assert last.endswith("batch_simulation_runner.py simconfig.json` first")
 
 
 def test_starting_node_adds_runs_without_overwriting(campaign, script_env):

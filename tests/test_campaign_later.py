@@ -83,7 +83,7 @@ def test_rerun_failed_resubmits_only_the_failed_tasks(campaign, script_env):
         'echo "value $1 seed $SIM_SEED" > "out_$1.txt"\n')
     first = run(campaign, script_env, "--no-input")
     assert first.returncode == 1
-    assert "Rerun the failed tasks: python batch_simulation_runner.py" in first.stdout
+    assert "Rerun the failed tasks: " in first.stdout and "batch_simulation_runner.py simconfig.json --rerun-failed" in first.stdout
     assert not (campaign.results / "run2" / "out_2.txt").exists()
     fixed.touch()
     rerun = run(campaign, script_env, "--rerun-failed", "--no-input")

@@ -323,10 +323,12 @@ def stage_inputs(task: TaskSpec, container: Path, wd: Path) -> None:
     wd.mkdir(parents=True, exist_ok=True)
     for item in task.inputs:
         base = wd / item.path
-        if item.is_prefix:
-            for source in sorted(container.glob(item.blob + "**/*")):
-                if source.is_file():
-                    _copy(source, base / source.relative_to(container))
+        if item.is_prefix:  # every blob whose name starts with the prefix, as Batch lists them
+            folder, _, start = item.blob.rpartition("/")
+            for source in sorted((container / folder).rglob("*") if (container / folder).is_dir() else []):
+                name = source.relative_to(container).as_posix()
+                if source.is_file() and name.startswith(item.blob):
+                    _copy(source, base / name)
         else:
             source = container / item.blob
             if not source.is_file():

@@ -1,0 +1,178 @@
+"""Jobs on the compute service: start one, wait for every task, say what went wrong.
+
+Waiting trusts nothing that cannot be checked: Batch's task counts "may not always be up to
+date", so counts that do not account for every submitted task never end the wait; a pool
+whose nodes cannot run tasks, or whose job preparation failed everywhere, ends it at once
+in the service's words. Failure reports read the tasks' stderr from storage, which outlives
+the nodes (an auto pool's nodes are gone when its job ends).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+from common import campaign as cp
+from common.backends.base import BlobStore
+from common.errors import ToolError
+from common.manifest import REDUCER, JobRecord, ManifestFile
+from common.model import JobSpec, PoolSpec, TaskCounts, TaskFailure
+from common.ui import counts_text
+from common.workflow.context import Context, billing_mode
+
+STDERR_TAIL_LINES = 10
+LOG_NAMES = ("stdout.txt", "stderr.txt")
+
+
+def start_job(ctx: Context, record: ManifestFile, pool: PoolSpec, job: JobSpec, kind: str) -> None:
+    """Create (or reuse) the pool, submit the job; the manifest knows each before it exists."""
+    entry = JobRecord(job_id=job.job_id, kind=kind, pool_id=None if job.auto_pool else pool.pool_id,
+                      task_ids=tuple(t.task_id for t in job.tasks),
+                      task_indices=tuple(t.index for t in job.tasks), auto_pool=bool(job.auto_pool))
+    record.add_job(entry)
+    if job.auto_pool is None:
+        ctx.step("pool", f"Preparing pool {pool.pool_id}")
+        ctx.backend.prepare_pool(pool, ctx.ui.info)
+    ctx.step("submit", f"Submitting job {job.job_id} with {len(job.tasks)} task(s)")
+    ctx.ui.info(billing_mode(ctx, job))
+    pool_id = ctx.backend.submit_job(replace(job, owner=ctx.run_token), ctx.ui.info)
+    record.change_job(job.job_id, pool_id=pool_id)
+
+
+def wait(ctx: Context, job_id: str, total: int, pool_id: str | None = None) -> TaskCounts | None:
+    """Until every one of the `total` tasks submitted has completed, or the timeout (None)."""
+    minutes = ctx.settings.sim.timeout_minutes
+    ctx.step("wait", f"Waiting for {total} task(s) (timeout {minutes:g} min; Ctrl-C to stop waiting)")
+    deadline = ctx.clock() + minutes * 60
+    next_check, said = ctx.clock(), set()  # a first look at the nodes at once, then now and then
+    with ctx.ui.task_progress(total, "tasks") as update:
+        while True:
+            counts = current_counts(ctx, job_id, total, said)
+            update(counts)
+            if counts.completed >= total:
+                return counts
+            if ctx.clock() >= next_check:
+                check_progress(ctx, job_id, pool_id, counts, said)
+                next_check = ctx.clock() + ctx.backend.health_seconds
+            if ctx.clock() >= deadline:
+                ctx.ui.error(f"timed out after {minutes:g} minutes: {counts_text(counts)}")
+                return None
+            ctx.sleep(ctx.poll_seconds)
+
+
+def current_counts(ctx: Context, job_id: str, total: int, said: set[str]) -> TaskCounts:
+    """The service's counts, or — when they leave tasks out — an exact count of the tasks."""
+    counts = ctx.backend.task_counts(job_id)
+    if counts.completed < total and not counts.active and not counts.running:
+        counts = ctx.backend.task_counts(job_id, exact=True)
+    if counts_text(counts) not in said:
+        said.add(counts_text(counts))
+        ctx.ui.debug(f"task states: {counts_text(counts)}")
+    return counts
+
+
+def check_progress(ctx: Context, job_id: str, pool_id: str | None, counts: TaskCounts,
+                   said: set[str]) -> None:
+    """Stop waiting at once when no node can run the tasks that wait; say, once, what is
+    wrong with some nodes while the others carry on."""
+    health = ctx.backend.pool_health(pool_id) if pool_id else None
+    problems = []
+    if health is not None:
+        problems += [f"pool {pool_id}: {e}" for e in health.resize_errors]
+        if health.broken:
+            problems.append(f"pool {pool_id}: {health.broken} node(s) cannot run tasks ({health.text()})")
+        if health.dead and counts.active:
+            extra = f"; {'; '.join(health.resize_errors)}" if health.resize_errors else ""
+            raise ToolError(f"pool {pool_id}: no node can run the {counts.active} waiting "
+                            f"task(s) ({health.text()}{extra})")
+    preparations = ctx.backend.preparation_failures(job_id) if counts.active and not counts.running else []
+    words = [f"{f.task_id}: {failure_text(f)}" + (f" | {f.stderr_tail[-1]}" if f.stderr_tail else "")
+             for f in preparations]
+    if preparations and (health is None or len(preparations) >= health.usable):
+        raise ToolError(f"the job preparation task failed, so no task can start: {words[0]}",
+                        *words[1:3])
+    for problem in problems + words:
+        if problem not in said:
+            ctx.ui.warn(f"{problem} — the campaign goes on with the other nodes")
+            said.add(problem)
+
+
+def failure_text(failure: TaskFailure) -> str:
+    code = "no exit code" if failure.exit_code is None else f"exit code {failure.exit_code}"
+    info = f" [{failure.failure_code}: {failure.failure_message}]" if failure.failure_code else ""
+    return code + info
+
+
+def report_failures(ctx: Context, store: BlobStore, job: JobRecord,
+                    counts: TaskCounts) -> list[TaskFailure]:
+    """Each failed task with the end of its stderr, read from the output blobs."""
+    if not counts.failed:
+        return []
+    failures = ctx.backend.task_failures(job.job_id)
+    index_of = dict(zip(job.task_ids, job.task_indices))
+    ctx.ui.error(f"{len(failures)} of {len(job.task_ids)} task(s) failed:")
+    for failure in failures:
+        ctx.ui.info(f"{failure.task_id}: {failure_text(failure)}")
+        tail = failure.stderr_tail or tuple(stderr_tail(store, job, index_of.get(failure.task_id)))
+        for line in tail:
+            ctx.ui.info(f"    | {line}")
+    return failures
+
+
+def stderr_tail(store: BlobStore, job: JobRecord, index: int | None) -> list[str]:
+    if job.kind == REDUCER:
+        blob = f"{cp.RESULTS_PREFIX}reducer_stderr.txt"
+    elif index is None:
+        return []
+    else:
+        blob = f"{cp.run_prefix(index)}stderr.txt"
+    return store.read_tail(blob).splitlines()[-STDERR_TAIL_LINES:]
+
+
+# ---------------------------------------------------------------------------- outputs
+
+
+def pattern_regex(pattern: str) -> re.Pattern[str]:
+    """The blob names (below the run's prefix) that files matching an output pattern get:
+    the pattern's fixed leading folders are dropped when it has a wildcard, as Batch does."""
+    parts = [p for p in pattern.split("/") if p not in ("", ".")]
+    wild = [i for i, p in enumerate(parts) if re.search(r"[*?\[]", p)]
+    if not wild:
+        return re.compile(re.escape("/".join(parts)) + r"\Z")
+    rest, text = parts[wild[0]:], ""
+    for number, part in enumerate(rest):
+        last = number == len(rest) - 1
+        if part == "**":
+            text += "(?:[^/]+/)*" if not last else ".*"
+            continue
+        piece = re.escape(part).replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        piece = re.sub(r"\\\[(!?)(.*?)\\\]", lambda m: "[" + ("^" if m.group(1) else "") + m.group(2).replace("\\", "") + "]", piece)
+        text += piece + ("" if last else "/")
+    return re.compile(text + r"\Z")
+
+
+def missing_outputs(store: BlobStore, job: JobRecord, patterns: tuple[str, ...],
+                    failed: set[int]) -> dict[int, list[str]]:
+    """For each task that succeeded, the output patterns that matched no file: a task that
+    exits 0 but whose pattern is misspelt ("Dose.cvs") produced nothing to merge."""
+    found: dict[int, list[str]] = {}
+    names: dict[int, list[str]] = {}
+    for blob in store.list_blobs(cp.OUTPUT_PREFIX):
+        head, _, rest = blob.name[len(cp.OUTPUT_PREFIX):].partition("/")
+        if head.startswith("run") and head[3:].isdigit() and rest and rest not in LOG_NAMES:
+            names.setdefault(int(head[3:]), []).append(rest)
+    regexes = [(p, pattern_regex(p)) for p in patterns]
+    for index in sorted(set(job.task_indices) - failed):
+        lacking = [p for p, regex in regexes if not any(regex.match(n) for n in names.get(index, []))]
+        if lacking:
+            found[index] = lacking
+    return found
+
+
+def report_missing_outputs(ctx: Context, missing: dict[int, list[str]]) -> None:
+    if not missing:
+        return
+    ctx.ui.error(f"{len(missing)} task(s) succeeded but wrote no file for an output pattern:")
+    for index, patterns in sorted(missing.items())[:20]:
+        shown = ", ".join(repr(p) for p in patterns)
+        ctx.ui.info(f"task-{index}: nothing matched {shown} (kept: {cp.run_prefix(index)}"
+                    "stdout.txt, stderr.txt) — check OUTPUT_FILE_PATTERNS in the simconfig")

@@ -1,0 +1,95 @@
+"""What every step of a workflow gets (Context), what it ends with (Outcome), and the few
+facts about the run that several steps word alike: billing, the commands to run next."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+from common import campaign as cp
+from common.backends.base import Backend
+from common.config import Settings
+from common.manifest import JobRecord, manifest_path
+from common.model import JobSpec
+from common.prompts import Prompter
+from common.ui import Ui
+
+_SCRIPTS = Path(__file__).resolve().parents[2]  # where the two scripts live
+
+
+@dataclass(frozen=True)
+class Options:
+    """What the command line asked for beyond the configuration."""
+
+    overwrite: bool = False  # runner: replace runs that exist (old merged result set aside)
+    allow_partial: bool = False  # reducer: merge the runs that are there, name the others
+    allow_inconsistent: bool = False  # reducer: merge runs that disagree, and record it
+    script: str = "runner"  # which script runs: "runner" or "reducer"
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    backend: Backend
+    prompter: Prompter
+    ui: Ui
+    started: datetime = field(default_factory=datetime.now)
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    poll_seconds: float = 1.0
+    # Test hook: called with each step's name before it runs (fault injection).
+    before_step: Callable[[str], None] = lambda step: None
+    # Marks the jobs this run creates (so a resent creation knows its own job) and its claim
+    # on the manifest (so a second runner knows the campaign is busy).
+    run_token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    options: Options = field(default_factory=Options)
+
+    @property
+    def ids(self) -> cp.CampaignIds:
+        return cp.CampaignIds(self.settings.sim.sim_id, self.started.strftime("%Y%m%d%H%M%S"))
+
+    @property
+    def manifest_path(self) -> Path:
+        return manifest_path(self.settings.sim.path, self.settings.sim.sim_id)
+
+    def step(self, name: str, text: str) -> None:
+        self.before_step(name)
+        self.ui.step(text)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    exit_code: int
+    summary: tuple[str, ...]
+
+
+def billing_mode(ctx: Context, job: JobSpec | JobRecord) -> str:
+    if ctx.backend.name == "local":
+        return "billing: none (local backend)"
+    if job.auto_pool:
+        return "billing safety: on — Batch deletes the pool when the job ends, even if this script dies"
+    return "billing safety: off (AUTO_DELETE_POOL false) — the pool bills until it is deleted"
+
+
+def _shortest(path: Path) -> str:
+    """A path as typed from here: relative when that is shorter."""
+    absolute = str(path)
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return absolute
+    return relative if len(relative) < len(absolute) else absolute
+
+
+def command(ctx: Context, script: str, *arguments: str) -> str:
+    """A command line that runs here: this interpreter (the venv's), the script, the simconfig
+    — so "Next:" lines work when pasted, outside an activated venv too."""
+    name = "batch_simulation_runner.py" if script == "runner" else "batch_data_reducer.py"
+    parts = [_shortest(Path(sys.executable)), _shortest(_SCRIPTS / name),
+             _shortest(ctx.settings.sim.path), *arguments]
+    return " ".join(f"'{p}'" if " " in p else p for p in parts)

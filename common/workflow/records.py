@@ -1,0 +1,90 @@
+"""Opening the campaign's manifest for a script, and refusing to start what would collide.
+
+A script claims the manifest while it runs (common/manifest.py); a second runner on the same
+campaign finds the claim, or a job of the campaign still active, and stops at once with exit
+2 — before it creates anything — naming the job and the ways on (--attach, --cleanup).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from contextlib import contextmanager
+from typing import Iterator
+
+from common.errors import ToolError
+from common.manifest import (REDUCER, WORKERS, JobRecord, Manifest, ManifestFile, RunClaim,
+                             check_belongs, load)
+from common.workflow.context import Context, command
+
+ACTIVE = "active"
+
+
+def existing(ctx: Context) -> ManifestFile:
+    """The campaign's manifest, checked; a ToolError when there is none."""
+    found = load(ctx.manifest_path)
+    if found is None:
+        raise ToolError(f"no campaign manifest at {ctx.manifest_path}: nothing to pick up for "
+                        f"{ctx.settings.sim.sim_id} (it is written when a campaign starts)")
+    check_belongs(found, ctx.manifest_path, ctx.settings.sim.sim_id, ctx.settings.backend)
+    ctx.ui.info(f"campaign manifest: {ctx.manifest_path}")
+    return ManifestFile(ctx.manifest_path, found)
+
+
+def active_jobs(ctx: Context, manifest: Manifest, kind: str | None = None) -> list[JobRecord]:
+    """Jobs of the campaign (of `kind`) the service still runs: asked, not assumed."""
+    return [job for job in manifest.jobs if (kind is None or job.kind == kind)
+            and not job.job_deleted and ctx.backend.job_state(job.job_id) == ACTIVE]
+
+
+def refuse_if_busy(ctx: Context, kind: str) -> None:
+    """Exit 2, before anything is created, when another script works on the campaign or a job
+    of this kind still runs."""
+    found = load(ctx.manifest_path)
+    if found is None:
+        return
+    check_belongs(found, ctx.manifest_path, ctx.settings.sim.sim_id, ctx.settings.backend)
+    busy = [c for c in found.claims if c.script in ("runner", "reducer") and c.alive()]
+    if busy:
+        claim = busy[0]
+        raise ToolError(f"campaign {found.sim_id} is in use by another {claim.script} "
+                        f"(pid {claim.pid} on {claim.host}, since {claim.started}): let it "
+                        "finish, or stop it first", exit_code=2)
+    running = active_jobs(ctx, found, WORKERS if kind == WORKERS else None)
+    if running:
+        job = running[0]
+        script = "runner" if job.kind == WORKERS else "reducer"
+        raise ToolError(
+            f"campaign {found.sim_id}: job {job.job_id} is still running: wait for it with "
+            f"`{command(ctx, script, '--attach')}`, or stop it and settle with "
+            f"`{command(ctx, script, '--cleanup')}`", exit_code=2)
+
+
+@contextmanager
+def claimed(ctx: Context, record: ManifestFile, script: str) -> Iterator[None]:
+    """This script's claim on the manifest, for as long as it runs."""
+    record.claim(RunClaim(ctx.run_token, os.getpid(), socket.gethostname(), script))
+    try:
+        yield
+    finally:
+        try:
+            record.release(ctx.run_token)
+        except (OSError, ToolError):
+            pass  # a manifest that went away cannot hold a claim either
+
+
+def open_for_run(ctx: Context) -> ManifestFile:
+    """The manifest of a new run (created, or continued for this SIM_ID)."""
+    existing_manifest = load(ctx.manifest_path)
+    if existing_manifest is not None:
+        check_belongs(existing_manifest, ctx.manifest_path, ctx.settings.sim.sim_id,
+                      ctx.settings.backend)
+    fresh = Manifest(sim_id=ctx.settings.sim.sim_id, backend=ctx.settings.backend,
+                     container=ctx.ids.container, simconfig=str(ctx.settings.sim.path))
+    record = ManifestFile.open(ctx.manifest_path, fresh)
+    ctx.ui.info(f"campaign manifest: {record.path}")
+    return record
+
+
+def reducer_has_run(manifest: Manifest) -> bool:
+    """Whether a reducer job of the campaign succeeded (its merged result exists)."""
+    return any(j.kind == REDUCER and j.succeeded for j in manifest.jobs)

@@ -1,0 +1,102 @@
+"""Picking a campaign up again from its manifest: --attach, --cleanup, --status.
+
+The manifest is read, not obeyed (common/manifest.py checks every field); what it names is
+asked of the service before anything is done with it.
+"""
+from __future__ import annotations
+
+from common import campaign as cp
+from common.errors import EXIT_FAILED, EXIT_OK, ToolError
+from common.manifest import JobRecord, Manifest
+from common.ui import counts_text
+from common.workflow.compute import LOG_NAMES, wait
+from common.workflow.context import Context, Outcome
+from common.workflow.ending import cleanup_questions, finish
+from common.workflow.records import claimed, existing
+from common.workflow.safety import costly, guarded
+
+
+def attach(ctx: Context, kind: str) -> Outcome:
+    """Wait for a campaign started earlier (no new pool, job or tasks), then the questions."""
+    record = existing(ctx)
+    job = record.manifest.latest(kind)
+    if job is None or job.job_deleted:
+        raise ToolError(f"campaign {ctx.settings.sim.sim_id} has no {kind} job to attach to "
+                        f"(manifest {record.path})")
+    if ctx.backend.job_state(job.job_id) is None:
+        raise ToolError(f"job {job.job_id} no longer exists on the {ctx.backend.name} backend; "
+                        "run --cleanup to settle the rest")
+    ctx.ui.step(f"Attaching to job {job.job_id} ({len(job.task_ids)} task(s))")
+    store = ctx.backend.blob_store(record.manifest.container)
+    with claimed(ctx, record, "attach"):
+        counts = guarded(ctx, record, kind, {job.job_id},
+                         lambda: wait(ctx, job.job_id, len(job.task_ids), job.pool_id))
+        return finish(ctx, store, record, job, counts)
+
+
+def cleanup(ctx: Context, kind: str) -> Outcome:
+    """Only the cleanup questions, for a campaign of any age, from its manifest."""
+    record = existing(ctx)
+    for job in costly(record, kind):  # what is already gone needs no question
+        if ctx.backend.job_state(job.job_id) is None:
+            gone = job.auto_pool or not job.pool_id or not ctx.backend.pool_exists(job.pool_id)
+            record.change_job(job.job_id, job_deleted=True, pool_deleted=gone or job.pool_deleted)
+    store = ctx.backend.blob_store(record.manifest.container)
+    with claimed(ctx, record, "cleanup"):
+        ending = cleanup_questions(ctx, store, record, kind, None)
+    left = costly(record, kind)
+    lines = [f"Cleanup of {ctx.settings.sim.sim_id} ({kind}): "
+             + ("nothing left that bills." if not left else
+                "still exist: " + ", ".join(j.job_id for j in left) + ".")]
+    if ending.downloaded_to:
+        lines.append(f"  downloaded to: {ending.downloaded_to}")
+    lines.append(f"  container {store.container}: "
+                 + ("deleted" if ending.container_deleted or not store.exists() else "kept"))
+    return Outcome(EXIT_OK if ending.download_ok else EXIT_FAILED, tuple(lines))
+
+
+def status(ctx: Context) -> Outcome:
+    """The campaign's task counts and what still exists, from the manifest; changes nothing."""
+    record = existing(ctx)
+    manifest = record.manifest
+    lines = [f"Campaign {manifest.sim_id} ({manifest.backend} backend), started {manifest.created}",
+             f"  manifest: {record.path}"]
+    lines += [_job_line(ctx, job) for job in manifest.jobs]
+    lines.append(_container_line(ctx, manifest))
+    lines += [f"  downloaded to: {folder}" for folder in manifest.downloads]
+    return Outcome(EXIT_OK, tuple(lines))
+
+
+def _job_line(ctx: Context, job: JobRecord) -> str:
+    state = ctx.backend.job_state(job.job_id)
+    pool = job.pool_id or "(auto pool)"
+    pool_state = ("deleted with the job" if job.auto_pool and state is None else
+                  "exists" if job.pool_id and ctx.backend.pool_exists(job.pool_id) else "gone")
+    if state is None:
+        gone = "deleted by this tool" if job.job_deleted else "gone"
+        failed = f", {len(job.failed_indices)} task(s) had failed" if job.failed_indices else ""
+        return f"  {job.kind} job {job.job_id}: {gone}{failed}; pool {pool}: {pool_state}"
+    counts = counts_text(ctx.backend.task_counts(job.job_id))
+    return f"  {job.kind} job {job.job_id}: {state} ({counts}); pool {pool}: {pool_state}"
+
+
+def _container_line(ctx: Context, manifest: Manifest) -> str:
+    """What the container holds, counted as a user thinks of it: results per run folder,
+    the tasks' logs apart, the merged result apart."""
+    store = ctx.backend.blob_store(manifest.container)
+    if not store.exists():
+        return f"  container {manifest.container}: gone"
+    runs: set[str] = set()
+    outputs = logs = merged = 0
+    for blob in store.list_blobs(cp.OUTPUT_PREFIX):
+        if blob.name.startswith(cp.RESULTS_PREFIX):
+            merged += 1
+            continue
+        head, _, rest = blob.name[len(cp.OUTPUT_PREFIX):].partition("/")
+        runs.add(head)
+        if rest in LOG_NAMES:
+            logs += 1
+        else:
+            outputs += 1
+    return (f"  container {manifest.container}: {outputs} output file(s) in {len(runs)} run "
+            f"folder(s) (and {logs} log file(s)), {merged} merged result file(s)")

@@ -1,0 +1,182 @@
+"""batch_simulation_runner.py: pack and upload the simulation, run one task per index, wait,
+report, ask the cleanup questions — and --rerun-failed.
+
+Before it creates anything the runner refuses (exit 2) what would collide: another runner on
+the campaign, a job of it still running, or runs that already exist (a changed parameter
+would silently overwrite them) unless --overwrite is given or STARTING_NODE adds new ones.
+When runs are added or replaced, the old merged result no longer describes them: it is
+removed from storage and set aside locally, never left beside the new runs.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import BinaryIO
+
+from common import campaign as cp
+from common.backends.base import BlobStore
+from common.errors import EXIT_OK, ToolError
+from common.manifest import WORKERS, ManifestFile
+from common.model import JobSpec, TaskCounts
+from common.packaging import Archive, build_archive
+from common.transfer import upload_if_changed
+from common.workflow.compute import start_job, wait
+from common.workflow.context import Context, Outcome
+from common.workflow.ending import finish
+from common.workflow.records import claimed, existing, open_for_run, refuse_if_busy
+from common.workflow.safety import guarded
+
+
+def run_simulation(ctx: Context) -> Outcome:
+    settings, ids, sim = ctx.settings, ctx.ids, ctx.settings.sim
+    ctx.ui.step(f"Campaign {sim.sim_id}: {sim.task_count} task(s) on {sim.pool_node_count} "
+                f"node(s), {settings.backend} backend")
+    refuse_if_busy(ctx, WORKERS)
+    store = ctx.backend.blob_store(ids.container)
+    replaced = runs_in_the_way(ctx, store, tuple(sim.task_indices))
+    with tempfile.TemporaryFile(prefix="batch-sim-") as handle:
+        archive = pack(ctx, handle)  # refuses (exit 2) before the manifest or anything exists
+        record = open_for_run(ctx)
+        with claimed(ctx, record, "runner"):
+            guarded(ctx, record, WORKERS, set(), lambda: upload_simulation(ctx, store, record, handle, archive))
+            set_aside_old_results(ctx, store, record, replaced)
+            return run_worker_job(ctx, store, record, cp.worker_job(settings, ids))
+
+
+def run_worker_job(ctx: Context, store: BlobStore, record: ManifestFile, job: JobSpec) -> Outcome:
+    pool = cp.worker_pool(ctx.settings, ctx.ids)
+
+    def compute() -> TaskCounts | None:
+        start_job(ctx, record, pool, job, WORKERS)
+        return wait(ctx, job.job_id, len(job.tasks), record.manifest.job(job.job_id).pool_id)
+    counts = guarded(ctx, record, WORKERS, {job.job_id}, compute)
+    return finish(ctx, store, record, record.manifest.job(job.job_id), counts)
+
+
+def pack(ctx: Context, handle: BinaryIO) -> Archive:
+    sim, app = ctx.settings.sim, ctx.settings.app
+    ctx.step("pack", f"Packing {sim.local_sim_path}")
+    # An anonymous file: nothing is left in the temporary folder whatever kills the process.
+    # Refuses (exit 2) links leaving the folder, FIFOs, unreadable files and secrets.
+    archive = build_archive(sim.local_sim_path, handle,
+                            exclude=(sim.local_results_path, app.local_storage_path),
+                            exclude_files=(app.path,), secrets=app.secrets())
+    ctx.ui.info(f"{archive.files} file(s), {archive.size:,} bytes")
+    return archive
+
+
+def upload_simulation(ctx: Context, store: BlobStore, record: ManifestFile, handle: BinaryIO,
+                      archive: Archive) -> None:
+    ctx.step("upload", f"Uploading to container {store.container} ({store.location})")
+    if store.create():
+        ctx.ui.info(f"created container {store.container}")
+    upload(ctx, store, record, handle, cp.SIM_ARCHIVE_BLOB, archive.size)
+    upload(ctx, store, record, ctx.settings.sim.path, cp.SIMCONFIG_BLOB)
+
+
+def upload(ctx: Context, store: BlobStore, record: ManifestFile, source: Path | BinaryIO,
+           blob: str, size: int | None = None) -> None:
+    record.uploaded(blob)  # before the effect: a crash mid-upload still leaves it on record
+    if size is None and isinstance(source, Path):
+        size = source.stat().st_size
+    if upload_if_changed(store, source, blob):
+        ctx.ui.info(f"uploaded {blob} ({size:,} bytes)")
+    else:
+        ctx.ui.info(f"{blob} is unchanged in storage: nothing uploaded")
+
+
+# ---------------------------------------------------------------------------- runs in the way
+
+
+def _existing_runs(ctx: Context, store: BlobStore) -> set[int]:
+    """Run folders that hold anything: in the container, or downloaded here."""
+    found = set()
+    if store.exists():
+        for blob in store.list_blobs(cp.OUTPUT_PREFIX):
+            head = blob.name[len(cp.OUTPUT_PREFIX):].split("/", 1)[0]
+            if head.startswith("run") and head[3:].isdigit():
+                found.add(int(head[3:]))
+    local = ctx.settings.sim.local_results_path
+    if local.is_dir():
+        found |= {int(p.name[3:]) for p in local.iterdir()
+                  if p.is_dir() and p.name.startswith("run") and p.name[3:].isdigit()}
+    return found
+
+
+def runs_text(indices: list[int] | set[int]) -> str:
+    """run1..run4, run7: runs named compactly."""
+    ordered, parts = sorted(indices), []
+    start = previous = None
+    for index in ordered + [None]:  # type: ignore[list-item]
+        if index is not None and previous is not None and index == previous + 1:
+            previous = index
+            continue
+        if start is not None:
+            parts.append(f"run{start}" if start == previous else f"run{start}..run{previous}")
+        start = previous = index
+    return ", ".join(parts)
+
+
+def runs_in_the_way(ctx: Context, store: BlobStore, indices: tuple[int, ...]) -> list[int]:
+    """The runs this campaign would overwrite; exit 2 unless --overwrite allows it."""
+    existing_runs = _existing_runs(ctx, store)
+    colliding = sorted(existing_runs & set(indices))
+    if colliding and not ctx.options.overwrite:
+        raise ToolError(
+            f"campaign {ctx.settings.sim.sim_id} already has {runs_text(colliding)} (container "
+            f"{store.container} or {ctx.settings.sim.local_results_path}): running again would "
+            f"overwrite them: pass --overwrite to replace them, or set STARTING_NODE to "
+            f"{max(existing_runs) + 1} in the simconfig to add new runs", exit_code=2)
+    return colliding if existing_runs else []
+
+
+def set_aside_old_results(ctx: Context, store: BlobStore, record: ManifestFile,
+                          replaced: list[int]) -> None:
+    """Runs replaced (--overwrite) go; a merged result of the earlier runs no longer describes
+    the campaign: both leave storage and are moved aside here (never deleted locally)."""
+    blobs = [b.name for b in store.list_blobs(cp.RESULTS_PREFIX)] if store.exists() else []
+    blobs += [b.name for i in replaced for b in store.list_blobs(cp.run_prefix(i))]
+    if blobs:
+        store.delete_blobs(blobs)
+        record.note(f"removed {len(blobs)} blob(s) of replaced runs and of the old merged result")
+        ctx.ui.info(f"removed the old merged result and replaced runs from storage ({len(blobs)} file(s))")
+    local = ctx.settings.sim.local_results_path
+    old = [local / "results"] + [local / f"run{i}" for i in replaced]
+    old = [p for p in old if p.exists()]
+    if old:
+        aside = local / f"replaced-{ctx.ids.stamp}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for path in old:
+            shutil.move(str(path), str(aside / path.name))
+        ctx.ui.info(f"moved the earlier local copies aside: {aside}")
+
+
+# ---------------------------------------------------------------------------- --rerun-failed
+
+
+def rerun_failed(ctx: Context) -> Outcome:
+    """Resubmit only the failed tasks of the latest worker job (failed, or succeeded without
+    their outputs): same index and seed, new task ids."""
+    record = existing(ctx)
+    last = record.manifest.latest(WORKERS)
+    if last is None:
+        raise ToolError(f"campaign {ctx.settings.sim.sim_id} has no worker job to rerun")
+    refuse_if_busy(ctx, WORKERS)
+    failed = set(last.failed_indices)
+    if ctx.backend.job_state(last.job_id) is not None:  # the live answer, if the job is still there
+        live = {f.task_id for f in ctx.backend.task_failures(last.job_id)}
+        failed |= {i for t, i in zip(last.task_ids, last.task_indices) if t in live}
+    indices = tuple(sorted(failed))
+    if not indices:
+        return Outcome(EXIT_OK, (f"Job {last.job_id} has no failed task: nothing to rerun.",))
+    retry = sum(1 for j in record.manifest.jobs if j.kind == WORKERS)  # the first job was 0
+    ctx.ui.step(f"Rerunning {len(indices)} failed task(s) of {last.job_id}: "
+                + ", ".join(f"task-{i}" for i in indices))
+    job = cp.worker_job(ctx.settings, ctx.ids, indices=indices, retry=retry)
+    store = ctx.backend.blob_store(ctx.ids.container)
+    if not store.exists():
+        raise ToolError(f"container {store.container} is gone: run the campaign again")
+    with claimed(ctx, record, "runner"):
+        set_aside_old_results(ctx, store, record, [])
+        return run_worker_job(ctx, store, record, job)

@@ -1,0 +1,118 @@
+"""Every way out of a part with effects offers to stop what bills — and deletes no data.
+
+`guarded` runs a part; on Ctrl-C or any error it first offers to delete this run's jobs and
+their pools (which cost money), notes it in the manifest, then lets the first error be the
+one shown. SIGTERM and SIGHUP (common/signals.py) are noted too, but nobody is there to
+answer: nothing is deleted, the tasks keep running, and --attach or --cleanup take it up.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from common.errors import EXIT_INTERRUPTED, ToolError
+from common.manifest import JobRecord, ManifestFile
+from common.signals import Terminated
+from common.workflow.context import Context, command
+
+T = TypeVar("T")
+
+
+def costly(record: ManifestFile, kind: str, only: set[str] | None = None) -> list[JobRecord]:
+    """Open jobs of this kind (only those named in `only`, when given): what may still bill."""
+    return [j for j in record.manifest.open_jobs()
+            if j.kind == kind and (only is None or j.job_id in only)]
+
+
+def _names(jobs: list[JobRecord]) -> str:
+    names = []
+    for job in jobs:
+        if not job.job_deleted:
+            names.append(f"job {job.job_id}" + (" with its pool" if job.auto_pool else ""))
+        if job.pool_id and not job.pool_deleted and not job.auto_pool:
+            names.append(f"pool {job.pool_id}")
+    return " and ".join(dict.fromkeys(names))
+
+
+def _script(kind: str) -> str:
+    return "reducer" if kind == "reducer" else "runner"
+
+
+def offer_compute_deletion(ctx: Context, record: ManifestFile, jobs: list[JobRecord],
+                           why: str = "") -> bool:
+    """One question for everything of this run that may bill; True when it is all deleted."""
+    if not jobs:
+        return True
+    text = _names(jobs)
+    if not ctx.prompter.confirm(f"{why}Delete {text} (a pool costs money while it exists)?", True):
+        script = _script(jobs[0].kind)
+        ctx.ui.warn(f"kept {text}: its tasks keep running and it bills while its pool exists; "
+                    f"wait for it with `{command(ctx, script, '--attach')}` or delete it with "
+                    f"`{command(ctx, script, '--cleanup')}`")
+        record.note(f"kept {text}")
+        return False
+    for job in jobs:
+        delete_compute(ctx, record, job)
+    ctx.ui.info(f"deleted {text}")
+    return True
+
+
+def delete_compute(ctx: Context, record: ManifestFile, job: JobRecord) -> None:
+    if not job.job_deleted:
+        ctx.backend.delete_job(job.job_id)
+        record.change_job(job.job_id, job_deleted=True, pool_deleted=job.auto_pool or job.pool_deleted)
+    if job.pool_id and not job.pool_deleted and not job.auto_pool:
+        others = [j for j in record.manifest.open_jobs()
+                  if j.pool_id == job.pool_id and j.job_id != job.job_id and not j.job_deleted]
+        if not others:  # a shared named pool stays while another job of ours still uses it
+            ctx.backend.delete_pool(job.pool_id)
+            for same in record.manifest.jobs:
+                if same.pool_id == job.pool_id:
+                    record.change_job(same.job_id, pool_deleted=True)
+
+
+def guarded(ctx: Context, record: ManifestFile, kind: str, only: set[str],
+            body: Callable[[], T]) -> T:
+    """Run a part with effects; on any way out but success, first offer to delete the jobs
+    named in `only` (this run's) and their pools. Data is never deleted here."""
+    try:
+        return body()
+    except Terminated as stop:
+        record.note(f"stopped by {stop.signal_name}: nothing deleted")
+        left = costly(record, kind, only)
+        if left:
+            ctx.ui.warn(f"{stop.signal_name}: {_names(left)} keep(s) running; take it up later with "
+                        f"`{command(ctx, _script(kind), '--attach')}` or `--cleanup`")
+        raise
+    except KeyboardInterrupt:
+        record.note("interrupted")
+        _interrupted(ctx, record, kind, only)
+        raise ToolError("interrupted; no data was deleted", exit_code=EXIT_INTERRUPTED) from None
+    except Exception as error:
+        record.note(f"stopped by an error: {error.__class__.__name__}")
+        try:
+            offer_compute_deletion(ctx, record, costly(record, kind, only),
+                                   "The campaign stopped with an error. ")
+        except KeyboardInterrupt:
+            _still_running(ctx, record, kind, only)
+        except Exception as also:  # the first error is the one to show; this one is said too
+            ctx.ui.warn(f"could not delete what bills ({also}): check with --status, settle "
+                        f"with `{command(ctx, _script(kind), '--cleanup')}`")
+        raise
+
+
+def _interrupted(ctx: Context, record: ManifestFile, kind: str, only: set[str]) -> None:
+    jobs = costly(record, kind, only)
+    if not jobs:
+        return
+    try:
+        offer_compute_deletion(ctx, record, jobs, "Interrupted. ")
+    except KeyboardInterrupt:  # a second Ctrl-C: leave at once, but say what is left
+        _still_running(ctx, record, kind, only)
+        raise ToolError("interrupted twice; nothing was deleted", exit_code=EXIT_INTERRUPTED) from None
+
+
+def _still_running(ctx: Context, record: ManifestFile, kind: str, only: set[str]) -> None:
+    left = costly(record, kind, only)
+    if left:
+        ctx.ui.warn(f"still running, and billing while its pool exists: {_names(left)}; remove "
+                    f"it with `{command(ctx, _script(kind), '--cleanup')}`")
