@@ -99,12 +99,14 @@ def build_parser(script: str) -> argparse.ArgumentParser:
 
 
 def _ask(prompt: str) -> str:
-    """Prompts go to stderr: stdout carries only the final summary."""
-    sys.stderr.write(prompt)
-    sys.stderr.flush()
+    """Prompts go to stderr (stdout carries only the final summary) — the real one, as typed:
+    not through a live progress display, which would restyle them."""
+    err = sys.__stderr__ or sys.stderr
+    err.write(prompt)
+    err.flush()
     line = sys.stdin.readline()
     if not line:
-        sys.stderr.write("\n")
+        err.write("\n")
         raise EOFError
     return line
 

@@ -59,6 +59,8 @@ _HOST_RE = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9
 _IMAGE_RE = re.compile(r"^(?:[A-Za-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*"
                        r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?"
                        r"(?:@sha256:[a-f0-9]{64})?$")
+# A template's placeholder: "<storage account name>", "https://<account>.<region>.batch.azure.com"
+_PLACEHOLDER = re.compile(r"<[^<>]+>")
 _GIT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -208,6 +210,11 @@ class _Reader:
         if "\x00" in value:
             self.bad(key, "contains a NUL character (\\u0000)", "remove it from the value")
             return None
+        if _PLACEHOLDER.search(value):
+            self.bad(key, f"{value!r} is still the template's placeholder",
+                     f"replace the <...> part with your value ({fix}), or remove the key if it "
+                     "is optional")
+            return None
         return value
 
     def integer(self, key: str, default: int | None, low: int, high: int, fix: str) -> int | None:
@@ -268,6 +275,11 @@ class _Reader:
             return None
         if "\x00" in value:
             self.bad(key, "contains a NUL character (\\u0000)", "remove it from the value")
+            return None
+        if _PLACEHOLDER.search(value):
+            self.bad(key, "is still the template's placeholder",
+                     f"put the value there, or better remove the key and set the {key} "
+                     "environment variable")
             return None
         return Secret(value.strip())
 

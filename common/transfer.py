@@ -121,8 +121,9 @@ def download_prefix(store: BlobStore, prefix: str, dest_root: Path, strip_prefix
     skipped: list[str] = []
     failed: list[tuple[str, str]] = []
     done_files = done_bytes = 0
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        futures = {pool.submit(_fetch_one, store, b, dest_root, strip_prefix): b for b in blobs}
+    pool = ThreadPoolExecutor(max_workers=max(1, threads))
+    futures = {pool.submit(_fetch_one, store, b, dest_root, strip_prefix): b for b in blobs}
+    try:
         for future in as_completed(futures):
             blob = futures[future]
             try:
@@ -135,6 +136,12 @@ def download_prefix(store: BlobStore, prefix: str, dest_root: Path, strip_prefix
             done_files += 1
             if on_progress:
                 on_progress(done_files, done_bytes)
+    except BaseException:
+        # Ctrl-C (or a signal): drop what is queued at once; the few files in flight finish
+        # or stay .partial (never taken for a result); what is verified stays.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return DownloadReport(tuple(sorted(downloaded)), tuple(sorted(skipped)),
                           tuple(sorted(failed)), done_bytes)
 

@@ -142,7 +142,8 @@ def test_reducer_task_golden(settings):
     check_golden("reducer_task", task)
     body = task.as_dict()
     prefix = [f for f in body["resourceFiles"] if "blobPrefix" in f]
-    assert prefix == [{"storageContainerUrl": URLS.read_list, "blobPrefix": "nodes_output/"}]
+    # the run folders only: an earlier merged result (results/) is not an input
+    assert prefix == [{"storageContainerUrl": URLS.read_list, "blobPrefix": "nodes_output/run"}]
     assert "appconfig" not in json.dumps(body)  # no keys travel to the node
     assert body["containerSettings"]["imageName"] == "docker.io/library/python:3.12-slim"
 

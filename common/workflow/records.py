@@ -43,12 +43,6 @@ def refuse_if_busy(ctx: Context, kind: str) -> None:
     if found is None:
         return
     check_belongs(found, ctx.manifest_path, ctx.settings.sim.sim_id, ctx.settings.backend)
-    busy = [c for c in found.claims if c.script in ("runner", "reducer") and c.alive()]
-    if busy:
-        claim = busy[0]
-        raise ToolError(f"campaign {found.sim_id} is in use by another {claim.script} "
-                        f"(pid {claim.pid} on {claim.host}, since {claim.started}): let it "
-                        "finish, or stop it first", exit_code=2)
     running = active_jobs(ctx, found, WORKERS if kind == WORKERS else None)
     if running:
         job = running[0]
@@ -57,6 +51,13 @@ def refuse_if_busy(ctx: Context, kind: str) -> None:
             f"campaign {found.sim_id}: job {job.job_id} is still running: wait for it with "
             f"`{command(ctx, script, '--attach')}`, or stop it and settle with "
             f"`{command(ctx, script, '--cleanup')}`", exit_code=2)
+    busy = [c for c in found.claims if c.script in ("runner", "reducer") and c.alive()]
+    if busy:
+        claim = busy[0]
+        raise ToolError(f"campaign {found.sim_id} is in use by another {claim.script} "
+                        f"(pid {claim.pid} on {claim.host}, since {claim.started}): let it "
+                        f"finish (`{command(ctx, claim.script, '--status')}` shows where it is), "
+                        f"or stop it first", exit_code=2)
 
 
 @contextmanager
