@@ -399,7 +399,7 @@ def _read_app(path: Path, data: Mapping[str, Any], problems: _Problems,
     # Given = present in the file (even with a wrong type, reported already) or the environment.
     for user, token, key in (("DOCKER_USER", "DOCKER_TOKEN", "docker_token"),
                              ("REDUCER_DOCKER_USER", "REDUCER_DOCKER_TOKEN", "reducer_docker_token")):
-        user_given = r.has(user)
+        user_given = r.has(user) and not _PLACEHOLDER.search(str(r.data.get(user)))  # said already
         token_given = values[key] is not None or r.has(token)
         if user_given != token_given:
             r.bad(token if user_given else user, "is missing while its pair is given",

@@ -120,9 +120,19 @@ def network_failure(error: ServiceRequestError | ServiceResponseError, endpoints
     """One line: which endpoint (and the configuration key naming it), what was tried, and
     the likely cause — never a traceback for something a user can fix."""
     text = str(error)
-    where, key = next(((url, name) for name, url in endpoints.items()
-                       if url and (urlsplit(url).hostname or "~") in text),
-                      (next(iter(endpoints.values()), "the service"), ""))
+
+    def named(url: str) -> int:
+        """How surely the error is about this endpoint: host and port named, or the host."""
+        parts = urlsplit(url)
+        if not parts.hostname or parts.hostname not in text:
+            return 0
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return 2 if f"port={port}" in text or f"{parts.hostname}:{port}" in text else 1
+    ranked = sorted(((named(url), name, url) for name, url in endpoints.items() if url), reverse=True)
+    if ranked and ranked[0][0]:
+        _, key, where = ranked[0]
+    else:
+        key, where = "", next(iter(endpoints.values()), "the service")
     check = f": check {key} and the network" if key else ": check the network"
     action = f" ({tried})" if tried else ""
     return ToolError(f"cannot reach {redact(where)}{action}: {_why(error)}{check}")
