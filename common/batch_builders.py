@@ -114,6 +114,7 @@ def pool_options(spec: PoolSpec, setup: NodeSetup) -> bm.BatchPoolCreateOptions:
         id=spec.pool_id, vm_size=spec.vm_size,
         virtual_machine_configuration=_vm_configuration(spec, setup),
         target_dedicated_nodes=spec.node_count, task_slots_per_node=spec.slots_per_node,
+        target_low_priority_nodes=spec.spot_node_count or None,
         resize_timeout=timedelta(minutes=15))
 
 
@@ -131,6 +132,7 @@ def _pool_info(job: JobSpec, setup: NodeSetup) -> bm.BatchPoolInfo:
         pool=bm.BatchPoolSpecification(
             vm_size=spec.vm_size, virtual_machine_configuration=_vm_configuration(spec, setup),
             target_dedicated_nodes=spec.node_count, task_slots_per_node=spec.slots_per_node,
+            target_low_priority_nodes=spec.spot_node_count or None,
             resize_timeout=timedelta(minutes=15))))
 
 

@@ -177,7 +177,8 @@ def worker_preparation(settings: Settings) -> TaskSpec:
 def worker_pool(settings: Settings, ids: CampaignIds) -> PoolSpec:
     return PoolSpec(pool_id=ids.worker_pool, node_count=settings.sim.pool_node_count,
                     vm_size=settings.sim.pool_vm_size, image=settings.app.worker_docker_image,
-                    slots_per_node=settings.sim.task_slots_per_node)
+                    slots_per_node=settings.sim.task_slots_per_node,
+                    spot_node_count=settings.sim.goals.spot_nodes)
 
 
 # Pool start-up and output upload on top of the tasks' own time, before Batch ends the job.

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from common.config_files import Problems as _Problems
+from common.config_goals import GOAL_KEYS, Goals, read_goals
 from common.config_files import display as _display
 from common.config_files import read_json_object as _read_json_object
 from common.redaction import mask_url_credentials
@@ -39,7 +40,7 @@ SIM_KEYS = (
     "LOCAL_SIM_PATH", "RUN_SCRIPT", "REDUCER_SCRIPT", "REDUCER_PATH",
     "OUTPUT_FILE_PATTERNS", "TIMEOUT_MINUTES", "LOCAL_RESULTS_PATH",
     "TASK_SLOTS_PER_NODE", "MAX_TASK_RETRIES", "SEED_PARAMETER_FILES", "AUTO_DELETE_POOL",
-)
+) + GOAL_KEYS
 
 # Longest suffix the tool adds to SIM_ID for a Batch id: "-workers-YYYYmmddHHMMSS".
 ID_SUFFIX_LEN = len("-reducer-20260101120000")
@@ -160,6 +161,7 @@ class SimConfig:
     max_task_retries: int = 0
     seed_parameter_files: tuple[str, ...] = ()  # TOPAS files whose i:Ts/Seed each task sets
     auto_delete_pool: bool = True  # Batch deletes the pool when the job ends
+    goals: Goals = Goals()  # a statistical target, Spot nodes, prices, a budget (all optional)
 
     @property
     def task_indices(self) -> range:
@@ -540,7 +542,7 @@ def _read_sim(path: Path, data: Mapping[str, Any], problems: _Problems,
     r.unknown_keys(SIM_KEYS, APP_KEYS, "appconfig.json")
     sim_id = r.string("SIM_ID", True, "name the campaign, e.g. \"water-phantom-01\"")
     _check_sim_id(r, sim_id)
-    nodes = r.integer("POOL_NODE_COUNT", None, 1, MAX_NODES, f"use a node count from 1 to {MAX_NODES}")
+    nodes = r.integer("POOL_NODE_COUNT", None, 0, MAX_NODES, f"use a node count from 1 to {MAX_NODES}")
     tasks = r.integer("TASK_COUNT", nodes or 1, 1, MAX_TASKS,
                       f"use a task count from 1 to {MAX_TASKS} (default: POOL_NODE_COUNT)")
     start = r.integer("STARTING_NODE", 1, 0, 10_000_000, "use the first task index, e.g. 1")
@@ -560,6 +562,10 @@ def _read_sim(path: Path, data: Mapping[str, Any], problems: _Problems,
     slots = r.integer("TASK_SLOTS_PER_NODE", 1, 1, 256, "use the tasks one node runs at once, 1-256")
     retries = r.integer("MAX_TASK_RETRIES", 0, 0, 100, "use how often Batch retries a failed task, 0-100")
     results = _results_path(r, sim_path)
+    goals = read_goals(r, tasks)
+    if nodes == 0 and not goals.spot_nodes:
+        r.bad("POOL_NODE_COUNT", "is 0 and there are no Spot nodes (SPOT_NODE_COUNT)",
+              f"use a node count from 1 to {MAX_NODES}, or set SPOT_NODE_COUNT")
     if None in (sim_id, nodes, tasks, start, sim_path, run_script, timeout, results, slots,
                 retries) or not patterns:
         return None
@@ -569,7 +575,7 @@ def _read_sim(path: Path, data: Mapping[str, Any], problems: _Problems,
                      reducer_path=reducer_path, output_file_patterns=patterns,
                      timeout_minutes=timeout, local_results_path=results,
                      task_slots_per_node=slots, max_task_retries=retries,
-                     seed_parameter_files=seed_files, auto_delete_pool=auto_delete)
+                     seed_parameter_files=seed_files, auto_delete_pool=auto_delete, goals=goals)
 
 
 def _results_path(r: _Reader, sim_path: Path | None) -> Path | None:

@@ -52,6 +52,11 @@ class JobRecord:
     pool_deleted: bool = False
     failed_indices: tuple[int, ...] = ()  # task indices that failed, kept after the job is gone
     succeeded: bool = False  # every task succeeded (a reducer's result exists)
+    node_hours: tuple[float, float] = (0.0, 0.0)  # (dedicated, Spot) so far
+    cost: float | None = None  # in `currency`; None when a price is unknown
+    currency: str = ""
+    task_seconds: tuple[float, ...] = ()  # durations of the tasks that succeeded (estimates)
+    requeues: int = 0  # tasks Batch put back after a Spot preemption
 
 
 @dataclass(frozen=True)
@@ -162,7 +167,23 @@ def _job(data: Any, index: int) -> JobRecord:
     return JobRecord(job_id=_batch_id(data.get("job_id"), f"{where}job_id"), kind=kind,
                      pool_id=None if pool is None else _batch_id(pool, f"{where}pool_id"),
                      task_ids=task_ids, task_indices=tuple(indices),
-                     created=str(data.get("created", "")), failed_indices=tuple(failed), **flags)
+                     created=str(data.get("created", "")), failed_indices=tuple(failed),
+                     **_usage(data, where), **flags)
+
+
+def _usage(data: dict, where: str) -> dict[str, Any]:
+    """What the job used (only ever shown and estimated from, never acted on)."""
+    hours = data.get("node_hours", [0.0, 0.0])
+    seconds = data.get("task_seconds", [])
+    cost = data.get("cost")
+    numbers = lambda values: isinstance(values, list) and all(  # noqa: E731
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values)
+    if not numbers(hours) or len(hours) != 2 or not numbers(seconds) or not (
+            cost is None or numbers([cost])) or not isinstance(data.get("requeues", 0), int):
+        raise _Bad(f"{where}node_hours", "node_hours, cost, task_seconds or requeues are not numbers")
+    return {"node_hours": (float(hours[0]), float(hours[1])), "cost": cost,
+            "currency": str(data.get("currency", ""))[:3], "task_seconds": tuple(seconds),
+            "requeues": data.get("requeues", 0)}
 
 
 def _claim(data: Any, index: int) -> RunClaim:

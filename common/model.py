@@ -18,6 +18,7 @@ class PoolSpec:
     vm_size: str | None
     image: str | None  # the container image tasks run in (not run by the local backend)
     slots_per_node: int = 1
+    spot_node_count: int = 0  # Spot (low-priority) nodes beside the node_count dedicated ones
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,14 @@ class BlobInfo:
     md5: bytes | None  # None when the service holds no Content-MD5 for it
 
 
+@dataclass(frozen=True)
+class TaskStats:
+    """What a job's tasks took: for cost estimates of later campaigns, and Spot requeues."""
+
+    durations: tuple[float, ...] = ()  # seconds of each task that succeeded
+    requeues: int = 0  # times Batch put a task back after its (Spot) node was preempted
+
+
 USABLE_STATES = ("idle", "running")
 COMING_STATES = ("creating", "starting", "waitingforstarttask", "rebooting", "reimaging",
                  "upgradingos")
@@ -155,6 +164,13 @@ class PoolHealth:
     def dead(self) -> bool:
         """No node can run tasks, and none is on its way: waiting cannot help."""
         return self.steady and not self.usable and not self.coming
+
+    @property
+    def billed(self) -> tuple[int, int]:
+        """Nodes that bill now, dedicated and Spot: all but preempted or deallocated ones."""
+        free = ("preempted", "deallocated")
+        return (sum(n for s, n in self.dedicated if s not in free),
+                sum(n for s, n in self.spot if s not in free))
 
     def text(self) -> str:
         def part(kind: tuple[tuple[str, int], ...]) -> str:

@@ -71,29 +71,35 @@ class Ui:
         self._print(text)
 
     @contextmanager
-    def task_progress(self, total: int, label: str) -> Iterator[Callable[[TaskCounts], None]]:
-        """Yields update(counts): a bar of completed tasks with the state counts beside it."""
+    def task_progress(self, total: int, label: str) -> Iterator[Callable[..., None]]:
+        """Yields update(counts, extra="", total=None): a bar of completed tasks with the state
+        counts beside it, and `extra` (cost so far, the uncertainty reached...); `total`
+        grows when an adaptive campaign adds tasks."""
         if not self.console.is_terminal:
-            yield self._plain_task_updates(label)
+            yield self._plain_task_updates(label, total)
             return
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[counts]}"), TimeElapsedColumn())
         with Progress(*columns, console=self.console, transient=False) as progress:
             bar = progress.add_task(label, total=total, counts="")
 
-            def update(counts: TaskCounts) -> None:
-                progress.update(bar, completed=counts.completed, counts=counts_text(counts))
+            def update(counts: TaskCounts, extra: str = "", total: int | None = None) -> None:
+                text = counts_text(counts) + (f" · {extra}" if extra else "")
+                progress.update(bar, completed=counts.completed, counts=escape(text),
+                                **({"total": total} if total is not None else {}))
             yield update
 
-    def _plain_task_updates(self, label: str) -> Callable[[TaskCounts], None]:
+    def _plain_task_updates(self, label: str, first_total: int) -> Callable[..., None]:
         last: dict[str, object] = {"text": None, "time": 0.0}
 
-        def update(counts: TaskCounts) -> None:
+        def update(counts: TaskCounts, extra: str = "", total: int | None = None) -> None:
             text = counts_text(counts)
             due = time.monotonic() - float(last["time"]) >= PLAIN_INTERVAL_SECONDS
             finished = counts.total and counts.completed == counts.total
             if text != last["text"] and (due or finished):
-                self.info(f"{label}: {counts.completed}/{counts.total} done ({text})")
+                shown = f" · {extra}" if extra else ""
+                self.info(f"{label}: {counts.completed}/{total or counts.total or first_total} "
+                          f"done ({text}{shown})")
                 last.update(text=text, time=time.monotonic())
         return update
 

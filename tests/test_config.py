@@ -217,9 +217,9 @@ def test_run_script_given_absolute_inside_the_folder_is_kept_relative(setup):
 
 
 @pytest.mark.parametrize("key, value, what", [
-    ("POOL_NODE_COUNT", 0, "is 0, outside 1.."),
-    ("POOL_NODE_COUNT", -3, "is -3, outside 1.."),
-    ("POOL_NODE_COUNT", 100_000, "outside 1.."),
+    ("POOL_NODE_COUNT", 0, "is 0 and there are no Spot nodes (SPOT_NODE_COUNT)"),
+    ("POOL_NODE_COUNT", -3, "is -3, outside 0.."),
+    ("POOL_NODE_COUNT", 100_000, "outside 0.."),
     ("POOL_NODE_COUNT", 2.5, "must be a whole number"),
     ("POOL_NODE_COUNT", "2", "must be a whole number, not a string"),
     ("POOL_NODE_COUNT", True, "must be a whole number, not true/false"),
@@ -780,7 +780,7 @@ def _sim_text(setup: Setup, **raw: str) -> str:
 
 
 @pytest.mark.parametrize("key, raw, what", [
-    ("POOL_NODE_COUNT", "9" * 5000, "is a 5,000-digit number, outside 1..2000"),
+    ("POOL_NODE_COUNT", "9" * 5000, "is a 5,000-digit number, outside 0..2000"),
     ("TIMEOUT_MINUTES", "-" + "1" * 5000, "is a 5,000-digit number, outside the range"),
     ("SIM_ID", "1" * 5000, "must be a string, not a number"),
     ("OUTPUT_FILE_PATTERNS", "[" * 100_000 + "]" * 100_000, "is nested too deeply"),

@@ -28,7 +28,7 @@ from common.backends.base import Backend, BlobStore, StatusCallback
 from common.config import Settings
 from common.entra import batch_credential
 from common.errors import ToolError
-from common.model import JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure
+from common.model import JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure, TaskStats
 from common.network import ReportingRetry, RequestLog
 
 POOL_READY_TIMEOUT_SECONDS = 30 * 60
@@ -99,7 +99,7 @@ class AzureBackend(Backend):
             options = bb.pool_options(spec, self.node_setup(spec.image))
             try:
                 self._call(f"creating pool {spec.pool_id}", lambda: self.client.create_pool(options))
-                on_status(f"created pool {spec.pool_id}: {spec.node_count} x {spec.vm_size}")
+                on_status(f"created pool {spec.pool_id}: {_nodes(spec)} x {spec.vm_size}")
             except ToolError:
                 existing = self._lookup_pool(spec.pool_id)  # a resent creation that got in
                 if existing is None:
@@ -236,7 +236,7 @@ class AzureBackend(Backend):
         if job.auto_pool is None:
             return job.pool_id
         pool_id = self._auto_pool_id(job.job_id)
-        on_status(f"auto pool {pool_id}: {job.auto_pool.node_count} x {job.auto_pool.vm_size}, "
+        on_status(f"auto pool {pool_id}: {_nodes(job.auto_pool)} x {job.auto_pool.vm_size}, "
                   "deleted by Batch when the job ends")
         self.wait_for_nodes(pool_id, on_status)
         return pool_id
@@ -294,6 +294,19 @@ class AzureBackend(Backend):
                                         failure_words(failure) if failure else None))
         return failures
 
+    def task_stats(self, job_id: str) -> TaskStats:
+        tasks = self._call(f"job {job_id}", lambda: list(self.client.list_tasks(
+            job_id, select=["id", "executionInfo"])))
+        durations, requeues = [], 0
+        for task in tasks:
+            info = task.execution_info
+            if info is None:
+                continue
+            requeues += info.requeue_count or 0
+            if value_of(info.result) == "success" and info.start_time and info.end_time:
+                durations.append((info.end_time - info.start_time).total_seconds())
+        return TaskStats(tuple(durations), requeues)
+
     def preparation_failures(self, job_id: str) -> list[TaskFailure]:
         """Job preparation tasks that failed, one per node, with the end of their stderr
         (read from the node, which still exists while the job waits for it)."""
@@ -343,6 +356,10 @@ class AzureBackend(Backend):
         poller.wait(timeout=DELETE_WAIT_SECONDS)
         if poller.done() and poller.status().lower() == "failed":
             raise ToolError(f"deleting {what} failed: check it in the Azure portal")
+
+
+def _nodes(spec: PoolSpec) -> str:
+    return f"{spec.node_count}" + (f" dedicated + {spec.spot_node_count} Spot" if spec.spot_node_count else "")
 
 
 __all__ = ["AzureBackend", "POOL_READY_TIMEOUT_SECONDS", "ResourceExistsError"]

@@ -12,7 +12,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
-from common.model import BlobInfo, JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure
+from common.model import (BlobInfo, JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure,
+                          TaskStats)
 
 StatusCallback = Callable[[str], None]
 
@@ -121,6 +122,10 @@ class Backend(ABC):
     def preparation_failures(self, job_id: str) -> list[TaskFailure]:
         """Job preparation tasks that failed on a node (their job's tasks never start there)."""
         return []
+
+    def task_stats(self, job_id: str) -> TaskStats:
+        """How long the job's tasks took, and how often they were requeued (Spot preemption)."""
+        return TaskStats()
 
     def pool_health(self, pool_id: str) -> PoolHealth | None:
         """The pool's nodes by state; None when the backend has no such notion or no pool."""

@@ -21,7 +21,7 @@ from common.backends.base import Backend, BlobStore, StatusCallback
 from common.backends.local_reaper import kill_marked
 from common.config import SECRET_KEYS
 from common.errors import ToolError
-from common.model import BlobInfo, JobSpec, PoolSpec, TaskCounts, TaskFailure
+from common.model import BlobInfo, JobSpec, PoolSpec, TaskCounts, TaskFailure, TaskStats
 from common.transfer import md5_of
 
 STOP_TIMEOUT_SECONDS = 15.0
@@ -114,7 +114,8 @@ class LocalBackend(Backend):
     # -- pools -------------------------------------------------------------------------
 
     def slots_for(self, spec: PoolSpec) -> int:
-        return max(1, min(spec.node_count * spec.slots_per_node, self.cpus))
+        # Spot is simulated by nothing here: a Spot node is a node like the others
+        return max(1, min((spec.node_count + spec.spot_node_count) * spec.slots_per_node, self.cpus))
 
     def prepare_pool(self, spec: PoolSpec, on_status: StatusCallback) -> None:
         pool = lay.pool_dir(self.root, spec.pool_id)
@@ -245,6 +246,12 @@ class LocalBackend(Backend):
                             state.get("failure_message"))
                 for task_id, state in states
                 if state.get("state") == lay.COMPLETED and state.get("result") != "success"]
+
+    def task_stats(self, job_id: str) -> TaskStats:
+        _, states = self._states(job_id)
+        return TaskStats(tuple(s["end_time"] - s["start_time"] for _, s in states
+                               if s.get("result") == "success" and "start_time" in s
+                               and "end_time" in s))
 
     def preparation_failures(self, job_id: str) -> list[TaskFailure]:
         jdir = self._job(job_id)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
+from typing import Protocol
 
 from common import campaign as cp
 from common.backends.base import BlobStore
 from common.errors import ToolError
 from common.manifest import REDUCER, JobRecord, ManifestFile
-from common.model import JobSpec, PoolSpec, TaskCounts, TaskFailure
+from common.model import JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure
 from common.ui import counts_text
 from common.workflow.context import Context, billing_mode
+from common.workflow.metering import BudgetReached, Metering
 
 STDERR_TAIL_LINES = 10
 LOG_NAMES = ("stdout.txt", "stderr.txt")
@@ -38,21 +40,44 @@ def start_job(ctx: Context, record: ManifestFile, pool: PoolSpec, job: JobSpec, 
     record.change_job(job.job_id, pool_id=pool_id)
 
 
-def wait(ctx: Context, job_id: str, total: int, pool_id: str | None = None) -> TaskCounts | None:
-    """Until every one of the `total` tasks submitted has completed, or the timeout (None)."""
+class Steering(Protocol):
+    """What else a wait does each poll: an adaptive campaign folds finished runs and adds
+    tasks (common/workflow/adaptive.py)."""
+
+    def after_poll(self, counts: TaskCounts) -> int:
+        """Act on the counts; return how many tasks the job has now."""
+
+    def text(self) -> str:
+        """A few words for the progress line."""
+
+
+def wait(ctx: Context, job_id: str, total: int, pool_id: str | None = None,
+         metering: Metering | None = None, steering: Steering | None = None) -> TaskCounts | None:
+    """Until every task submitted has completed, or the timeout (None); the budget, when
+    there is one, ends it at once (BudgetReached)."""
     minutes = ctx.settings.sim.timeout_minutes
     ctx.step("wait", f"Waiting for {total} task(s) (timeout {minutes:g} min; Ctrl-C to stop waiting)")
     deadline = ctx.clock() + minutes * 60
     next_check, said = ctx.clock(), set()  # a first look at the nodes at once, then now and then
+    preempted = 0
     with ctx.ui.task_progress(total, "tasks") as update:
         while True:
             counts = current_counts(ctx, job_id, total, said)
-            update(counts)
+            if steering is not None:
+                total = steering.after_poll(counts)
+            notes = [steering.text() if steering else "", metering.short() if metering else "",
+                     f"{preempted} Spot node(s) preempted" if preempted else ""]
+            update(counts, " · ".join(n for n in notes if n), total)
             if counts.completed >= total:
                 return counts
             if ctx.clock() >= next_check:
-                check_progress(ctx, job_id, pool_id, counts, said)
+                health = check_progress(ctx, job_id, pool_id, counts, said)
+                preempted = health.preempted if health is not None else 0
+                if metering is not None:
+                    metering.sample(health)
                 next_check = ctx.clock() + ctx.backend.health_seconds
+            if metering is not None and metering.over_budget():
+                raise BudgetReached(f"MAX_COST {metering.budget_text()} reached: {metering.line()}")
             if ctx.clock() >= deadline:
                 ctx.ui.error(f"timed out after {minutes:g} minutes: {counts_text(counts)}")
                 return None
@@ -71,9 +96,9 @@ def current_counts(ctx: Context, job_id: str, total: int, said: set[str]) -> Tas
 
 
 def check_progress(ctx: Context, job_id: str, pool_id: str | None, counts: TaskCounts,
-                   said: set[str]) -> None:
+                   said: set[str]) -> PoolHealth | None:
     """Stop waiting at once when no node can run the tasks that wait; say, once, what is
-    wrong with some nodes while the others carry on."""
+    wrong with some nodes while the others carry on. Returns the pool's health."""
     health = ctx.backend.pool_health(pool_id) if pool_id else None
     problems = []
     if health is not None:
@@ -94,6 +119,7 @@ def check_progress(ctx: Context, job_id: str, pool_id: str | None, counts: TaskC
         if problem not in said:
             ctx.ui.warn(f"{problem} — the campaign goes on with the other nodes")
             said.add(problem)
+    return health
 
 
 def failure_text(failure: TaskFailure) -> str:

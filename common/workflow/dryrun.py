@@ -10,8 +10,10 @@ import tempfile
 
 from common import campaign as cp
 from common.errors import EXIT_OK
+from common.manifest import load
 from common.reducer_source import describe
 from common.workflow.context import Context, Outcome, billing_mode
+from common.workflow.metering import estimate_lines
 from common.workflow.runner import pack
 
 
@@ -30,6 +32,10 @@ def plan(ctx: Context, reducer: bool) -> Outcome:
              f"{len(job.tasks)} task(s); {billing_mode(ctx, job)}"]
     if reducer:
         lines.append(f"  reducer code: {describe(settings)}")
+    else:
+        earlier = load(ctx.manifest_path) if ctx.manifest_path.exists() else None
+        seconds = tuple(s for j in (earlier.jobs if earlier else ()) for s in j.task_seconds)
+        lines += estimate_lines(ctx, seconds)
     for title, text in ctx.backend.describe(pool, job):
         lines += [f"--- {title}", text]
     return Outcome(EXIT_OK, tuple(lines))

@@ -20,6 +20,7 @@ from common.transfer import download_prefix, unverified_blobs
 from common.workflow.compute import (missing_outputs, report_failures,
                                          report_missing_outputs)
 from common.workflow.context import Context, Outcome, billing_mode, command
+from common.workflow.metering import Metering
 from common.workflow.records import active_jobs, reducer_has_run
 from common.workflow.safety import costly, guarded, offer_compute_deletion
 
@@ -114,9 +115,12 @@ def remove_reducer_code(ctx: Context, store: BlobStore, record: ManifestFile) ->
 
 
 def finish(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
-           counts: TaskCounts | None, show_log=None, extra: tuple[str, ...] = ()) -> Outcome:
+           counts: TaskCounts | None, show_log=None, extra: tuple[str, ...] = (),
+           metering: Metering | None = None) -> Outcome:
     """Report, ask the cleanup questions, sum up. The exit code is 0 only when every task
     submitted succeeded and produced its outputs, and every download was verified."""
+    job = record.manifest.job(job.job_id)  # an adaptive campaign added tasks to it
+    usage = guarded(ctx, record, job.kind, {job.job_id}, lambda: record_usage(ctx, record, job, metering))
     failures = guarded(ctx, record, job.kind, {job.job_id},
                        lambda: report_failures(ctx, store, job, counts) if counts else [])
     index_of = dict(zip(job.task_ids, job.task_indices))
@@ -135,8 +139,30 @@ def finish(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
                      lambda: cleanup_questions(ctx, store, record, job.kind, {job.job_id}))
     results = job.kind != REDUCER or bool(ending.container_deleted or store.list_blobs(cp.RESULTS_PREFIX))
     ok = all_succeeded and not failures and not missing and ending.download_ok and results
-    lines = summary(ctx, store, record, job, counts, ending, missing) + extra
+    lines = summary(ctx, store, record, job, counts, ending, missing) + usage + extra
     return Outcome(EXIT_OK if ok else EXIT_FAILED, lines)
+
+
+def record_usage(ctx: Context, record: ManifestFile, job: JobRecord,
+                 metering: Metering | None) -> tuple[str, ...]:
+    """Node-hours and cost (Azure), task durations (for later estimates) and Spot requeues:
+    into the manifest, and lines for the summary."""
+    stats = ctx.backend.task_stats(job.job_id) if ctx.backend.job_state(job.job_id) else None
+    changes: dict = {}
+    lines = []
+    if stats is not None:
+        changes.update(task_seconds=stats.durations, requeues=stats.requeues)
+        if stats.requeues:
+            lines.append(f"  {stats.requeues} task run(s) requeued after Spot preemptions "
+                         "(Batch reruns them by itself; requeues are not retries)")
+    if metering is not None:
+        hours = metering.hours()
+        changes.update(node_hours=(round(hours.dedicated, 6), round(hours.spot, 6)),
+                       cost=metering.meter.cost(), currency=metering.currency)
+        lines.append(f"  used: {metering.line()}")
+    if changes:
+        record.change_job(job.job_id, **changes)
+    return tuple(lines)
 
 
 def summary(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,

@@ -67,7 +67,19 @@ def status(ctx: Context) -> Outcome:
     return Outcome(EXIT_OK, tuple(lines))
 
 
+def _usage(job: JobRecord) -> str:
+    if not any(job.node_hours) and job.cost is None:
+        return ""
+    dedicated, spot = job.node_hours
+    cost = f", {job.cost:.2f} {job.currency}" if job.cost is not None else ""
+    return f"; used {dedicated + spot:.2f} node-hours ({dedicated:.2f} dedicated, {spot:.2f} Spot){cost}"
+
+
 def _job_line(ctx: Context, job: JobRecord) -> str:
+    return _job_state_line(ctx, job) + _usage(job)
+
+
+def _job_state_line(ctx: Context, job: JobRecord) -> str:
     state = ctx.backend.job_state(job.job_id)
     pool = job.pool_id or "(auto pool)"
     pool_state = ("deleted with the job" if job.auto_pool and state is None else

@@ -24,6 +24,7 @@ from common.transfer import upload_if_changed
 from common.workflow.compute import start_job, wait
 from common.workflow.context import Context, Outcome
 from common.workflow.ending import finish
+from common.workflow.metering import Metering, start_metering
 from common.workflow.records import claimed, existing, open_for_run, refuse_if_busy
 from common.workflow.safety import guarded
 
@@ -35,23 +36,31 @@ def run_simulation(ctx: Context) -> Outcome:
     refuse_if_busy(ctx, WORKERS)
     store = ctx.backend.blob_store(ids.container)
     replaced = runs_in_the_way(ctx, store, tuple(sim.task_indices))
+    metering = start_metering(ctx)  # a budget it could not enforce is refused here
     with tempfile.TemporaryFile(prefix="batch-sim-") as handle:
         archive = pack(ctx, handle)  # refuses (exit 2) before the manifest or anything exists
         record = open_for_run(ctx)
         with claimed(ctx, record, "runner"):
             guarded(ctx, record, WORKERS, set(), lambda: upload_simulation(ctx, store, record, handle, archive))
             set_aside_old_results(ctx, store, record, replaced)
-            return run_worker_job(ctx, store, record, cp.worker_job(settings, ids))
+            return run_worker_job(ctx, store, record, cp.worker_job(settings, ids), metering)
 
 
-def run_worker_job(ctx: Context, store: BlobStore, record: ManifestFile, job: JobSpec) -> Outcome:
+def run_worker_job(ctx: Context, store: BlobStore, record: ManifestFile, job: JobSpec,
+                   metering: Metering | None = None) -> Outcome:
     pool = cp.worker_pool(ctx.settings, ctx.ids)
+
+    if metering is not None:
+        metering.on_sample = lambda m: record.change_job(
+            job.job_id, node_hours=(round(m.hours().dedicated, 6), round(m.hours().spot, 6)),
+            cost=m.meter.cost(), currency=m.currency)
 
     def compute() -> TaskCounts | None:
         start_job(ctx, record, pool, job, WORKERS)
-        return wait(ctx, job.job_id, len(job.tasks), record.manifest.job(job.job_id).pool_id)
+        return wait(ctx, job.job_id, len(job.tasks), record.manifest.job(job.job_id).pool_id,
+                    metering=metering)
     counts = guarded(ctx, record, WORKERS, {job.job_id}, compute)
-    return finish(ctx, store, record, record.manifest.job(job.job_id), counts)
+    return finish(ctx, store, record, record.manifest.job(job.job_id), counts, metering=metering)
 
 
 def pack(ctx: Context, handle: BinaryIO) -> Archive:
@@ -177,6 +186,7 @@ def rerun_failed(ctx: Context) -> Outcome:
     store = ctx.backend.blob_store(ctx.ids.container)
     if not store.exists():
         raise ToolError(f"container {store.container} is gone: run the campaign again")
+    metering = start_metering(ctx)
     with claimed(ctx, record, "runner"):
         set_aside_old_results(ctx, store, record, [])
-        return run_worker_job(ctx, store, record, job)
+        return run_worker_job(ctx, store, record, job, metering)

@@ -13,6 +13,7 @@ from common.errors import EXIT_INTERRUPTED, ToolError
 from common.manifest import JobRecord, ManifestFile
 from common.signals import Terminated
 from common.workflow.context import Context, command
+from common.workflow.metering import BudgetReached
 
 T = TypeVar("T")
 
@@ -82,6 +83,10 @@ def guarded(ctx: Context, record: ManifestFile, kind: str, only: set[str],
         if left:
             ctx.ui.warn(f"{stop.signal_name}: {_names(left)} keep(s) running; take it up later with "
                         f"`{command(ctx, _script(kind), '--attach')}` or `--cleanup`")
+        raise
+    except BudgetReached:
+        record.note("stopped: MAX_COST reached")
+        offer_compute_deletion(ctx, record, costly(record, kind, only), "The budget is reached. ")
         raise
     except KeyboardInterrupt:
         record.note("interrupted")
