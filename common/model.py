@@ -81,6 +81,9 @@ class JobSpec:
     keep_entrypoint: bool = False  # the image's ENTRYPOINT gets the command as its arguments
     # Written into the job when it is created, so a resent creation recognises its own job.
     owner: str = ""
+    # False: the job waits for more tasks (an adaptive campaign) until the backend's
+    # seal_job; True: it ends by itself when its last task has completed.
+    seal: bool = True
 
 
 @dataclass(frozen=True)

@@ -232,7 +232,8 @@ class AzureBackend(Backend):
         create_job(self.client, options, job.owner, self.sleep)
         add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls) for t in job.tasks],
                   sleep=self.sleep)
-        end_with_last_task(self.client, job.job_id, self.sleep)
+        if job.seal:
+            end_with_last_task(self.client, job.job_id, self.sleep)
         if job.auto_pool is None:
             return job.pool_id
         pool_id = self._auto_pool_id(job.job_id)
@@ -240,6 +241,26 @@ class AzureBackend(Backend):
                   "deleted by Batch when the job ends")
         self.wait_for_nodes(pool_id, on_status)
         return pool_id
+
+    def add_tasks(self, job: JobSpec) -> None:
+        urls = self.task_urls(job)
+        add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls) for t in job.tasks],
+                  sleep=self.sleep)
+
+    def seal_job(self, job_id: str) -> None:
+        end_with_last_task(self.client, job_id, self.sleep)
+
+    def active_task_ids(self, job_id: str) -> list[str]:
+        tasks = self._call(f"job {job_id}", lambda: list(self.client.list_tasks(
+            job_id, filter="state eq 'active'", select=["id"])))
+        return [t.id for t in tasks]
+
+    def delete_tasks(self, job_id: str, task_ids: list[str]) -> None:
+        for task_id in task_ids:
+            try:
+                self._call(f"task {task_id}", lambda: self.client.delete_task(job_id, task_id))
+            except ResourceNotFoundError:
+                pass
 
     def _auto_pool_id(self, job_id: str) -> str:
         deadline = self.clock() + POOL_READY_TIMEOUT_SECONDS

@@ -99,6 +99,24 @@ class Backend(ABC):
         exists never creates a second task.
         """
 
+    def add_tasks(self, job: JobSpec) -> None:
+        """Add job.tasks to the job, which runs (an adaptive campaign's next wave): same pool,
+        same preparation; ids that exist are not added twice."""
+        raise NotImplementedError
+
+    def seal_job(self, job_id: str) -> None:
+        """From now on the job ends by itself when its last task has completed (and its auto
+        pool with it). A job submitted with seal=False waits for more tasks until this."""
+
+    def active_task_ids(self, job_id: str) -> list[str]:
+        """The tasks that wait for a node (not started yet)."""
+        raise NotImplementedError
+
+    def delete_tasks(self, job_id: str, task_ids: list[str]) -> None:
+        """Remove tasks that have not started (no longer needed): they never run and leave
+        the job's counts. A task that started meanwhile may still run or be stopped."""
+        raise NotImplementedError
+
     @abstractmethod
     def job_state(self, job_id: str) -> str | None:
         """'active', 'completed', ... or None when the job does not exist (any more)."""

@@ -208,6 +208,25 @@ class LocalBackend(Backend):
         self._ensure_agent(pool)
         return job.pool_id
 
+    def add_tasks(self, job: JobSpec) -> None:
+        self.submit_job(job, lambda _: None)  # new task ids go into the job's next queue batch
+
+    def active_task_ids(self, job_id: str) -> list[str]:
+        _, states = self._states(job_id)
+        return [task_id for task_id, state in states if lay.bucket(state or None) == lay.ACTIVE]
+
+    def delete_tasks(self, job_id: str, task_ids: list[str]) -> None:
+        """The tasks leave job.json; the agent skips them (cancelled.json) when their turn comes."""
+        jdir = self._job(job_id)
+        if jdir is None:
+            return
+        gone = set(task_ids)
+        cancelled = set(lay.read_json(jdir / "cancelled.json") or []) | gone
+        lay.write_json(jdir / "cancelled.json", sorted(cancelled))
+        spec = lay.read_json(jdir / "job.json") or {}
+        spec["tasks"] = [t for t in spec.get("tasks", []) if t not in gone]
+        lay.write_json(jdir / "job.json", spec)
+
     def job_state(self, job_id: str) -> str | None:
         if self._job(job_id) is None:
             return None

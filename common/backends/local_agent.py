@@ -85,7 +85,10 @@ class Agent:
                 continue
             self.seen_batches.add(batch)
             job = batch.parent.parent
+            cancelled = set(lay.read_json(job / "cancelled.json") or [])
             for task_id in lay.read_json(batch) or []:
+                if task_id in cancelled:
+                    continue  # no longer needed (an adaptive campaign met its target)
                 state = lay.read_json(lay.task_dir(job, task_id) / "state.json")
                 self.tally(job, None, lay.bucket(state))  # counted before a slot can take it
                 if state is None:
@@ -160,6 +163,13 @@ class Agent:
             self.containers[job] = self.storage_root / (lay.read_json(job / "job.json") or {})["container"]
         container = self.containers[job]
         wd = tdir / "wd"
+        if task_id in set(lay.read_json(job / "cancelled.json") or []):
+            with self.lock:  # it leaves the counts, as it left job.json
+                counts = self.tallies.setdefault(job, dict.fromkeys(lay.COUNT_KEYS, 0))
+                counts["known"] -= 1
+                counts[lay.ACTIVE] -= 1
+                self.dirty.add(job)
+            return
         state = {"state": lay.RUNNING, "node_id": node_id, "start_time": now()}
         lay.write_json(tdir / "state.json", state)
         self.tally(job, lay.ACTIVE, lay.RUNNING)

@@ -116,9 +116,10 @@ def remove_reducer_code(ctx: Context, store: BlobStore, record: ManifestFile) ->
 
 def finish(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
            counts: TaskCounts | None, show_log=None, extra: tuple[str, ...] = (),
-           metering: Metering | None = None) -> Outcome:
+           metering: Metering | None = None, verdict=None) -> Outcome:
     """Report, ask the cleanup questions, sum up. The exit code is 0 only when every task
-    submitted succeeded and produced its outputs, and every download was verified."""
+    submitted succeeded and produced its outputs, and every download was verified — or, in
+    an adaptive campaign (`verdict`), when the target was met (failed tasks were replaced)."""
     job = record.manifest.job(job.job_id)  # an adaptive campaign added tasks to it
     usage = guarded(ctx, record, job.kind, {job.job_id}, lambda: record_usage(ctx, record, job, metering))
     failures = guarded(ctx, record, job.kind, {job.job_id},
@@ -139,6 +140,9 @@ def finish(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
                      lambda: cleanup_questions(ctx, store, record, job.kind, {job.job_id}))
     results = job.kind != REDUCER or bool(ending.container_deleted or store.list_blobs(cp.RESULTS_PREFIX))
     ok = all_succeeded and not failures and not missing and ending.download_ok and results
+    if verdict is not None:
+        ok = verdict.met and counts is not None and ending.download_ok
+        extra = verdict.lines + extra
     lines = summary(ctx, store, record, job, counts, ending, missing) + usage + extra
     return Outcome(EXIT_OK if ok else EXIT_FAILED, lines)
 

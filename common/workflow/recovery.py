@@ -5,9 +5,11 @@ asked of the service before anything is done with it.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from common import campaign as cp
 from common.errors import EXIT_FAILED, EXIT_OK, ToolError
-from common.manifest import JobRecord, Manifest
+from common.manifest import WORKERS, JobRecord, Manifest
 from common.ui import counts_text
 from common.workflow.compute import LOG_NAMES, wait
 from common.workflow.context import Context, Outcome
@@ -28,6 +30,13 @@ def attach(ctx: Context, kind: str) -> Outcome:
                         "run --cleanup to settle the rest")
     ctx.ui.step(f"Attaching to job {job.job_id} ({len(job.task_ids)} task(s))")
     store = ctx.backend.blob_store(record.manifest.container)
+    if kind == WORKERS and ctx.settings.sim.goals.adaptive:  # pick the waves up where they were
+        from common.workflow.metering import start_metering
+        from common.workflow.runner import run_adaptive_job
+        spec = cp.worker_job(ctx.settings, ctx.ids, indices=job.task_indices, job_id=job.job_id)
+        with claimed(ctx, record, "attach"):
+            return run_adaptive_job(ctx, store, record, replace(spec, seal=False),
+                                    start_metering(ctx), started=True)
     with claimed(ctx, record, "attach"):
         counts = guarded(ctx, record, kind, {job.job_id},
                          lambda: wait(ctx, job.job_id, len(job.task_ids), job.pool_id))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,17 +44,17 @@ def run_simulation(ctx: Context) -> Outcome:
         with claimed(ctx, record, "runner"):
             guarded(ctx, record, WORKERS, set(), lambda: upload_simulation(ctx, store, record, handle, archive))
             set_aside_old_results(ctx, store, record, replaced)
-            return run_worker_job(ctx, store, record, cp.worker_job(settings, ids), metering)
+            job = cp.worker_job(settings, ids)
+            if sim.goals.adaptive:
+                return run_adaptive_job(ctx, store, record, replace(job, seal=False), metering)
+            return run_worker_job(ctx, store, record, job, metering)
 
 
 def run_worker_job(ctx: Context, store: BlobStore, record: ManifestFile, job: JobSpec,
                    metering: Metering | None = None) -> Outcome:
     pool = cp.worker_pool(ctx.settings, ctx.ids)
 
-    if metering is not None:
-        metering.on_sample = lambda m: record.change_job(
-            job.job_id, node_hours=(round(m.hours().dedicated, 6), round(m.hours().spot, 6)),
-            cost=m.meter.cost(), currency=m.currency)
+    _keep_usage(record, job.job_id, metering)
 
     def compute() -> TaskCounts | None:
         start_job(ctx, record, pool, job, WORKERS)
@@ -61,6 +62,38 @@ def run_worker_job(ctx: Context, store: BlobStore, record: ManifestFile, job: Jo
                     metering=metering)
     counts = guarded(ctx, record, WORKERS, {job.job_id}, compute)
     return finish(ctx, store, record, record.manifest.job(job.job_id), counts, metering=metering)
+
+
+def run_adaptive_job(ctx: Context, store: BlobStore, record: ManifestFile, job: JobSpec,
+                     metering: Metering | None = None, started: bool = False) -> Outcome:
+    """The first wave, then waves until the target uncertainty (common/workflow/adaptive.py);
+    `started`: the job exists already (--attach picks it up)."""
+    from common.workflow.adaptive import AdaptiveSteering, target_of
+    from common.workflow.convergence import conclude
+    goals = ctx.settings.sim.goals
+    steering = AdaptiveSteering(ctx, store, record, job, target_of(ctx), ctx.settings.sim.task_count,
+                                goals.target_scorer)
+    _keep_usage(record, job.job_id, metering)
+
+    def compute() -> TaskCounts | None:
+        if not started:
+            start_job(ctx, record, cp.worker_pool(ctx.settings, ctx.ids), job, WORKERS)
+        counts = wait(ctx, job.job_id, len(job.tasks), record.manifest.job(job.job_id).pool_id,
+                      metering=metering, steering=steering)
+        steering.seal()  # nothing more will come: the job (and its auto pool) may end
+        return counts
+    counts = guarded(ctx, record, WORKERS, {job.job_id}, compute)
+    verdict = guarded(ctx, record, WORKERS, {job.job_id}, lambda: conclude(ctx, store, steering))
+    return finish(ctx, store, record, record.manifest.job(job.job_id), counts, metering=metering,
+                  verdict=verdict)
+
+
+def _keep_usage(record: ManifestFile, job_id: str, metering: Metering | None) -> None:
+    """While the job runs, the manifest holds its node-hours and cost (for --status)."""
+    if metering is not None:
+        metering.on_sample = lambda m: record.change_job(
+            job_id, node_hours=(round(m.hours().dedicated, 6), round(m.hours().spot, 6)),
+            cost=m.meter.cost(), currency=m.currency)
 
 
 def pack(ctx: Context, handle: BinaryIO) -> Archive:
