@@ -18,7 +18,7 @@ import numpy as np
 
 from common.errors import ToolError
 from common.topas.header import ScorerHeader, read_header
-from common.topas.scorer import Scorer, indices_for_keys
+from common.topas.scorer import Scorer, all_indices
 
 _FLOAT64 = np.dtype("<f8")
 
@@ -40,8 +40,8 @@ def read_binary_scorer(path: Path, statistics: Sequence[str] | None = None) -> S
         (header.n_bins,) + cube.shape[3:])
     values = {name: np.ascontiguousarray(by_bin[..., header.statistics.index(name)])
               for name in wanted}
-    keys = np.arange(header.n_bins)
-    return Scorer(header=header, indices=indices_for_keys(header, keys), values=values)
+    return Scorer(header=header, indices=all_indices(header), values=values,
+                  every_bin_in_order=True)
 
 
 def write_binary_scorer(path: Path, header: ScorerHeader,
