@@ -1,26 +1,28 @@
-"""Benchmark: merging R runs of a TOPAS scorer CSV, against pandas and against `cat`.
+"""Benchmark: merging R runs of a TOPAS scorer CSV, against pandas and against `cat`;
+and the false-alarm rate and power of the merge's consistency test.
 
 Generates R run folders of one 3D scorer (default 100 runs of 100x100x10 voxels with
-7 statistics, ~8 MB of CSV per run) from a known per-history model, then runs, each in
+7 statistics, ~8.7 MB of CSV per run) from a known per-history model, then runs, each in
 its own subprocess on the same warm files:
   * cat        - `cat` of all the files to /dev/null: the I/O floor;
   * pandas     - the straightforward approach: read every run with pandas, concatenate,
                  group by voxel, combine correctly (Chan's M2), write the merged CSV;
-  * merge      - this project's `python -m common.topas merge` (plots off), with
-                 --workers 2 and 1.
-For each: wall time, its ratio to pandas, peak memory (largest resident set among the
-approach's processes, and above an idle interpreter with the same imports), and the worst
-relative error of every statistic against the exact statistics of all histories.
-Ratios are what to read, not seconds: the machines are shared and noisy. Aim: merge with
-2 workers >= 3x faster than pandas, peak memory above idle < 2x one run's arrays, every
-statistic within 1e-12.
+  * merge      - this project's merge (plots off) with polars and 2 or 1 worker threads,
+                 and with numpy alone (as on a reducer node without polars).
+For each: wall time, its ratio to pandas, peak memory over all its processes (PSS, the
+sum of /proc/PID/smaps_rollup over the process and its children, sampled every 10 ms,
+minus that of an idle interpreter with the same imports), and the worst relative error
+of every statistic against the exact statistics of all histories. Ratios are what to
+read, not seconds: the machines are shared and noisy.
 
-The model: in run r (N_r histories) voxel v has c histories scoring a, d histories scoring
-b and the rest 0, with c, d, a, b drawn from a seeded generator. Each run's TOPAS
-statistics follow exactly; so do those of all histories together (computed directly from
-the pooled values, not with the merge's formulas).
+The model: voxel v scores a_v in a history with probability p_v and b_v with p_v / 3,
+else 0 (a, b, p fixed per voxel: the runs are a consistent campaign); in run r (N_r
+histories) c ~ Binomial(N_r, p_v) histories score a_v and d ~ Binomial(N_r, p_v / 3)
+score b_v. Each run's TOPAS statistics follow exactly; so do those of all histories
+together (computed directly from the pooled counts, not with the merge's formulas).
 
     python bench/topas_merge.py [--runs 100] [--shape 100,100,10] [--data DIR] [--repeat 3]
+    python bench/topas_merge.py --consistency [--campaigns 1000]
     pip install -r bench/requirements.txt   # pandas, for the comparison only
 """
 from __future__ import annotations
@@ -28,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -67,20 +68,26 @@ class Setup:
         return self.histories + 7 * r
 
 
-def run_model(setup: Setup, r: int) -> tuple[np.ndarray, ...]:
-    """(c, a, d, b) per voxel of run r: c histories score a, d score b, the rest 0."""
-    rng = np.random.default_rng([setup.seed, r])
-    n = setup.run_histories(r)
+def voxel_model(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, ...]:
+    """(p, a, b) per voxel, the same in every run."""
+    rng = np.random.default_rng([seed, 2 ** 31])
     # A beam: hit probability falls off from the centre, half the voxels never hit.
-    ni, nj, nk = setup.shape
+    ni, nj, nk = shape
     i, j, _ = np.meshgrid(np.arange(ni), np.arange(nj), np.arange(nk), indexing="ij")
     radius = np.hypot((i + 0.5) / ni - 0.5, (j + 0.5) / nj - 0.5).ravel()
     p = np.where(radius < 0.4, 0.02 * np.exp(-8 * radius ** 2), 0.0)
+    voxels = int(np.prod(shape))
+    return p, rng.lognormal(-22.0, 0.5, voxels), rng.lognormal(-21.0, 0.5, voxels)
+
+
+def run_model(setup: Setup, r: int, bias: float = 1.0) -> tuple[np.ndarray, ...]:
+    """(c, a, d, b) per voxel of run r: c histories score a, d score b, the rest 0."""
+    rng = np.random.default_rng([setup.seed, r])
+    n = setup.run_histories(r)
+    p, a, b = voxel_model(setup.shape, setup.seed)
     c = rng.binomial(n, p).astype(np.float64)
     d = rng.binomial(n, p / 3).astype(np.float64)
-    a = rng.lognormal(-22.0, 0.5, setup.voxels)
-    b = rng.lognormal(-21.0, 0.5, setup.voxels)
-    return c, a, d, b
+    return c, a * bias, d, b * bias
 
 
 def topas_statistics(n: int, c: np.ndarray, a: np.ndarray, d: np.ndarray,
@@ -104,22 +111,18 @@ def pooled_truth(setup: Setup) -> dict[str, np.ndarray]:
     """The statistics of all histories of all runs, straight from the model (two passes:
     the second needs the pooled mean)."""
     n = sum(setup.run_histories(r) for r in range(setup.runs))
-    total = np.zeros(setup.voxels)
-    count = np.zeros(setup.voxels)
-    low = np.full(setup.voxels, np.inf)
-    high = np.full(setup.voxels, -np.inf)
+    c_all, d_all = np.zeros(setup.voxels), np.zeros(setup.voxels)
     for r in range(setup.runs):
         c, a, d, b = run_model(setup, r)
-        total += c * a + d * b
-        count += c + d
-        low = np.minimum(low, np.minimum(np.where(c > 0, a, np.inf), np.where(d > 0, b, np.inf)))
-        high = np.maximum(high, np.maximum(np.where(c > 0, a, -np.inf),
-                                           np.where(d > 0, b, -np.inf)))
+        c_all += c
+        d_all += d
+    # a and b are the same in every run: the pooled histories are c_all a's and d_all b's.
+    total = c_all * a + d_all * b
+    count = c_all + d_all
+    low = np.minimum(np.where(c_all > 0, a, np.inf), np.where(d_all > 0, b, np.inf))
+    high = np.maximum(np.where(c_all > 0, a, -np.inf), np.where(d_all > 0, b, -np.inf))
     mean = total / n
-    m2 = (n - count) * mean ** 2  # the zeros
-    for r in range(setup.runs):
-        c, a, d, b = run_model(setup, r)
-        m2 += c * (a - mean) ** 2 + d * (b - mean) ** 2
+    m2 = c_all * (a - mean) ** 2 + d_all * (b - mean) ** 2 + (n - count) * mean ** 2
     variance = m2 / (n - 1)
     hit = count > 0
     return {"Sum": total, "Mean": mean, "Count_in_Bin": count, "Second_Moment": m2,
@@ -206,39 +209,56 @@ def approach_pandas(folder: Path, out: Path, stats: tuple[str, ...]) -> None:
 
 
 def child(args: argparse.Namespace) -> None:
-    """Run one approach in this process; print its wall time and peak memory as JSON."""
+    """Run one approach in this process; print its wall time as JSON. With --idle, only
+    import what the approach imports and wait: the memory baseline."""
     folder, out = Path(args.data), Path(args.out)
     if args.approach == "pandas":
         import pandas  # noqa: F401  (the import is not part of the timing)
     from common.topas import merge  # noqa: F401
-    idle = _peak_rss()
+    from common.topas import tables
+    tables.engine()
+    if args.idle:
+        time.sleep(0.5)
+        return
     started = time.perf_counter()
     if args.approach == "pandas":
         approach_pandas(folder, out, tuple(args.stats.split(",")))
-    elif args.approach == "idle":
-        pass
     else:
         approach_merge(folder, out, args.workers)
-    wall = time.perf_counter() - started
-    print(json.dumps({"wall": wall, "peak": max(_peak_rss(), _peak_rss(children=True)),
-                      "idle": idle}))
+    print(json.dumps({"wall": time.perf_counter() - started, "engine": tables.engine()}))
 
 
-def _peak_rss(children: bool = False) -> float:
-    """Peak resident memory in MiB of this process, or of its largest finished child.
-
-    For this process VmHWM is read where Linux offers it: ru_maxrss would start at the
-    benchmark parent's size (Linux carries it over fork and exec).
-    """
-    if not children:
+def tree_pss(root: int) -> float:
+    """PSS in MiB of a process and all its descendants (0 for those already gone)."""
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
         try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) / 1024
+                    break
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_sampled(command: list[str], env: dict[str, str]) -> tuple[str, float]:
+    """Run a command; its stdout and the peak PSS of its process tree (sampled)."""
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.PIPE, text=True,
+                                   env=env)
+        peak = 0.0
+        while process.poll() is None:
+            peak = max(peak, tree_pss(process.pid))
+            time.sleep(0.01)
+        error = process.stderr.read() if process.stderr else ""
+        if process.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{error}")
+        output.seek(0)
+        return output.read(), peak
 
 
 # ------------------------------------------------------------------ measuring
@@ -250,21 +270,25 @@ class Measured:
     peak: float | None = None
     idle: float | None = None
     errors: dict[str, float] | None = None
+    engine: str = ""
 
 
 def measure(name: str, approach: str, setup: Setup, folder: Path, out: Path,
-            workers: int, repeat: int) -> Measured:
+            workers: int, repeat: int, engine: str | None) -> Measured:
     """Best wall time of `repeat` runs (the machine is shared), largest peak memory."""
     command = [sys.executable, __file__, "--child", approach, "--data", str(folder),
                "--out", str(out), "--workers", str(workers), "--stats", ",".join(setup.stats)]
-    results = []
+    env = dict(os.environ)
+    if engine:
+        env["TOPAS_MERGE_ENGINE"] = engine
+    idle = min(run_sampled(command + ["--idle"], env)[1] for _ in range(2))
+    results, peaks = [], []
     for _ in range(repeat):
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{done.stderr}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return Measured(name, min(r["wall"] for r in results), max(r["peak"] for r in results),
-                    min(r["idle"] for r in results))
+        output, peak = run_sampled(command, env)
+        results.append(json.loads(output.strip().splitlines()[-1]))
+        peaks.append(peak)
+    return Measured(name, min(r["wall"] for r in results), max(peaks), idle,
+                    engine=results[0].get("engine", ""))
 
 
 def measure_cat(folder: Path, repeat: int) -> Measured:
@@ -306,18 +330,85 @@ def report(setup: Setup, rows: list[Measured], run_megabytes: float) -> None:
     print(f"\n{setup.runs} runs of {'x'.join(map(str, setup.shape))} voxels, "
           f"{len(setup.stats)} statistics, {run_megabytes:.1f} MB of CSV per run; "
           f"one run's arrays: {one_run:.1f} MiB\n")
-    print(f"{'approach':22} {'wall s':>7} {'vs pandas':>10} {'peak MiB':>9} "
-          f"{'above idle':>10}  worst relative error per statistic")
+    print(f"{'approach':30} {'wall s':>7} {'vs pandas':>10} {'PSS MiB':>8} "
+          f"{'above idle':>10} {'x one run':>9}  worst relative error per statistic")
     for m in rows:
         ratio = f"{pandas_wall / m.wall:.2f}x" if pandas_wall else "-"
-        peak = f"{m.peak:9.0f}" if m.peak is not None else f"{'-':>9}"
-        above = (f"{m.peak - m.idle:10.1f}" if m.peak is not None and m.idle is not None
-                 else f"{'-':>10}")
+        peak = f"{m.peak:8.0f}" if m.peak is not None else f"{'-':>8}"
+        above = (f"{m.peak - m.idle:10.1f} {(m.peak - m.idle) / one_run:8.1f}x"
+                 if m.peak is not None and m.idle is not None else f"{'-':>10} {'-':>9}")
         errors = ("  " + " ".join(f"{k}={v:.1e}" for k, v in m.errors.items())
                   if m.errors else "")
-        print(f"{m.name:22} {m.wall:7.2f} {ratio:>10} {peak} {above}{errors}")
-    print("\n'vs pandas': pandas wall time / this wall time (higher is faster). 'above idle':"
-          " peak minus an idle interpreter with the same imports.")
+        print(f"{m.name:30} {m.wall:7.2f} {ratio:>10} {peak} {above}{errors}")
+    print("\n'vs pandas': pandas wall time / this wall time (higher is faster). 'PSS': peak "
+          "over all the approach's processes; 'above idle': minus an idle interpreter with "
+          "the same imports; 'x one run': that in units of one run's arrays.")
+
+
+# ------------------------------------------------------------------ consistency test
+
+CHECK_SHAPE, CHECK_RUNS, CHECK_HISTORIES, TRACK = (20, 20, 10), 10, 100000, 5
+
+
+def campaign_report(seed: int, bias: float, tracks: bool) -> tuple[bool, bool, int]:
+    """One generated campaign through the merge's test: (any run flagged, run 3 - the
+    biased one - flagged, bins tested). With `tracks` each scoring history scores in
+    TRACK voxels along Z, so neighbouring voxels are correlated as in real dose grids."""
+    from common.topas.consistency import RunLedger
+    from common.topas.header import parse_header
+    from common.topas.runs import contribution
+    from common.topas.scorer import Scorer, all_indices
+    setup = Setup(runs=CHECK_RUNS, shape=CHECK_SHAPE, stats=("Sum", "Count_in_Bin",
+                  "Second_Moment", "Histories_with_Scorer_Active"),
+                  histories=CHECK_HISTORIES, seed=seed)
+    header = parse_header(header_lines(setup))
+    ledger = RunLedger()
+    for r in range(CHECK_RUNS):
+        c, a, d, b = run_model(setup, r, bias if r == 3 else 1.0)
+        n = setup.run_histories(r)
+        if tracks:
+            p = voxel_model(setup.shape, setup.seed)[0]
+            c, d = (_along_z(setup, r, n * chance / TRACK, salt)
+                    for chance, salt in ((p, 1), (p / 3, 2)))
+        stats = topas_statistics(n, c, a, d, b)
+        scorer = Scorer(header, all_indices(header), {s: stats[s] for s in setup.stats},
+                        every_bin_in_order=True)
+        ledger.record(contribution(scorer, f"run{r}"), f"run{r}")
+    report = ledger.check()
+    flagged = {run.source for run in report.inconsistent}
+    return bool(flagged), "run3" in flagged, report.bins
+
+
+def _along_z(setup: Setup, r: int, expected_starts: np.ndarray, salt: int) -> np.ndarray:
+    """Hits per voxel when each history starting in a voxel also scores in the next
+    TRACK - 1 voxels along Z (a Poisson number of starts per voxel)."""
+    rng = np.random.default_rng([setup.seed, r, salt])
+    starts = rng.poisson(expected_starts).reshape(setup.shape)
+    hits = np.zeros(setup.shape)
+    for step in range(TRACK):
+        hits[:, :, step:] += starts[:, :, :setup.shape[2] - step]
+    return hits.ravel()
+
+
+def consistency_report(campaigns: int) -> None:
+    print(f"Consistency test on generated campaigns: {CHECK_RUNS} runs of "
+          f"{'x'.join(map(str, CHECK_SHAPE))} voxels, {CHECK_HISTORIES} histories each; "
+          f"{campaigns} campaigns per case; run 3 biased in the biased cases.")
+    for tracks in (False, True):
+        model = f"correlated voxels ({TRACK} along Z per history)" if tracks else (
+            "independent voxels")
+        for bias in (1.0, 1.02, 1.03, 1.05):
+            results = [campaign_report(seed, bias, tracks) for seed in range(campaigns)]
+            any_flag = sum(result[0] for result in results)
+            found = sum(result[1] for result in results)
+            bins = int(np.median([result[2] for result in results]))
+            what = ("false alarms (a run flagged)" if bias == 1.0 else
+                    f"bias {bias - 1:+.0%}: biased run found")
+            rate = any_flag if bias == 1.0 else found
+            bound = (f" (95 % upper bound {3 / campaigns:.1%})" if rate == 0 and bias == 1.0
+                     else "")
+            print(f"  {model:42} {what:34} {rate:5d} / {campaigns} = "
+                  f"{rate / campaigns:6.1%}{bound}; median bins tested {bins}")
 
 
 def main() -> int:
@@ -331,12 +422,23 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each approach; the best wall time counts (default 3)")
     parser.add_argument("--skip-pandas", action="store_true")
+    parser.add_argument("--skip-numpy", action="store_true",
+                        help="leave out the merge with numpy alone (the slowest)")
+    parser.add_argument("--consistency", action="store_true",
+                        help="measure the consistency test's false-alarm rate and power "
+                             "instead of the speed")
+    parser.add_argument("--campaigns", type=int, default=1000,
+                        help="campaigns per case for --consistency (default 1000)")
+    parser.add_argument("--idle", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", dest="approach", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.approach:
         child(args)
+        return 0
+    if args.consistency:
+        consistency_report(args.campaigns)
         return 0
     setup = Setup(runs=args.runs, shape=tuple(int(n) for n in args.shape.split(",")),
                   stats=tuple(args.stats.split(",")), histories=args.histories)
@@ -349,14 +451,18 @@ def main() -> int:
         run_megabytes = (folder / "run000" / NAME).stat().st_size / 1e6
         measure_cat(folder, 1)  # warm the page cache for everyone
         rows = [measure_cat(folder, args.repeat)]
-        plans = [] if args.skip_pandas else [("pandas", "pandas", 1)]
-        plans += [("merge, 2 workers", "merge", 2), ("merge, 1 worker", "merge", 1)]
-        for name, approach, workers in plans:
+        plans = [] if args.skip_pandas else [("pandas", "pandas", 1, None)]
+        plans += [("merge polars, 2 workers", "merge", 2, "polars"),
+                  ("merge polars, 1 worker", "merge", 1, "polars")]
+        plans += [] if args.skip_numpy else [("merge numpy only, 2 workers", "merge", 2,
+                                              "numpy")]
+        for name, approach, workers, engine in plans:
             out = Path(tmp) / name.replace(" ", "_").replace(",", "")
-            measured = measure(name, approach, setup, folder, out, workers, args.repeat)
+            measured = measure(name, approach, setup, folder, out, workers, args.repeat,
+                               engine)
             merged = merged_by_voxel(out / NAME, setup, approach == "pandas")
             rows.append(Measured(measured.name, measured.wall, measured.peak, measured.idle,
-                                 worst_errors(merged, truth, setup.stats)))
+                                 worst_errors(merged, truth, setup.stats), measured.engine))
         report(setup, rows, run_megabytes)
     return 0
 

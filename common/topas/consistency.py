@@ -8,17 +8,18 @@ test, per run r, over the bins that every run knows well:
 
 x_rb is the run's mean per history in bin b and se_rb its history-by-history standard
 error (from Second_Moment, Variance or Standard_Deviation); x_-rb and se_-rb are those of
-all other runs together. Two statistics: the mean z, T = sum z / sqrt(B) (a bias of
-either sign in many bins), and chi^2 = sum z^2 over the B bins (any change of shape),
-made normal with the Wilson-Hilferty transform. Both are N(0, 1) for a consistent run if
-the bins are independent; neighbouring voxels of real dose grids are correlated (one
-history scores in several), which widens both, so with 8 runs or more each statistic is
-divided by its spread over the runs (1.4826 x median absolute deviation, never below 1).
-A run is inconsistent when either p-value (two-sided for the mean z, upper tail for
-chi^2: runs that agree too well are no bias) is below ALPHA / (2 x runs): a
-consistent campaign is flagged with a chance of about ALPHA, whatever its number of
-runs. The most extreme run is removed and the rest tested again, so one bad run does not
-make the others look bad. Identical runs (the same seed twice) are named too.
+all other runs together. Two statistics: the mean z, sum z / sqrt(B) (a bias of either
+sign in many bins), and chi^2 = sum z^2 over the B bins (any change of shape). Neighbouring
+voxels of real dose grids are correlated (one history scores in several), which widens
+both far beyond their textbook N(0, 1) and chi^2_B: so their standard errors are
+measured inside each run, from the spread of sums over blocks of neighbouring bins
+(batch means, Student t with blocks - 1 degrees of freedom); a shift common to all bins
+does not widen that spread. A run is inconsistent when either p-value (two-sided for the
+mean z, upper tail for chi^2: runs that agree too well are no bias) is below
+ALPHA / (2 x runs): a consistent campaign is flagged with a chance of about ALPHA,
+whatever its number of runs. The most extreme run is removed and the rest tested again,
+so one bad run does not make the others look bad. Identical runs (the same seed twice)
+are named too.
 
 Bins tested: those where the typical run's relative standard error is at most 10 %
 (judged from all runs together, so no run's own fluctuation chooses its bins); to keep
@@ -39,11 +40,12 @@ from common.topas.runs import RunContribution
 ALPHA = 1e-3
 MAX_RUN_RELATIVE_ERROR = 0.10
 MIN_TEST_BINS = 10
-ROBUST_RUNS = 8  # from this many runs on, the statistics' spread is measured
 _MIN_CANDIDATE_COUNT = 20
 _MAX_CANDIDATE_RELATIVE_ERROR = 0.30
 _MAX_CANDIDATES = 4096
-_MAD_TO_SIGMA = 1.4826
+_MAX_BLOCKS = 50
+_MIN_BLOCKS = 8
+_MIN_BLOCK_BINS = 10
 
 
 @dataclass(frozen=True)
@@ -217,27 +219,34 @@ def _statistics(x: np.ndarray, v: np.ndarray, w: np.ndarray) -> list[tuple[float
         rest_variance = (weighted_variance - w[r] ** 2 * v[r]) / rest_weight ** 2
         scale = np.sqrt(np.maximum(v[r] + rest_variance, 0))
         z = (x[r] - rest)[scale > 0] / scale[scale > 0]
-        bins = max(z.size, 1)
-        rows.append((float(z.sum() / math.sqrt(bins)), float((z ** 2).sum() / bins), bins))
-    mean_z = np.array([row[0] for row in rows])
-    normal_chi2 = np.array([_wilson_hilferty(row[1], row[2]) for row in rows])
-    spread_z, spread_chi2 = _spread(mean_z), _spread(normal_chi2)
-    return [(row[0], row[1], min(_two_sided(z / spread_z), _upper(c / spread_chi2)))
-            for row, z, c in zip(rows, mean_z, normal_chi2)]
+        rows.append((float(z.sum() / math.sqrt(max(z.size, 1))), float(np.mean(z ** 2)),
+                     min(_two_sided(_block_t(z)), _upper(_block_t(z ** 2 - 1)))))
+    return rows
 
 
-def _spread(statistics: np.ndarray) -> float:
-    """The statistics' width: 1 for independent bins, measured with enough runs."""
-    if statistics.size < ROBUST_RUNS:
-        return 1.0
-    deviation = np.median(np.abs(statistics - np.median(statistics)))
-    return max(1.0, _MAD_TO_SIGMA * float(deviation))
+def _block_t(values: np.ndarray) -> float:
+    """The sum of `values` over its standard error, as a standard normal value.
+
+    Neighbouring bins are correlated (one history scores in several), so the standard
+    error is measured: the bins, in bin order, are cut into blocks of neighbours and the
+    spread of the block sums gives it (batch means); blocks much longer than the
+    correlation are nearly independent. A shift common to all bins leaves the spread
+    alone. With too few bins for blocks, the bins are taken as independent.
+    """
+    blocks = min(_MAX_BLOCKS, values.size // _MIN_BLOCK_BINS)
+    if blocks < _MIN_BLOCKS:
+        spread = float(np.std(values)) if values.size > 1 else 1.0
+        return float(values.sum()) / (spread * math.sqrt(max(values.size, 1)) or 1.0)
+    sums = np.array([part.sum() for part in np.array_split(values, blocks)])
+    error = math.sqrt(blocks * float(np.var(sums, ddof=1)))
+    t = float(sums.sum()) / error if error > 0 else 0.0
+    return _t_as_normal(t, blocks - 1)
 
 
-def _wilson_hilferty(chi2_per_bin: float, bins: int) -> float:
-    """chi^2 / B with B degrees of freedom as an (approximately) standard normal value."""
-    spread = 2.0 / (9.0 * bins)
-    return (chi2_per_bin ** (1.0 / 3.0) - (1.0 - spread)) / math.sqrt(spread)
+def _t_as_normal(t: float, dof: int) -> float:
+    """A Student t value as the standard normal value of the same tail (Wallace 1959)."""
+    z = math.sqrt(dof * math.log1p(t * t / dof)) * (8 * dof + 1) / (8 * dof + 3)
+    return math.copysign(z, t)
 
 
 def _two_sided(z: float) -> float:
