@@ -8,18 +8,20 @@ test, per run r, over the bins that every run knows well:
 
 x_rb is the run's mean per history in bin b and se_rb its history-by-history standard
 error (from Second_Moment, Variance or Standard_Deviation); x_-rb and se_-rb are those of
-all other runs together. Two statistics: the mean z, sum z / sqrt(B) (a bias of either
-sign in many bins), and chi^2 = sum z^2 over the B bins (any change of shape). Neighbouring
-voxels of real dose grids are correlated (one history scores in several), which widens
-both far beyond their textbook N(0, 1) and chi^2_B: so their standard errors are
-measured inside each run, from the spread of sums over blocks of neighbouring bins
-(batch means, Student t with blocks - 1 degrees of freedom); a shift common to all bins
-does not widen that spread. A run is inconsistent when either p-value (two-sided for the
-mean z, upper tail for chi^2: runs that agree too well are no bias) is below
-ALPHA / (2 x runs): a consistent campaign is flagged with a chance of about ALPHA,
-whatever its number of runs. The most extreme run is removed and the rest tested again,
-so one bad run does not make the others look bad. Identical runs (the same seed twice)
-are named too.
+all other runs together. Two statistics: the mean z (a bias of either sign in many bins)
+and the mean z^2, a chi^2 per bin (any change of shape). Each is compared with the
+same statistic of the other runs, which gives the level of a consistent run (with
+estimated standard errors, the mean z^2 lies a little above 1, alike for every run).
+Neighbouring voxels of real dose grids are correlated (one history scores in several),
+which widens both far beyond their textbook spreads, so their standard errors are
+measured inside each run, from blocks of neighbouring bins (batch means, Student t
+with blocks - 1 degrees of freedom); a shift common to all bins does not widen that
+spread. A run is inconsistent when either p-value (two-sided for the mean z, upper tail
+for chi^2: runs that agree too well are no bias) is below ALPHA / (2 x runs): a
+consistent campaign is flagged with a chance of about ALPHA, whatever its number of
+runs (measured: bench/topas_merge.py --consistency). The most extreme run is removed and
+the rest tested again, so one bad run does not make the others look bad. Identical runs
+(the same seed twice) are named too.
 
 Bins tested: those where the typical run's relative standard error is at most 10 %
 (judged from all runs together, so no run's own fluctuation chooses its bins); to keep
@@ -212,35 +214,53 @@ def _statistics(x: np.ndarray, v: np.ndarray, w: np.ndarray) -> list[tuple[float
     """(mean z, chi2 per bin, p-value) of each run against the others."""
     weighted, weighted_variance, total = (w[:, None] * x).sum(axis=0), (
         w[:, None] ** 2 * v).sum(axis=0), w.sum()
-    rows = []
+    shifts, spreads = [], []
     for r in range(len(w)):
         rest_weight = total - w[r]
         rest = (weighted - w[r] * x[r]) / rest_weight
         rest_variance = (weighted_variance - w[r] ** 2 * v[r]) / rest_weight ** 2
         scale = np.sqrt(np.maximum(v[r] + rest_variance, 0))
         z = (x[r] - rest)[scale > 0] / scale[scale > 0]
-        rows.append((float(z.sum() / math.sqrt(max(z.size, 1))), float(np.mean(z ** 2)),
-                     min(_two_sided(_block_t(z)), _upper(_block_t(z ** 2 - 1)))))
-    return rows
+        shifts.append(_block_mean(z))
+        spreads.append(_block_mean(z ** 2))
+    return [(mean * math.sqrt(bins), spread,
+             min(_two_sided(_against_others(shifts, r)), _upper(_against_others(spreads, r))))
+            for r, ((mean, _, _, bins), (spread, _, _, _)) in enumerate(zip(shifts, spreads))]
 
 
-def _block_t(values: np.ndarray) -> float:
-    """The sum of `values` over its standard error, as a standard normal value.
+def _block_mean(values: np.ndarray) -> tuple[float, float, int, int]:
+    """(mean, its standard error, degrees of freedom, values) of per-bin values.
 
     Neighbouring bins are correlated (one history scores in several), so the standard
     error is measured: the bins, in bin order, are cut into blocks of neighbours and the
-    spread of the block sums gives it (batch means); blocks much longer than the
-    correlation are nearly independent. A shift common to all bins leaves the spread
-    alone. With too few bins for blocks, the bins are taken as independent.
+    spread of the block means gives it (batch means); blocks much longer than the
+    correlation are nearly independent. With too few bins for blocks, the bins are
+    taken as independent.
     """
+    size = max(values.size, 1)
     blocks = min(_MAX_BLOCKS, values.size // _MIN_BLOCK_BINS)
     if blocks < _MIN_BLOCKS:
-        spread = float(np.std(values)) if values.size > 1 else 1.0
-        return float(values.sum()) / (spread * math.sqrt(max(values.size, 1)) or 1.0)
-    sums = np.array([part.sum() for part in np.array_split(values, blocks)])
-    error = math.sqrt(blocks * float(np.var(sums, ddof=1)))
-    t = float(sums.sum()) / error if error > 0 else 0.0
-    return _t_as_normal(t, blocks - 1)
+        error = float(np.std(values, ddof=1)) / math.sqrt(size) if size > 1 else 1.0
+        return float(values.mean()) if values.size else 0.0, error, max(size - 1, 1), size
+    means = np.array([part.mean() for part in np.array_split(values, blocks)])
+    return float(values.mean()), math.sqrt(float(np.var(means, ddof=1)) / blocks), \
+        blocks - 1, size
+
+
+def _against_others(statistics: list[tuple[float, float, int, int]], r: int) -> float:
+    """Run r's statistic against the mean of the other runs', as a standard normal value.
+
+    The others give the level a consistent run has (with estimated standard errors the
+    mean of z^2 is a little above 1, and z of skewed scores a little off 0, alike for
+    every run); their own uncertainty is part of the standard error.
+    """
+    others = [statistic for position, statistic in enumerate(statistics) if position != r]
+    level = sum(mean for mean, _, _, _ in others) / len(others)
+    variance = statistics[r][1] ** 2 + sum(error ** 2 for _, error, _, _ in others) / len(
+        others) ** 2
+    if variance <= 0:
+        return 0.0
+    return _t_as_normal((statistics[r][0] - level) / math.sqrt(variance), statistics[r][2])
 
 
 def _t_as_normal(t: float, dof: int) -> float:
