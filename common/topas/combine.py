@@ -73,6 +73,7 @@ class ScorerAccumulator:
         self._minimum: np.ndarray | None = None
         self._maximum: np.ndarray | None = None
         self._outside: np.ndarray | None = None
+        self._scratch_arrays: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def histories(self) -> int | None:
@@ -218,9 +219,15 @@ class ScorerAccumulator:
         if self._count is not None and run.count is not None:
             self._count[rows] += run.count
         if self._minimum is not None and run.minimum is not None:
-            self._minimum[rows] = np.minimum(self._minimum[rows], run.minimum)
+            if run.keys is None:
+                np.minimum(self._minimum, run.minimum, out=self._minimum)
+            else:
+                self._minimum[rows] = np.minimum(self._minimum[rows], run.minimum)
         if self._maximum is not None and run.maximum is not None:
-            self._maximum[rows] = np.maximum(self._maximum[rows], run.maximum)
+            if run.keys is None:
+                np.maximum(self._maximum, run.maximum, out=self._maximum)
+            else:
+                self._maximum[rows] = np.maximum(self._maximum[rows], run.maximum)
         if self._outside is not None and run.outside is not None:
             # A bin is kept at -1 only if every run printed it so; no row means not -1.
             if run.keys is None:
@@ -240,11 +247,24 @@ class ScorerAccumulator:
             return
         before = self._weight
         self._weight += weight
-        delta = -self._mean  # bins without a row: the run's value there is 0
-        delta[rows] += value
-        self._mean += delta * (weight / self._weight)
-        delta *= delta
-        self._between += delta * (before * weight / self._weight)
+        # In place, in two scratch arrays: a run's arrays are large, allocation is not free.
+        delta, step = self._scratch()
+        if run.keys is None:
+            np.subtract(value, self._mean, out=delta)
+        else:  # bins without a row: the run's value there is 0
+            np.negative(self._mean, out=delta)
+            delta[rows] += value
+        np.multiply(delta, weight / self._weight, out=step)
+        self._mean += step
+        np.multiply(delta, delta, out=delta)
+        delta *= before * weight / self._weight
+        self._between += delta
+
+    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self._mean is not None
+        if self._scratch_arrays is None:
+            self._scratch_arrays = (np.empty_like(self._mean), np.empty_like(self._mean))
+        return self._scratch_arrays
 
     def _check_empty(self, run: RunContribution, source: object) -> None:
         for values in (run.total, run.count):

@@ -161,7 +161,8 @@ def read_scorer(path: Path, statistics: Sequence[str] | None = None) -> Scorer:
         raise NotAScorerFile(path, "no '#' header lines")
     header = parse_header(header_lines, path)
     wanted = _checked_statistics(header, statistics, path)
-    table = _read_table(path, offset, header, _wanted_columns(header, wanted))
+    table = _read_table(path, offset, header, _wanted_columns(header, wanted),
+                        len(header_lines))
     indices = _index_columns(table[:, :header.n_index_columns], header, path)
     values = _statistic_columns(table[:, header.n_index_columns:], header, wanted)
     return Scorer(header=header, indices=indices, values=values)
@@ -188,10 +189,10 @@ def _wanted_columns(header: ScorerHeader, wanted: tuple[str, ...]) -> list[int]:
     return sorted(columns)
 
 
-def _read_table(path: Path, offset: int, header: ScorerHeader,
-                columns: list[int]) -> np.ndarray:
+def _read_table(path: Path, offset: int, header: ScorerHeader, columns: list[int],
+                header_lines: int) -> np.ndarray:
     n_columns = header.n_index_columns + header.n_value_columns
-    table = read_table(path, offset, n_columns)
+    table = read_table(path, offset, n_columns, header_lines)
     if table.shape[0] and table.shape[1] != n_columns:
         raise ToolError(f"{path}: rows have {table.shape[1]} columns, the header implies "
                         f"{n_columns} ({_column_story(header)})")

@@ -67,26 +67,30 @@ def check_final_newline(path: Path) -> None:
                         "is incomplete: download or rerun that run")
 
 
-def read_table(path: Path, offset: int, n_columns: int) -> np.ndarray:
-    """Every value of the rows after byte `offset` (a (rows, n_columns) float64 array).
+def read_table(path: Path, offset: int, n_columns: int, header_lines: int) -> np.ndarray:
+    """Every value of the rows after byte `offset`, the end of the first `header_lines`
+    lines (a (rows, n_columns) float64 array).
 
     ToolError naming the file and row for a short or long row or a token that is no
     number. An empty body gives zero rows.
     """
     if engine() == POLARS:
-        table = _polars_table(path, n_columns)
+        table = _polars_table(path, n_columns, header_lines)
         if table is not None:
             return table
     return _numpy_table(path, offset, n_columns)
 
 
-def _polars_table(path: Path, n_columns: int) -> np.ndarray | None:
+def _polars_table(path: Path, n_columns: int, header_lines: int) -> np.ndarray | None:
     """The table, or None if polars found anything unusual (the numpy path then reads
     the file again and names the problem, or reads what polars would not)."""
     assert _polars is not None
     schema = {f"c{column}": _polars.Float64 for column in range(n_columns)}
     try:
-        frame = _polars.read_csv(path, has_header=False, comment_prefix="#", schema=schema)
+        # Skipping known lines costs less than looking for comments; TOPAS quotes nothing
+        # (a '"' in a header line must not start a quoted field).
+        frame = _polars.read_csv(path, has_header=False, skip_lines=header_lines,
+                                 quote_char=None, schema=schema)
     except (_polars.exceptions.PolarsError, ValueError):
         return None
     except OSError as error:
