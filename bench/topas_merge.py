@@ -10,7 +10,7 @@ its own subprocess on the same warm files:
   * merge      - this project's merge (plots off) with polars and 2 or 1 worker threads,
                  and with numpy alone (as on a reducer node without polars).
 For each: wall time, its ratio to pandas, peak memory over all its processes (PSS, the
-sum of /proc/PID/smaps_rollup over the process and its children, sampled every 10 ms,
+sum of /proc/PID/smaps_rollup over the process and its children, sampled every 50 ms,
 minus that of an idle interpreter with the same imports), and the worst relative error
 of every statistic against the exact statistics of all histories. Ratios are what to
 read, not seconds: the machines are shared and noisy.
@@ -253,7 +253,7 @@ def run_sampled(command: list[str], env: dict[str, str]) -> tuple[str, float]:
         peak = 0.0
         while process.poll() is None:
             peak = max(peak, tree_pss(process.pid))
-            time.sleep(0.01)
+            time.sleep(0.05)  # reading smaps costs CPU the measured merge would miss
         error = process.stderr.read() if process.stderr else ""
         if process.returncode != 0:
             raise SystemExit(f"{' '.join(command)} failed:\n{error}")
