@@ -33,6 +33,11 @@ def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> s
     return request.param
 
 
+def read_table(path: Path, offset: int, n_columns: int, header_lines: int) -> np.ndarray:
+    columns = tables.read_columns(path, offset, n_columns, header_lines)
+    return np.column_stack(columns) if columns else np.empty((0, n_columns))
+
+
 def random_tokens(rng: np.random.Generator, n: int) -> list[str]:
     """Numbers as TOPAS and C++ print them, and then some."""
     makers = [
@@ -64,13 +69,13 @@ def test_reading_is_bit_exact(tmp_path: Path, engine: str, seed: int) -> None:
     tokens = random_tokens(np.random.default_rng(seed), 7 * 3000)
     path = tmp_path / "r.csv"
     write_tokens(path, tokens, 7, newline="\r\n" if seed == 2 else "\n")
-    assert_bit_exact(tables.read_table(path, len(HEADER), 7, 1), tokens)
+    assert_bit_exact(read_table(path, len(HEADER), 7, 1), tokens)
 
 
 def test_ties_are_rounded_once(tmp_path: Path, engine: str) -> None:
     path = tmp_path / "ties.csv"
     write_tokens(path, TIES, 1)
-    got = tables.read_table(path, len(HEADER), 1, 1)
+    got = read_table(path, len(HEADER), 1, 1)
     assert_bit_exact(got, TIES)
     assert np.signbit(got[TIES.index("-0"), 0])
 
@@ -91,7 +96,7 @@ def test_writing_reads_back_to_the_same_doubles(tmp_path: Path, engine: str) -> 
     for reader in ENGINES:
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv(tables.ENGINE_VARIABLE, reader)
-            table = tables.read_table(path, len(HEADER), 5, 1)
+            table = read_table(path, len(HEADER), 5, 1)
         assert np.array_equal(table[:, :3], indices)
         assert np.array_equal(table[:, 3:].view(np.uint64), values.view(np.uint64)), reader
     first = path.read_text().splitlines()[1]
@@ -116,15 +121,15 @@ def test_bad_rows_are_named(tmp_path: Path, engine: str, body: str, message: str
     path = tmp_path / "odd.csv"
     path.write_text(HEADER + body)
     with pytest.raises(ToolError, match=f"{path}: {message}"):
-        tables.read_table(path, len(HEADER), 3, 1)
+        read_table(path, len(HEADER), 3, 1)
 
 
 def test_empty_lines_and_no_rows(tmp_path: Path, engine: str) -> None:
     path = tmp_path / "blank.csv"
     path.write_text(HEADER + "1, 2\n\n3, 4\n")
-    assert tables.read_table(path, len(HEADER), 2, 1).tolist() == [[1, 2], [3, 4]]
+    assert read_table(path, len(HEADER), 2, 1).tolist() == [[1, 2], [3, 4]]
     path.write_text(HEADER)
-    assert tables.read_table(path, len(HEADER), 2, 1).shape == (0, 2)
+    assert read_table(path, len(HEADER), 2, 1).shape == (0, 2)
 
 
 def test_a_cut_last_row_is_refused(tmp_path: Path) -> None:

@@ -51,8 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--no-plots", action="store_true",
                        help="do not draw the PNG per scorer")
     merge.add_argument("--workers", type=int, metavar="N",
-                       help="threads reading runs ahead of the merge (default: the CPUs, "
-                            "at most 8); the result does not depend on it")
+                       help="runs handled at once: one folded in while N-1 threads read "
+                            "the next (default: the CPUs, at most 8); the result does not "
+                            "depend on it")
     merge.add_argument(ALLOW_INCONSISTENT_FLAG, action="store_true",
                        help="merge even runs that disagree with the others (each run is "
                             "tested against the rest; a consistent campaign is flagged "

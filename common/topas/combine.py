@@ -23,7 +23,8 @@ from common.topas.consistency import ConsistencyReport, RunLedger
 from common.topas.header import (COUNT_IN_BIN, HISTORIES, MAX, MEAN, MIN, SECOND_MOMENT,
                                  SUM, VARIANCE, ScorerHeader)
 from common.topas.runs import OUTSIDE_STRUCTURE, RunContribution, contribution
-from common.topas.scorer import K_FASTEST, Scorer, indices_for_keys, sort_keys
+from common.topas.scorer import (K_FASTEST, Scorer, all_indices, indices_for_keys,
+                                 sort_keys)
 
 
 @dataclass(frozen=True)
@@ -144,8 +145,11 @@ class ScorerAccumulator:
         header = self._started()
         keys = sort_keys(header, np.flatnonzero(self._present), self._order)
         every_bin_in_order = keys.size == header.n_bins and bool(np.all(keys[1:] > keys[:-1]))
-        rows = slice(None) if every_bin_in_order else keys  # a slice copies nothing
-        values = {name: self._final(name)[rows] for name in header.statistics}
+        if every_bin_in_order:  # no copies: the rows are the accumulator's arrays
+            values = {name: self._final(name) for name in header.statistics}
+            return Scorer(header=header, indices=all_indices(header), values=values,
+                          every_bin_in_order=True)
+        values = {name: self._final(name)[keys] for name in header.statistics}
         return Scorer(header=header, indices=indices_for_keys(header, keys), values=values)
 
     def batch(self) -> BatchStatistics | None:

@@ -9,10 +9,10 @@ Files that are none of these are skipped and reported; an output that some runs 
 an error naming them, never silently merged from fewer runs. A run folder's own
 merge-summary/ (an earlier merge's) is not an output.
 
-The runs of a scorer are read by `workers` threads ahead of the one that folds them in
-run order (polars parses without holding the interpreter lock), so the result does not
-depend on the number of workers, and memory holds the accumulator and a few runs, never
-all of them. Before the merged file is written, the runs are tested against each other
+The runs of a scorer are folded in run order by one thread while `workers - 1` others
+read the next runs (polars parses without holding the interpreter lock), so the result
+does not depend on the number of workers, and memory holds the accumulator and
+`workers` runs, never all of them. Before the merged file is written, the runs are tested against each other
 (consistency.py): an inconsistent run stops the merge unless `allow_inconsistent`.
 Beside each merged scorer go its record (record.py: the runs and histories it stands
 for) and, in merge-summary/ (extras.py), a text summary, a PNG, the batch statistics
@@ -107,8 +107,8 @@ def merge_runs(run_dirs: Sequence[Path], out_dir: Path, *, histories: int | None
     `histories`: each run's number of histories, for scorers whose files do not report
     it (Sum or Mean without Histories_with_Scorer_Active); an input that is itself a
     merged output uses its record instead. `plots`: draw PNGs (skipped with a note when
-    matplotlib is missing). `workers`: threads reading runs (default: the CPUs, at most
-    8). `allow_inconsistent`: merge runs that disagree with the others (named in the
+    matplotlib is missing). `workers`: runs in memory at once, one being folded while the
+    others are read (default: the CPUs, at most 8). `allow_inconsistent`: merge runs that disagree with the others (named in the
     summary) instead of stopping. ToolError (usage errors exit 2) if the folders or
     files cannot be merged.
     """
@@ -230,24 +230,28 @@ def _read_run(path: Path, first: ScorerHeader, first_source: Path,
 
 def _in_order(items: Sequence[_Item], work: Callable[[_Item], _Result],
               workers: int) -> Iterator[tuple[_Item, _Result]]:
-    """(item, work(item)) in order, at most `workers` items being worked on ahead."""
-    if workers < 2 or len(items) < 2:
+    """(item, work(item)) in order; `workers - 1` threads work on the next items while
+    the caller uses this one (so `workers` runs are in memory at most)."""
+    ahead = min(workers - 1, len(items) - 1)
+    if ahead < 1:
         for item in items:
             yield item, work(item)
         return
     waiting = iter(items)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
         pending: deque[tuple[_Item, Future[_Result]]] = deque()
         for item in waiting:
             pending.append((item, pool.submit(work, item)))
-            if len(pending) >= workers:
+            if len(pending) >= ahead:
                 break
         while pending:
             item, future = pending.popleft()
+            result = future.result()
             following = next(waiting, None)
             if following is not None:
                 pending.append((following, pool.submit(work, following)))
-            yield item, future.result()
+            yield item, result
+            del result  # the caller's fold is done: this run's arrays may go
 
 
 def _write(merged: Scorer, path: Path) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from common.errors import ToolError
 from common.topas.header import (HISTORIES, NotAScorerFile, ScorerHeader, parse_header,
                                  read_header_block)
-from common.topas.tables import read_table, write_rows
+from common.topas.tables import read_columns, write_rows
 
 K_FASTEST = "k_fastest"  # TOPAS <= 4.1.0 loops i, j, k
 I_FASTEST = "i_fastest"  # TOPAS >= 4.1.1 loops k, j, i
@@ -34,7 +34,9 @@ class Scorer:
     (all of header.statistics unless read_scorer was asked for fewer) to a (rows,)
     float64 array, or (rows, header.n_extra_bins) when binned by energy or time (column
     0 is the underflow bin, then the bins, then overflow and, for incident-track energy,
-    "no incident track"). Row r of every array belongs to bin indices[r].
+    "no incident track"). Row r of every array belongs to bin indices[r]. Arrays from
+    the readers may be read-only (the CSV reader hands over the parser's memory rather
+    than a copy): copy one before changing it.
     """
 
     header: ScorerHeader
@@ -161,10 +163,10 @@ def read_scorer(path: Path, statistics: Sequence[str] | None = None) -> Scorer:
         raise NotAScorerFile(path, "no '#' header lines")
     header = parse_header(header_lines, path)
     wanted = _checked_statistics(header, statistics, path)
-    table = _read_table(path, offset, header, _wanted_columns(header, wanted),
-                        len(header_lines))
-    indices = _index_columns(table[:, :header.n_index_columns], header, path)
-    values = _statistic_columns(table[:, header.n_index_columns:], header, wanted)
+    columns = _read_columns(path, offset, header, len(header_lines))
+    indices = _index_columns(columns[:header.n_index_columns], columns[0].shape[0], header,
+                             path)
+    values = _statistic_columns(columns[header.n_index_columns:], header, wanted)
     return Scorer(header=header, indices=indices, values=values)
 
 
@@ -179,26 +181,17 @@ def _checked_statistics(header: ScorerHeader, statistics: Sequence[str] | None,
     return tuple(name for name in header.statistics if name in statistics)
 
 
-def _wanted_columns(header: ScorerHeader, wanted: tuple[str, ...]) -> list[int]:
-    """Column numbers of the index columns and of the wanted statistics, ascending."""
-    columns = list(range(header.n_index_columns))
-    stats = header.statistics
-    for extra in range(max(1, header.n_extra_bins)):
-        first = header.n_index_columns + extra * len(stats)
-        columns += [first + stats.index(name) for name in wanted]
-    return sorted(columns)
-
-
-def _read_table(path: Path, offset: int, header: ScorerHeader, columns: list[int],
-                header_lines: int) -> np.ndarray:
+def _read_columns(path: Path, offset: int, header: ScorerHeader,
+                  header_lines: int) -> list[np.ndarray]:
     n_columns = header.n_index_columns + header.n_value_columns
-    table = read_table(path, offset, n_columns, header_lines)
-    if table.shape[0] and table.shape[1] != n_columns:
-        raise ToolError(f"{path}: rows have {table.shape[1]} columns, the header implies "
+    columns = read_columns(path, offset, n_columns, header_lines)
+    rows = columns[0].shape[0] if columns else 0
+    if rows and len(columns) != n_columns:
+        raise ToolError(f"{path}: rows have {len(columns)} columns, the header implies "
                         f"{n_columns} ({_column_story(header)})")
-    if header.n_index_columns == 0 and table.shape[0] > 1:
-        raise ToolError(f"{path}: {table.shape[0]} rows for an undivided scorer (expected 1)")
-    return table if len(columns) == n_columns else table[:, columns]
+    if header.n_index_columns == 0 and rows > 1:
+        raise ToolError(f"{path}: {rows} rows for an undivided scorer (expected 1)")
+    return columns
 
 
 def _column_story(header: ScorerHeader) -> str:
@@ -208,10 +201,13 @@ def _column_story(header: ScorerHeader) -> str:
     return story
 
 
-def _index_columns(columns: np.ndarray, header: ScorerHeader, path: Path) -> np.ndarray:
-    indices = columns.astype(np.int64)
-    if not np.array_equal(indices, columns):
-        raise ToolError(f"{path}: bin indices are not whole numbers")
+def _index_columns(columns: list[np.ndarray], rows: int, header: ScorerHeader,
+                   path: Path) -> np.ndarray:
+    indices = np.empty((rows, len(columns)), dtype=np.int64)
+    for position, column in enumerate(columns):
+        indices[:, position] = column
+        if not np.array_equal(indices[:, position], column):
+            raise ToolError(f"{path}: bin indices are not whole numbers")
     upper = _index_limits(header)
     bad = (indices < 0) | (indices >= upper)
     if bad.any():  # (a reduction along rows first would be slow: 3 values a row)
@@ -228,17 +224,17 @@ def _index_limits(header: ScorerHeader) -> np.ndarray:
     return np.array([header.n_bins] * header.n_index_columns, dtype=np.int64)
 
 
-def _statistic_columns(table: np.ndarray, header: ScorerHeader,
+def _statistic_columns(columns: list[np.ndarray], header: ScorerHeader,
                        wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Split the wanted value columns (in file order) into one array per statistic.
-
-    The arrays are views of the table (no copies: a large file is not held twice).
-    """
+    """The value columns as one array per wanted statistic: the columns themselves (no
+    copy: a large file is not held twice) unless binned by energy or time."""
+    stats = header.statistics
     if header.n_extra_bins == 0:
-        return {name: table[:, s] for s, name in enumerate(wanted)}
+        return {name: columns[stats.index(name)] for name in wanted}
     # Per row: [bin 0: every statistic][bin 1: every statistic]... statistic varies fastest.
-    cube = table.reshape(table.shape[0], header.n_extra_bins, len(wanted))
-    return {name: cube[:, :, s] for s, name in enumerate(wanted)}
+    return {name: np.column_stack([columns[extra * len(stats) + stats.index(name)]
+                                   for extra in range(header.n_extra_bins)])
+            for name in wanted}
 
 
 # ---------------------------------------------------------------------------- writing

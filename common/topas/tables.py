@@ -26,11 +26,15 @@ from common.errors import ToolError
 POLARS = "polars"
 NUMPY = "numpy"
 ENGINE_VARIABLE = "TOPAS_MERGE_ENGINE"
-_ROWS_PER_WRITE = 1 << 16  # rows formatted at a time: bounded memory, few calls
+_ROWS_PER_WRITE = 1 << 14  # rows formatted at a time: ~2 MB of text, few calls
 _SHOWN_CHARACTERS = 40
 
 
 def _import_polars() -> Any | None:
+    # polars allocates with jemalloc, which keeps freed pages for seconds; a merge reads
+    # run after run, so they would pile up (~40 MB). Return them at once instead (the
+    # variable is read when polars loads; a caller's own setting wins).
+    os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
     try:
         import polars
     except ImportError:
@@ -67,22 +71,25 @@ def check_final_newline(path: Path) -> None:
                         "is incomplete: download or rerun that run")
 
 
-def read_table(path: Path, offset: int, n_columns: int, header_lines: int) -> np.ndarray:
-    """Every value of the rows after byte `offset`, the end of the first `header_lines`
-    lines (a (rows, n_columns) float64 array).
+def read_columns(path: Path, offset: int, n_columns: int,
+                 header_lines: int) -> list[np.ndarray]:
+    """Every column of the rows after byte `offset`, the end of the first `header_lines`
+    lines: n_columns float64 arrays of one value per row. They may be read-only (polars
+    hands over its own memory instead of a copy): copy one before changing it.
 
     ToolError naming the file and row for a short or long row or a token that is no
     number. An empty body gives zero rows.
     """
     if engine() == POLARS:
-        table = _polars_table(path, n_columns, header_lines)
-        if table is not None:
-            return table
-    return _numpy_table(path, offset, n_columns)
+        columns = _polars_columns(path, n_columns, header_lines)
+        if columns is not None:
+            return columns
+    table = _numpy_table(path, offset, n_columns)
+    return [table[:, column] for column in range(table.shape[1])]
 
 
-def _polars_table(path: Path, n_columns: int, header_lines: int) -> np.ndarray | None:
-    """The table, or None if polars found anything unusual (the numpy path then reads
+def _polars_columns(path: Path, n_columns: int, header_lines: int) -> list[np.ndarray] | None:
+    """The columns, or None if polars found anything unusual (the numpy path then reads
     the file again and names the problem, or reads what polars would not)."""
     assert _polars is not None
     schema = {f"c{column}": _polars.Float64 for column in range(n_columns)}
@@ -97,7 +104,7 @@ def _polars_table(path: Path, n_columns: int, header_lines: int) -> np.ndarray |
         raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
     if frame.height and any(frame.null_count().row(0)):
         return None  # short rows or empty lines
-    return frame.to_numpy(order="fortran")
+    return [column.to_numpy() for column in frame.get_columns()]  # no copies
 
 
 def _numpy_table(path: Path, offset: int, n_columns: int) -> np.ndarray:
