@@ -14,8 +14,8 @@ between values as TOPAS does, so scripts that split on ", " keep working.
 """
 from __future__ import annotations
 
-import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
@@ -84,7 +84,7 @@ def read_columns(path: Path, offset: int, n_columns: int,
         columns = _polars_columns(path, n_columns, header_lines)
         if columns is not None:
             return columns
-    table = _numpy_table(path, offset, n_columns)
+    table = _numpy_table(path, offset, n_columns, header_lines)
     return [table[:, column] for column in range(table.shape[1])]
 
 
@@ -107,19 +107,20 @@ def _polars_columns(path: Path, n_columns: int, header_lines: int) -> list[np.nd
     return [column.to_numpy() for column in frame.get_columns()]  # no copies
 
 
-def _numpy_table(path: Path, offset: int, n_columns: int) -> np.ndarray:
-    body = _read_body(path, offset)
-    if not body.strip():
-        return np.empty((0, n_columns))
+def _numpy_table(path: Path, offset: int, n_columns: int, header_lines: int) -> np.ndarray:
     try:
-        table = np.loadtxt(io.StringIO(body), delimiter=",", dtype=np.float64, ndmin=2,
-                           comments=None)
+        with warnings.catch_warnings():  # a file of header lines only has no rows: fine
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2,
+                               comments=None, skiprows=header_lines)
     except ValueError:
         table = None
-    if table is None or table.shape[1] != n_columns:
-        _name_the_bad_row(path, body, n_columns)
-        raise ToolError(f"{path}: unreadable data rows")  # _name_the_bad_row found none
-    return table
+    except OSError as error:
+        raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
+    if table is not None and (table.shape[1] == n_columns or table.shape[0] == 0):
+        return table if table.shape[0] else np.empty((0, n_columns))
+    _name_the_bad_row(path, _read_body(path, offset), n_columns)
+    raise ToolError(f"{path}: unreadable data rows")  # _name_the_bad_row found none
 
 
 def _read_body(path: Path, offset: int) -> str:
