@@ -146,3 +146,24 @@ def test_engine_without_polars(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(tables.ENGINE_VARIABLE, raising=False)
     monkeypatch.setattr(tables, "_polars", None)
     assert tables.engine() == tables.NUMPY
+
+
+@pytest.mark.skipif(len(ENGINES) < 2, reason="polars is not installed")
+def test_a_merge_gives_the_same_doubles_with_either_engine(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.topas.merge import merge_runs
+    from common.topas.scorer import read_scorer
+    from test_topas_merge import ALL_STATS, header_for, make_campaign
+    campaign = make_campaign(tmp_path, header_for(ALL_STATS, sparse=True),
+                             hit_probability=0.05)
+    merged = {}
+    for name in ENGINES:
+        monkeypatch.setenv(tables.ENGINE_VARIABLE, name)
+        report = merge_runs(campaign.runs, tmp_path / name, plots=False)
+        assert report.engine == name
+        merged[name] = read_scorer(tmp_path / name / "dose" / "Dose.csv")
+    numpy_only, with_polars = merged[tables.NUMPY], merged[tables.POLARS]
+    assert np.array_equal(numpy_only.indices, with_polars.indices)
+    for statistic, values in numpy_only.values.items():
+        assert np.array_equal(values.view(np.uint64),
+                              with_polars.values[statistic].view(np.uint64)), statistic

@@ -43,6 +43,7 @@ numpy; polars (faster), matplotlib (plots) and pydicom (RT Dose) are used when p
 """
 from common.topas.binary import read_binary_scorer, write_binary_scorer
 from common.topas.combine import BatchStatistics, ScorerAccumulator
+from common.topas.consistency import ConsistencyReport, RunCheck
 from common.topas.header import (COUNT_IN_BIN, HISTORIES, MAX, MEAN, MIN, SECOND_MOMENT,
                                  STANDARD_DEVIATION, STATISTICS, SUM, VARIANCE,
                                  NotAScorerFile, ScorerHeader, parse_header, read_header)
@@ -50,9 +51,11 @@ from common.topas.merge import (MergedFile, MergeReport, SkippedFile, merge_runs
                                 merge_scorer_files)
 from common.topas.phasespace import (NotAPhaseSpace, PhaseSpaceHeader, merge_phase_spaces,
                                      read_phase_space_header)
+from common.topas.record import MergeRecord, read_record
 from common.topas.scorer import Scorer, read_scorer, write_scorer
 
-__all__ = ["BatchStatistics", "COUNT_IN_BIN", "HISTORIES", "MAX", "MEAN", "MIN",
+__all__ = ["BatchStatistics", "COUNT_IN_BIN", "ConsistencyReport", "MergeRecord", "RunCheck",
+           "read_record", "HISTORIES", "MAX", "MEAN", "MIN",
            "MergeReport", "MergedFile", "NotAPhaseSpace", "NotAScorerFile",
            "PhaseSpaceHeader", "SECOND_MOMENT", "STANDARD_DEVIATION", "STATISTICS", "SUM",
            "Scorer", "ScorerAccumulator", "ScorerHeader", "SkippedFile", "VARIANCE",
