@@ -35,11 +35,11 @@ def read_binary_scorer(path: Path, statistics: Sequence[str] | None = None) -> S
     header = read_header(header_path)
     wanted = _wanted(header, statistics, header_path)
     cube = _read_cube(data_path, header)
-    # cube axes: k, j, i, [energy bin,] statistic. Bin number = i*Nj*Nk + j*Nk + k.
-    by_bin = np.moveaxis(cube, (0, 1, 2), (2, 1, 0)).reshape(
-        (header.n_bins,) + cube.shape[3:])
-    values = {name: np.ascontiguousarray(by_bin[..., header.statistics.index(name)])
-              for name in wanted}
+    # cube axes: k, j, i, [energy bin,] statistic. Bin number = i*Nj*Nk + j*Nk + k: one
+    # strided copy per statistic puts its values in bin order.
+    values = {name: np.ascontiguousarray(np.moveaxis(
+        cube[..., header.statistics.index(name)], (0, 1, 2), (2, 1, 0))).reshape(
+        (header.n_bins,) + cube.shape[3:-1]) for name in wanted}
     return Scorer(header=header, indices=all_indices(header), values=values,
                   every_bin_in_order=True)
 

@@ -243,7 +243,8 @@ def _block_mean(values: np.ndarray) -> tuple[float, float, int, int]:
     if blocks < _MIN_BLOCKS:
         error = float(np.std(values, ddof=1)) / math.sqrt(size) if size > 1 else 1.0
         return float(values.mean()) if values.size else 0.0, error, max(size - 1, 1), size
-    means = np.array([part.mean() for part in np.array_split(values, blocks)])
+    starts = np.linspace(0, values.size, blocks + 1).astype(np.int64)[:-1]
+    means = np.add.reduceat(values, starts) / np.diff(np.append(starts, values.size))
     return float(values.mean()), math.sqrt(float(np.var(means, ddof=1)) / blocks), \
         blocks - 1, size
 

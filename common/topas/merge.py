@@ -148,7 +148,10 @@ def _merge_one(runs: tuple[Path, ...], relative: Path, kind: str, out_dir: Path,
         return MergedFile(path=relative, scorer_name=f"{header.format} phase space",
                           runs=len(runs), histories=header.original_histories,
                           statistics=(), rows=header.particles, kind=kind)
-    accumulator = _accumulate(sources, options.histories, options.workers)
+    # A binary run is read by one copy of its bytes: a second thread only adds a run in
+    # memory (measured: 100 runs of 100k voxels, 1.9 s either way, 14 MB more with two).
+    workers = 1 if kind == SCORER_BINARY else options.workers
+    accumulator = _accumulate(sources, options.histories, workers)
     consistency = accumulator.consistency()
     _stop_if_inconsistent(consistency, relative, options.allow_inconsistent)
     merged = accumulator.result()
