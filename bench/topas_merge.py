@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -220,16 +221,32 @@ def child(args: argparse.Namespace) -> None:
     get ready as the approach does before its first run and wait: the memory baseline."""
     folder, out = Path(args.data), Path(args.out)
     warm_up(args.approach)
-    from common.topas import tables
     if args.idle:
         time.sleep(0.5)
         return
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), _cpu_seconds()
     if args.approach == "pandas":
         approach_pandas(folder, out, tuple(args.stats.split(",")))
     else:
         approach_merge(folder, out, args.workers)
-    print(json.dumps({"wall": time.perf_counter() - started, "engine": tables.engine()}))
+    engine = _engine()
+    print(json.dumps({"wall": time.perf_counter() - started, "cpu": _cpu_seconds() - cpu,
+                      "engine": engine}))
+
+
+def _engine() -> str:
+    try:
+        from common.topas import tables
+    except ImportError:  # a --baseline-tree from before tables.py
+        return "numpy (earlier version)"
+    return tables.engine()
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process's threads and of its finished child processes."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                         resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def warm_up(approach: str) -> None:
@@ -242,8 +259,12 @@ def warm_up(approach: str) -> None:
             import pandas
             pandas.read_csv(tiny, comment="#", header=None, skipinitialspace=True)
             return
-        from common.topas import merge, tables  # noqa: F401
-        tables.read_columns(tiny, 4, 2, 1)
+        from common.topas import merge  # noqa: F401
+        try:
+            from common.topas import tables
+            tables.read_columns(tiny, 4, 2, 1)
+        except ImportError:  # a --baseline-tree from before tables.py
+            pass
         try:
             import pydicom  # noqa: F401  (the merge writes RT Dose files with it)
         except ImportError:
@@ -293,16 +314,21 @@ class Measured:
     idle: float | None = None
     errors: dict[str, float] | None = None
     engine: str = ""
+    cpu: float | None = None
 
 
 def measure(name: str, approach: str, setup: Setup, folder: Path, out: Path,
-            workers: int, repeat: int, engine: str | None) -> Measured:
-    """Best wall time of `repeat` runs (the machine is shared), largest peak memory."""
+            workers: int, repeat: int, engine: str | None,
+            tree: Path | None = None) -> Measured:
+    """Best wall and CPU time of `repeat` runs (the machine is shared), largest peak
+    memory. `tree`: run the merge of another source tree (an earlier version)."""
     command = [sys.executable, __file__, "--child", approach, "--data", str(folder),
                "--out", str(out), "--workers", str(workers), "--stats", ",".join(setup.stats)]
     env = dict(os.environ)
     if engine:
         env["TOPAS_MERGE_ENGINE"] = engine
+    if tree:
+        command += ["--tree", str(tree)]
     idle = min(run_sampled(command + ["--idle"], env)[1] for _ in range(2))
     results, peaks = [], []
     for _ in range(repeat):
@@ -310,7 +336,7 @@ def measure(name: str, approach: str, setup: Setup, folder: Path, out: Path,
         results.append(json.loads(output.strip().splitlines()[-1]))
         peaks.append(peak)
     return Measured(name, min(r["wall"] for r in results), max(peaks), idle,
-                    engine=results[0].get("engine", ""))
+                    engine=results[0].get("engine", ""), cpu=min(r["cpu"] for r in results))
 
 
 def measure_cat(folder: Path, repeat: int) -> Measured:
@@ -347,24 +373,32 @@ def merged_by_voxel(path: Path, setup: Setup, pandas_output: bool) -> dict[str, 
 
 
 def report(setup: Setup, rows: list[Measured], run_megabytes: float) -> None:
-    pandas_wall = next((m.wall for m in rows if m.name == "pandas"), None)
+    reference = next((m for m in rows if m.name == "pandas"),
+                     next((m for m in rows if m.name.startswith("merge before")), None))
     one_run = setup.voxels * (3 + len(setup.stats)) * 8 / 2 ** 20
     print(f"\n{setup.runs} runs of {'x'.join(map(str, setup.shape))} voxels, "
           f"{len(setup.stats)} statistics, {run_megabytes:.1f} MB of CSV per run; "
-          f"one run's arrays: {one_run:.1f} MiB\n")
-    print(f"{'approach':30} {'wall s':>7} {'vs pandas':>10} {'PSS MiB':>8} "
-          f"{'above idle':>10} {'x one run':>9}  worst relative error per statistic")
+          f"one run's arrays: {one_run:.1f} MiB; ratios against "
+          f"{reference.name if reference else '-'}\n")
+    print(f"{'approach':30} {'wall s':>7} {'ratio':>7} {'CPU s':>7} {'ratio':>7} "
+          f"{'PSS MiB':>8} {'above idle':>10} {'x one run':>9}  worst error")
     for m in rows:
-        ratio = f"{pandas_wall / m.wall:.2f}x" if pandas_wall else "-"
+        wall_ratio = f"{reference.wall / m.wall:.2f}x" if reference else "-"
+        cpu_ratio = (f"{reference.cpu / m.cpu:.2f}x" if reference and reference.cpu and m.cpu
+                     else "-")
+        cpu = f"{m.cpu:7.2f}" if m.cpu is not None else f"{'-':>7}"
         peak = f"{m.peak:8.0f}" if m.peak is not None else f"{'-':>8}"
         above = (f"{m.peak - m.idle:10.1f} {(m.peak - m.idle) / one_run:8.1f}x"
                  if m.peak is not None and m.idle is not None else f"{'-':>10} {'-':>9}")
-        errors = ("  " + " ".join(f"{k}={v:.1e}" for k, v in m.errors.items())
-                  if m.errors else "")
-        print(f"{m.name:30} {m.wall:7.2f} {ratio:>10} {peak} {above}{errors}")
-    print("\n'vs pandas': pandas wall time / this wall time (higher is faster). 'PSS': peak "
-          "over all the approach's processes; 'above idle': minus an idle interpreter with "
-          "the same imports; 'x one run': that in units of one run's arrays.")
+        worst = f"  {max(m.errors.values()):.1e}" if m.errors else ""
+        print(f"{m.name:30} {m.wall:7.2f} {wall_ratio:>7} {cpu} {cpu_ratio:>7} {peak} "
+              f"{above}{worst}")
+    print("\n'ratio': the reference's time / this time (higher is faster). 'CPU': user + "
+          "system time of all its threads and processes (less disturbed by other work on "
+          "a shared machine than wall time). 'PSS': peak over all the approach's processes; "
+          "'above idle': minus an idle interpreter that imported the same and read a tiny "
+          "CSV; 'x one run': that in units of one run's arrays. 'worst error': largest "
+          "relative error of any statistic against the pooled truth.")
 
 
 # ------------------------------------------------------------------ consistency test
@@ -456,11 +490,17 @@ def main() -> int:
                              "instead of the speed")
     parser.add_argument("--campaigns", type=int, default=1000,
                         help="campaigns per case for --consistency (default 1000)")
+    parser.add_argument("--baseline-tree", type=Path,
+                        help="also time the merge of this source tree (e.g. `git archive "
+                             "REV common | tar -x -C DIR`): the merge before a change")
     parser.add_argument("--idle", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tree", help=argparse.SUPPRESS)
     parser.add_argument("--child", dest="approach", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tree:
+        sys.path.insert(0, args.tree)  # before anything imports common
     if args.approach:
         child(args)
         return 0
@@ -483,13 +523,17 @@ def main() -> int:
                   ("merge polars, 1 worker", "merge", 1, "polars")]
         plans += [] if args.skip_numpy else [("merge numpy only, 2 workers", "merge", 2,
                                               "numpy")]
+        if args.baseline_tree:
+            plans.append(("merge before, 2 workers", "merge", 2, None))
         for name, approach, workers, engine in plans:
             out = Path(tmp) / name.replace(" ", "_").replace(",", "")
+            tree = args.baseline_tree if name.startswith("merge before") else None
             measured = measure(name, approach, setup, folder, out, workers, args.repeat,
-                               engine)
+                               engine, tree)
             merged = merged_by_voxel(out / NAME, setup, approach == "pandas")
             rows.append(Measured(measured.name, measured.wall, measured.peak, measured.idle,
-                                 worst_errors(merged, truth, setup.stats), measured.engine))
+                                 worst_errors(merged, truth, setup.stats), measured.engine,
+                                 measured.cpu))
         report(setup, rows, run_megabytes)
     return 0
 

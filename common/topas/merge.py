@@ -156,11 +156,7 @@ def _merge_one(runs: tuple[Path, ...], relative: Path, kind: str, out_dir: Path,
     _stop_if_inconsistent(consistency, relative, options.allow_inconsistent)
     merged = accumulator.result()
     histories = accumulator.histories
-    warnings = tuple(f"{source}: 0 histories; left out (it adds nothing, and counted as a "
-                     "run it would make the batch standard error too small)"
-                     for source in accumulator.empty_runs) + tuple(
-        line for line in consistency.lines() if "not tested" not in line
-        and (consistency.inconsistent or consistency.identical))
+    warnings = _run_warnings(accumulator, consistency)
     _write(merged, out_dir / relative)
     write_record(out_dir / relative, MergeRecord(
         runs=_runs_stood_for(sources, accumulator), histories=histories,
@@ -175,6 +171,16 @@ def _merge_one(runs: tuple[Path, ...], relative: Path, kind: str, out_dir: Path,
         return report
     return replace(report, summary=written.summary, plot=written.plot, batch=written.batch,
                    dicom=written.dicom, summary_text=written.text)
+
+
+def _run_warnings(accumulator: ScorerAccumulator,
+                  consistency: ConsistencyReport) -> tuple[str, ...]:
+    """Runs left out, identical or inconsistent: what the user must hear of."""
+    left_out = [f"{source}: 0 histories; left out (it adds nothing, and counted as a run "
+                "it would make the batch standard error too small)"
+                for source in accumulator.empty_runs]
+    troubled = consistency.lines() if consistency.inconsistent or consistency.identical else []
+    return tuple(left_out + [line for line in troubled if "not tested" not in line])
 
 
 def _stop_if_inconsistent(consistency: ConsistencyReport, relative: Path,
@@ -201,7 +207,7 @@ def _runs_stood_for(sources: Sequence[Path], accumulator: ScorerAccumulator) -> 
 
 def _accumulate(sources: Sequence[Path], histories: int | None,
                 workers: int) -> ScorerAccumulator:
-    """Fold the runs in order while `workers` threads read the next ones."""
+    """Fold the runs in order while `workers - 1` threads read the next ones."""
     first_source = Path(sources[0])
     first = read_header(first_source)
     per_run = {str(source): _input_histories(Path(source), histories) for source in sources}
