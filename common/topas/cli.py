@@ -47,7 +47,8 @@ def _parser() -> argparse.ArgumentParser:
                             "inside a run folder)")
     merge.add_argument("--histories", type=int, metavar="N",
                        help="histories of each run, for scorers that report Sum or Mean "
-                            "without Histories_with_Scorer_Active")
+                            "without Histories_with_Scorer_Active (an input that is itself "
+                            "a merged output counts as the runs its .merge.json names)")
     merge.add_argument("--no-plots", action="store_true",
                        help="do not draw the PNG per scorer")
     merge.add_argument("--workers", type=int, metavar="N",
