@@ -74,7 +74,7 @@ class ScorerAccumulator:
         self._minimum: np.ndarray | None = None
         self._maximum: np.ndarray | None = None
         self._outside: np.ndarray | None = None
-        self._scratch_arrays: tuple[np.ndarray, np.ndarray] | None = None
+        self._scratch_array: np.ndarray | None = None
 
     @property
     def histories(self) -> int | None:
@@ -246,29 +246,34 @@ class ScorerAccumulator:
         # exact for any split, and it never subtracts two large sums of squares.
         assert self._mean is not None and self._between is not None
         weight = float(run.histories) if run.histories is not None else 1.0
-        value = run.mean if run.histories is not None else run.total
+        value = run.mean if run.mean is not None else run.total
         if weight == 0 or value is None:
             return
+        # The run's value: its mean per history (Sum / N) when N is known, else its Sum.
+        per = weight if run.mean is None and run.histories is not None else 1.0
         before = self._weight
         self._weight += weight
-        # In place, in two scratch arrays: a run's arrays are large, allocation is not free.
-        delta, step = self._scratch()
+        # In place, in one scratch array: a run's arrays are large, allocation is not free.
+        delta = self._scratch()
         if run.keys is None:
-            np.subtract(value, self._mean, out=delta)
+            np.divide(value, per, out=delta)
+            delta -= self._mean
         else:  # bins without a row: the run's value there is 0
             np.negative(self._mean, out=delta)
-            delta[rows] += value
-        np.multiply(delta, weight / self._weight, out=step)
-        self._mean += step
+            delta[rows] += value / per
+        share = weight / self._weight
+        delta *= share
+        self._mean += delta
+        # between += before w / W (value - mean)^2, with delta now share (value - mean)
         np.multiply(delta, delta, out=delta)
-        delta *= before * weight / self._weight
+        delta *= before / share
         self._between += delta
 
-    def _scratch(self) -> tuple[np.ndarray, np.ndarray]:
+    def _scratch(self) -> np.ndarray:
         assert self._mean is not None
-        if self._scratch_arrays is None:
-            self._scratch_arrays = (np.empty_like(self._mean), np.empty_like(self._mean))
-        return self._scratch_arrays
+        if self._scratch_array is None:
+            self._scratch_array = np.empty_like(self._mean)
+        return self._scratch_array
 
     def _check_empty(self, run: RunContribution, source: object) -> None:
         for values in (run.total, run.count):

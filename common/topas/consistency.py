@@ -114,20 +114,21 @@ class RunLedger:
         self._note_identical(run, str(source))
         if self._untestable is not None:
             return
-        if run.mean is None or run.m2 is None or not run.histories:
+        if (run.total is None and run.mean is None) or run.m2 is None or not run.histories:
             self._untestable = ("the files hold no Second_Moment, Variance or "
                                 "Standard_Deviation with their histories, so the runs' own "
                                 "standard errors are unknown")
             return
         n = float(run.histories)
-        mean = run.on_all_bins(run.mean).ravel()
-        variance = run.on_all_bins(run.m2).ravel() / (n * (n - 1)) if n > 1 else mean * 0
         if self._candidates is None:
-            self._candidates = _candidates(run, mean, variance)
+            self._candidates = _candidates(run)
+        mean = (run.at(run.mean, self._candidates) if run.mean is not None else
+                run.at(run.total, self._candidates) / n)
+        variance = run.at(run.m2, self._candidates) / (n * (n - 1)) if n > 1 else mean * 0
         self._sources.append(str(source))
         self._weights.append(n)
-        self._estimates.append(mean[self._candidates].astype(np.float32))
-        self._variances.append(variance[self._candidates].astype(np.float32))
+        self._estimates.append(mean.astype(np.float32))
+        self._variances.append(variance.astype(np.float32))
 
     def check(self) -> ConsistencyReport:
         """Test every run against the rest."""
@@ -161,10 +162,14 @@ class RunLedger:
             self._digests[key] = source
 
 
-def _candidates(run: RunContribution, mean: np.ndarray, variance: np.ndarray) -> np.ndarray:
+def _candidates(run: RunContribution) -> np.ndarray:
+    mean = run.on_all_bins(run.mean_per_history()).ravel()  # type: ignore[arg-type]
     if run.count is not None:
         chosen = run.on_all_bins(run.count).ravel() >= _MIN_CANDIDATE_COUNT
     else:
+        assert run.m2 is not None and run.histories
+        n = float(run.histories)
+        variance = run.on_all_bins(run.m2).ravel() / (n * max(n - 1, 1))
         with np.errstate(invalid="ignore", divide="ignore"):
             chosen = np.sqrt(variance) <= _MAX_CANDIDATE_RELATIVE_ERROR * mean
     chosen &= mean > 0

@@ -37,12 +37,33 @@ class RunContribution:
     keys: np.ndarray | None
     histories: int | None  # N_r, from the file, its merge record or --histories
     total: np.ndarray | None  # Sum
-    mean: np.ndarray | None
+    mean: np.ndarray | None  # only when the file has Mean but no Sum (else Sum / N)
     m2: np.ndarray | None
     count: np.ndarray | None
     minimum: np.ndarray | None
     maximum: np.ndarray | None
     outside: np.ndarray | None  # rows printed as all -1 by this run
+
+    def at(self, array: np.ndarray, flat: np.ndarray) -> np.ndarray:
+        """A per-row array's values at these flat bin numbers (bin x energy bins + energy
+        bin), 0 where the run has no row: a few values without building the full grid."""
+        per_bin = max(1, self.header.n_extra_bins)
+        rows = array.reshape(array.shape[0], per_bin)
+        if self.keys is None:
+            return rows.ravel()[flat]
+        bins, extra = np.divmod(flat, per_bin)
+        position = np.minimum(np.searchsorted(self.keys, bins), max(self.keys.size - 1, 0))
+        if self.keys.size == 0:
+            return np.zeros(flat.shape)
+        return np.where(self.keys[position] == bins, rows[position, extra], 0.0)
+
+    def mean_per_history(self) -> np.ndarray | None:
+        """Mean per row (Sum / N), None when neither it nor the histories are known."""
+        if self.mean is not None:
+            return self.mean
+        if self.total is None or not self.histories:
+            return None
+        return self.total / self.histories
 
     def on_all_bins(self, array: np.ndarray) -> np.ndarray:
         """A per-row array on every bin in bin order (0 where the run has no row)."""
@@ -138,9 +159,8 @@ def _first_moments(values: dict[str, np.ndarray],
     mean = values.get(MEAN)
     if total is None and mean is not None and n is not None:
         total = mean * n
-    if mean is None and total is not None and n:
-        mean = total / n
-    return total, mean
+    # Mean is not made from Sum here: that would be a run-sized array held per run.
+    return total, mean if total is None or SUM not in values else None
 
 
 def _second_moment(values: dict[str, np.ndarray], n: int | None) -> np.ndarray | None:

@@ -164,10 +164,23 @@ def read_scorer(path: Path, statistics: Sequence[str] | None = None) -> Scorer:
     header = parse_header(header_lines, path)
     wanted = _checked_statistics(header, statistics, path)
     columns = _read_columns(path, offset, header, len(header_lines))
+    values = _statistic_columns(columns[header.n_index_columns:], header, wanted)
+    if _every_bin_in_order(columns[:header.n_index_columns], header):
+        # The usual case: no index arrays of this run's own (shared, cached ones instead).
+        return Scorer(header=header, indices=all_indices(header), values=values,
+                      every_bin_in_order=True)
     indices = _index_columns(columns[:header.n_index_columns], columns[0].shape[0], header,
                              path)
-    values = _statistic_columns(columns[header.n_index_columns:], header, wanted)
     return Scorer(header=header, indices=indices, values=values)
+
+
+def _every_bin_in_order(columns: list[np.ndarray], header: ScorerHeader) -> bool:
+    """Whether the index columns list bins 0, 1, 2, ... (i, j, k with k fastest)."""
+    if not columns or columns[0].shape[0] != header.n_bins:
+        return False
+    expected = all_indices(header)
+    return all(np.array_equal(column, expected[:, position])
+               for position, column in enumerate(columns))
 
 
 def _checked_statistics(header: ScorerHeader, statistics: Sequence[str] | None,

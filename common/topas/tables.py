@@ -74,8 +74,8 @@ def check_final_newline(path: Path) -> None:
 def read_columns(path: Path, offset: int, n_columns: int,
                  header_lines: int) -> list[np.ndarray]:
     """Every column of the rows after byte `offset`, the end of the first `header_lines`
-    lines: n_columns float64 arrays of one value per row. They may be read-only (polars
-    hands over its own memory instead of a copy): copy one before changing it.
+    lines: n_columns float64 arrays of one value per row. They may be read-only: copy one
+    before changing it.
 
     ToolError naming the file and row for a short or long row or a token that is no
     number. An empty body gives zero rows.
@@ -104,7 +104,9 @@ def _polars_columns(path: Path, n_columns: int, header_lines: int) -> list[np.nd
         raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
     if frame.height and any(frame.null_count().row(0)):
         return None  # short rows or empty lines
-    return [column.to_numpy() for column in frame.get_columns()]  # no copies
+    # polars parses in chunks, so each column is copied once into one array; taking the
+    # columns out of the frame one by one frees each chunked original after its copy.
+    return [frame.drop_in_place(name).to_numpy() for name in list(frame.columns)]
 
 
 def _numpy_table(path: Path, offset: int, n_columns: int, header_lines: int) -> np.ndarray:
