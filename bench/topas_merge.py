@@ -1,26 +1,30 @@
-"""Benchmark: merging R runs of a TOPAS scorer CSV, against pandas and against `cat`.
+"""Benchmark: merging R runs of a TOPAS scorer CSV, against pandas and against `cat`;
+and the false-alarm rate and power of the merge's consistency test.
 
 Generates R run folders of one 3D scorer (default 100 runs of 100x100x10 voxels with
-7 statistics, ~8 MB of CSV per run) from a known per-history model, then runs, each in
+7 statistics, ~8.7 MB of CSV per run) from a known per-history model, then runs, each in
 its own subprocess on the same warm files:
   * cat        - `cat` of all the files to /dev/null: the I/O floor;
   * pandas     - the straightforward approach: read every run with pandas, concatenate,
                  group by voxel, combine correctly (Chan's M2), write the merged CSV;
-  * merge      - this project's `python -m common.topas merge` (plots off), with
-                 --workers 2 and 1.
-For each: wall time, its ratio to pandas, peak memory (largest resident set among the
-approach's processes, and above an idle interpreter with the same imports), and the worst
-relative error of every statistic against the exact statistics of all histories.
-Ratios are what to read, not seconds: the machines are shared and noisy. Aim: merge with
-2 workers >= 3x faster than pandas, peak memory above idle < 2x one run's arrays, every
-statistic within 1e-12.
+  * merge      - this project's merge (plots off) with polars and 2 or 1 worker threads,
+                 and with numpy alone (as on a reducer node without polars).
+For each: wall time, its ratio to pandas, peak memory over all its processes (PSS, the
+sum of /proc/PID/smaps_rollup over the process and its children, sampled every 50 ms,
+minus that of an idle interpreter with the same imports), and the worst relative error
+of every statistic against the exact statistics of all histories. The idle baseline has
+imported what the approach imports and read a tiny CSV the way it reads runs (polars'
+threads and allocator exist then): what is left grows with the data. Ratios are what to
+read, not seconds: the machines are shared and noisy.
 
-The model: in run r (N_r histories) voxel v has c histories scoring a, d histories scoring
-b and the rest 0, with c, d, a, b drawn from a seeded generator. Each run's TOPAS
-statistics follow exactly; so do those of all histories together (computed directly from
-the pooled values, not with the merge's formulas).
+The model: voxel v scores a_v in a history with probability p_v and b_v with p_v / 3,
+else 0 (a, b, p fixed per voxel: the runs are a consistent campaign); in run r (N_r
+histories) c ~ Binomial(N_r, p_v) histories score a_v and d ~ Binomial(N_r, p_v / 3)
+score b_v. Each run's TOPAS statistics follow exactly; so do those of all histories
+together (computed directly from the pooled counts, not with the merge's formulas).
 
     python bench/topas_merge.py [--runs 100] [--shape 100,100,10] [--data DIR] [--repeat 3]
+    python bench/topas_merge.py --consistency [--campaigns 1000]
     pip install -r bench/requirements.txt   # pandas, for the comparison only
 """
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -46,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 STATS = ("Sum", "Mean", "Count_in_Bin", "Second_Moment", "Variance", "Standard_Deviation",
          "Histories_with_Scorer_Active")
 NAME = "Dose.csv"
+_EXPONENT = re.compile(r"e([+-]?)(\d)(?=[,\n])")
 UNHIT_MIN, UNHIT_MAX = 9e99, -9e99
 
 
@@ -67,20 +73,26 @@ class Setup:
         return self.histories + 7 * r
 
 
-def run_model(setup: Setup, r: int) -> tuple[np.ndarray, ...]:
-    """(c, a, d, b) per voxel of run r: c histories score a, d score b, the rest 0."""
-    rng = np.random.default_rng([setup.seed, r])
-    n = setup.run_histories(r)
+def voxel_model(shape: tuple[int, int, int], seed: int) -> tuple[np.ndarray, ...]:
+    """(p, a, b) per voxel, the same in every run."""
+    rng = np.random.default_rng([seed, 2 ** 31])
     # A beam: hit probability falls off from the centre, half the voxels never hit.
-    ni, nj, nk = setup.shape
+    ni, nj, nk = shape
     i, j, _ = np.meshgrid(np.arange(ni), np.arange(nj), np.arange(nk), indexing="ij")
     radius = np.hypot((i + 0.5) / ni - 0.5, (j + 0.5) / nj - 0.5).ravel()
     p = np.where(radius < 0.4, 0.02 * np.exp(-8 * radius ** 2), 0.0)
+    voxels = int(np.prod(shape))
+    return p, rng.lognormal(-22.0, 0.5, voxels), rng.lognormal(-21.0, 0.5, voxels)
+
+
+def run_model(setup: Setup, r: int, bias: float = 1.0) -> tuple[np.ndarray, ...]:
+    """(c, a, d, b) per voxel of run r: c histories score a, d score b, the rest 0."""
+    rng = np.random.default_rng([setup.seed, r])
+    n = setup.run_histories(r)
+    p, a, b = voxel_model(setup.shape, setup.seed)
     c = rng.binomial(n, p).astype(np.float64)
     d = rng.binomial(n, p / 3).astype(np.float64)
-    a = rng.lognormal(-22.0, 0.5, setup.voxels)
-    b = rng.lognormal(-21.0, 0.5, setup.voxels)
-    return c, a, d, b
+    return c, a * bias, d, b * bias
 
 
 def topas_statistics(n: int, c: np.ndarray, a: np.ndarray, d: np.ndarray,
@@ -104,22 +116,18 @@ def pooled_truth(setup: Setup) -> dict[str, np.ndarray]:
     """The statistics of all histories of all runs, straight from the model (two passes:
     the second needs the pooled mean)."""
     n = sum(setup.run_histories(r) for r in range(setup.runs))
-    total = np.zeros(setup.voxels)
-    count = np.zeros(setup.voxels)
-    low = np.full(setup.voxels, np.inf)
-    high = np.full(setup.voxels, -np.inf)
+    c_all, d_all = np.zeros(setup.voxels), np.zeros(setup.voxels)
     for r in range(setup.runs):
         c, a, d, b = run_model(setup, r)
-        total += c * a + d * b
-        count += c + d
-        low = np.minimum(low, np.minimum(np.where(c > 0, a, np.inf), np.where(d > 0, b, np.inf)))
-        high = np.maximum(high, np.maximum(np.where(c > 0, a, -np.inf),
-                                           np.where(d > 0, b, -np.inf)))
+        c_all += c
+        d_all += d
+    # a and b are the same in every run: the pooled histories are c_all a's and d_all b's.
+    total = c_all * a + d_all * b
+    count = c_all + d_all
+    low = np.minimum(np.where(c_all > 0, a, np.inf), np.where(d_all > 0, b, np.inf))
+    high = np.maximum(np.where(c_all > 0, a, -np.inf), np.where(d_all > 0, b, -np.inf))
     mean = total / n
-    m2 = (n - count) * mean ** 2  # the zeros
-    for r in range(setup.runs):
-        c, a, d, b = run_model(setup, r)
-        m2 += c * (a - mean) ** 2 + d * (b - mean) ** 2
+    m2 = c_all * (a - mean) ** 2 + d_all * (b - mean) ** 2 + (n - count) * mean ** 2
     variance = m2 / (n - 1)
     hit = count > 0
     return {"Sum": total, "Mean": mean, "Count_in_Bin": count, "Second_Moment": m2,
@@ -139,26 +147,43 @@ def header_lines(setup: Setup) -> list[str]:
             "# DoseToMedium ( Gy ) : " + "".join(f"{s}   " for s in setup.stats)]
 
 
+def sixteen_digits(values: np.ndarray) -> np.ndarray:
+    """Values rounded to 16 significant digits, as TOPAS prints them (the shortest text
+    of the rounded double then has 16 digits or fewer for 85 % of the values, 17 for
+    the rest: the division rounds again)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = 10.0 ** (15 - np.floor(np.log10(np.abs(values))))
+        rounded = np.round(values * scale) / scale
+    return np.where(np.isfinite(rounded) & (values != 0), rounded, values)
+
+
 def write_run(setup: Setup, r: int, folder: Path) -> int:
-    """Write run r as TOPAS would (%.16g, rows i, j, k with k fastest); its size."""
+    """Write run r as TOPAS would (rows i, j, k with k fastest, counts as integers, values
+    with 16 significant digits); its size. With polars: Python's formatting of 10
+    million values takes minutes."""
+    import polars
     n = setup.run_histories(r)
     stats = topas_statistics(n, *run_model(setup, r))
     i, j, k = np.unravel_index(np.arange(setup.voxels), setup.shape)
-    # Integers print as integers, like TOPAS's counts; everything else with 16 digits.
-    row = "%d, %d, %d, " + ", ".join("%d" if s in ("Count_in_Bin", "Histories_with_Scorer_Active")
-                                     else "%.16g" for s in setup.stats) + "\n"
-    columns = [i, j, k] + [stats[s] for s in setup.stats]
-    text = "".join(row % values for values in zip(*(c.tolist() for c in columns)))
+    integers = ("Count_in_Bin", "Histories_with_Scorer_Active")
+    frame = polars.DataFrame({"i": i, "j": j, "k": k, **{
+        s: stats[s].astype(np.int64) if s in integers else sixteen_digits(stats[s])
+        for s in setup.stats}})
     path = folder / f"run{r:03d}" / NAME
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(header_lines(setup)) + "\n" + text)
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write("\n".join(header_lines(setup)) + "\n")
+        for start in range(0, setup.voxels, 1 << 17):
+            text = frame.slice(start, 1 << 17).write_csv(include_header=False)
+            # C++ streams pad exponents to two digits: 1.5e-07, not polars' 1.5e-7.
+            handle.write(_EXPONENT.sub(r"e\g<1>0\g<2>", text).replace(",", ", "))
     return path.stat().st_size
 
 
 def generate(setup: Setup, folder: Path) -> None:
     """Write the runs (in parallel), unless folder already holds this exact setup."""
     marker = folder / "setup.json"
-    wanted = json.dumps(setup.__dict__, sort_keys=True)
+    wanted = json.dumps({**setup.__dict__, "model": 5}, sort_keys=True)  # 5: e-07
     if marker.exists() and marker.read_text() == wanted:
         return
     shutil.rmtree(folder, ignore_errors=True)
@@ -206,39 +231,91 @@ def approach_pandas(folder: Path, out: Path, stats: tuple[str, ...]) -> None:
 
 
 def child(args: argparse.Namespace) -> None:
-    """Run one approach in this process; print its wall time and peak memory as JSON."""
+    """Run one approach in this process; print its wall time as JSON. With --idle, only
+    get ready as the approach does before its first run and wait: the memory baseline."""
     folder, out = Path(args.data), Path(args.out)
-    if args.approach == "pandas":
-        import pandas  # noqa: F401  (the import is not part of the timing)
-    from common.topas import merge  # noqa: F401
-    idle = _peak_rss()
-    started = time.perf_counter()
+    warm_up(args.approach)
+    if args.idle:
+        time.sleep(0.5)
+        return
+    started, cpu = time.perf_counter(), _cpu_seconds()
     if args.approach == "pandas":
         approach_pandas(folder, out, tuple(args.stats.split(",")))
-    elif args.approach == "idle":
-        pass
     else:
         approach_merge(folder, out, args.workers)
-    wall = time.perf_counter() - started
-    print(json.dumps({"wall": wall, "peak": max(_peak_rss(), _peak_rss(children=True)),
-                      "idle": idle}))
+    engine = _engine()
+    print(json.dumps({"wall": time.perf_counter() - started, "cpu": _cpu_seconds() - cpu,
+                      "engine": engine}))
 
 
-def _peak_rss(children: bool = False) -> float:
-    """Peak resident memory in MiB of this process, or of its largest finished child.
+def _engine() -> str:
+    try:
+        from common.topas import tables
+    except ImportError:  # a --baseline-tree from before tables.py
+        return "numpy (earlier version)"
+    return tables.engine()
 
-    For this process VmHWM is read where Linux offers it: ru_maxrss would start at the
-    benchmark parent's size (Linux carries it over fork and exec).
-    """
-    if not children:
+
+def _cpu_seconds() -> float:
+    """CPU time of this process's threads and of its finished child processes."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                         resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def warm_up(approach: str) -> None:
+    """The imports and the parser's threads and allocator, which do not grow with the
+    data: a tiny CSV is read the way the approach reads runs."""
+    with tempfile.TemporaryDirectory() as folder:
+        tiny = Path(folder) / "tiny.csv"
+        tiny.write_text("# h\n0, 1.5\n1, 2.5\n")
+        if approach == "pandas":
+            import pandas
+            pandas.read_csv(tiny, comment="#", header=None, skipinitialspace=True)
+            return
+        from common.topas import merge  # noqa: F401
         try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
+            from common.topas import tables
+            tables.read_columns(tiny, 4, 2, 1)
+        except ImportError:  # a --baseline-tree from before tables.py
             pass
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 1024  # Linux reports KiB
+        try:
+            import pydicom  # noqa: F401  (the merge writes RT Dose files with it)
+        except ImportError:
+            pass
+
+
+def tree_pss(root: int) -> float:
+    """PSS in MiB of a process and all its descendants (0 for those already gone)."""
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) / 1024
+                    break
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, ValueError):
+            continue
+    return total
+
+
+def run_sampled(command: list[str], env: dict[str, str]) -> tuple[str, float]:
+    """Run a command; its stdout and the peak PSS of its process tree (sampled)."""
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.PIPE, text=True,
+                                   env=env)
+        peak = 0.0
+        while process.poll() is None:
+            peak = max(peak, tree_pss(process.pid))
+            time.sleep(0.05)  # reading smaps costs CPU the measured merge would miss
+        error = process.stderr.read() if process.stderr else ""
+        if process.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{error}")
+        output.seek(0)
+        return output.read(), peak
 
 
 # ------------------------------------------------------------------ measuring
@@ -250,21 +327,30 @@ class Measured:
     peak: float | None = None
     idle: float | None = None
     errors: dict[str, float] | None = None
+    engine: str = ""
+    cpu: float | None = None
 
 
 def measure(name: str, approach: str, setup: Setup, folder: Path, out: Path,
-            workers: int, repeat: int) -> Measured:
-    """Best wall time of `repeat` runs (the machine is shared), largest peak memory."""
+            workers: int, repeat: int, engine: str | None,
+            tree: Path | None = None) -> Measured:
+    """Best wall and CPU time of `repeat` runs (the machine is shared), largest peak
+    memory. `tree`: run the merge of another source tree (an earlier version)."""
     command = [sys.executable, __file__, "--child", approach, "--data", str(folder),
                "--out", str(out), "--workers", str(workers), "--stats", ",".join(setup.stats)]
-    results = []
+    env = dict(os.environ)
+    if engine:
+        env["TOPAS_MERGE_ENGINE"] = engine
+    if tree:
+        command += ["--tree", str(tree)]
+    idle = min(run_sampled(command + ["--idle"], env)[1] for _ in range(2))
+    results, peaks = [], []
     for _ in range(repeat):
-        done = subprocess.run(command, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise SystemExit(f"{name} failed:\n{done.stderr}")
-        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return Measured(name, min(r["wall"] for r in results), max(r["peak"] for r in results),
-                    min(r["idle"] for r in results))
+        output, peak = run_sampled(command, env)
+        results.append(json.loads(output.strip().splitlines()[-1]))
+        peaks.append(peak)
+    return Measured(name, min(r["wall"] for r in results), max(peaks), idle,
+                    engine=results[0].get("engine", ""), cpu=min(r["cpu"] for r in results))
 
 
 def measure_cat(folder: Path, repeat: int) -> Measured:
@@ -301,23 +387,103 @@ def merged_by_voxel(path: Path, setup: Setup, pandas_output: bool) -> dict[str, 
 
 
 def report(setup: Setup, rows: list[Measured], run_megabytes: float) -> None:
-    pandas_wall = next((m.wall for m in rows if m.name == "pandas"), None)
+    reference = next((m for m in rows if m.name == "pandas"),
+                     next((m for m in rows if m.name.startswith("merge before")), None))
     one_run = setup.voxels * (3 + len(setup.stats)) * 8 / 2 ** 20
     print(f"\n{setup.runs} runs of {'x'.join(map(str, setup.shape))} voxels, "
           f"{len(setup.stats)} statistics, {run_megabytes:.1f} MB of CSV per run; "
-          f"one run's arrays: {one_run:.1f} MiB\n")
-    print(f"{'approach':22} {'wall s':>7} {'vs pandas':>10} {'peak MiB':>9} "
-          f"{'above idle':>10}  worst relative error per statistic")
+          f"one run's arrays: {one_run:.1f} MiB; ratios against "
+          f"{reference.name if reference else '-'}\n")
+    print(f"{'approach':30} {'wall s':>7} {'ratio':>7} {'CPU s':>7} {'ratio':>7} "
+          f"{'PSS MiB':>8} {'above idle':>10} {'x one run':>9}  worst error")
     for m in rows:
-        ratio = f"{pandas_wall / m.wall:.2f}x" if pandas_wall else "-"
-        peak = f"{m.peak:9.0f}" if m.peak is not None else f"{'-':>9}"
-        above = (f"{m.peak - m.idle:10.1f}" if m.peak is not None and m.idle is not None
-                 else f"{'-':>10}")
-        errors = ("  " + " ".join(f"{k}={v:.1e}" for k, v in m.errors.items())
-                  if m.errors else "")
-        print(f"{m.name:22} {m.wall:7.2f} {ratio:>10} {peak} {above}{errors}")
-    print("\n'vs pandas': pandas wall time / this wall time (higher is faster). 'above idle':"
-          " peak minus an idle interpreter with the same imports.")
+        wall_ratio = f"{reference.wall / m.wall:.2f}x" if reference else "-"
+        cpu_ratio = (f"{reference.cpu / m.cpu:.2f}x" if reference and reference.cpu and m.cpu
+                     else "-")
+        cpu = f"{m.cpu:7.2f}" if m.cpu is not None else f"{'-':>7}"
+        peak = f"{m.peak:8.0f}" if m.peak is not None else f"{'-':>8}"
+        above = (f"{m.peak - m.idle:10.1f} {(m.peak - m.idle) / one_run:8.1f}x"
+                 if m.peak is not None and m.idle is not None else f"{'-':>10} {'-':>9}")
+        worst = f"  {max(m.errors.values()):.1e}" if m.errors else ""
+        print(f"{m.name:30} {m.wall:7.2f} {wall_ratio:>7} {cpu} {cpu_ratio:>7} {peak} "
+              f"{above}{worst}")
+    print("\n'ratio': the reference's time / this time (higher is faster). 'CPU': user + "
+          "system time of all its threads and processes (less disturbed by other work on "
+          "a shared machine than wall time). 'PSS': peak over all the approach's processes; "
+          "'above idle': minus an idle interpreter that imported the same and read a tiny "
+          "CSV; 'x one run': that in units of one run's arrays. 'worst error': largest "
+          "relative error of any statistic against the pooled truth.")
+
+
+# ------------------------------------------------------------------ consistency test
+
+CHECK_SHAPE, CHECK_RUNS, TRACK = (20, 20, 10), 10, 5
+
+
+def campaign_report(seed: int, bias: float, tracks: bool,
+                    histories: int) -> tuple[bool, bool, int]:
+    """One generated campaign through the merge's test: (any run flagged, run 3 - the
+    biased one - flagged, bins tested). With `tracks` each scoring history scores in
+    TRACK voxels along Z, so neighbouring voxels are correlated as in real dose grids."""
+    from common.topas.consistency import RunLedger
+    from common.topas.header import parse_header
+    from common.topas.runs import contribution
+    from common.topas.scorer import Scorer, all_indices
+    setup = Setup(runs=CHECK_RUNS, shape=CHECK_SHAPE, stats=("Sum", "Count_in_Bin",
+                  "Second_Moment", "Histories_with_Scorer_Active"),
+                  histories=histories, seed=seed)
+    header = parse_header(header_lines(setup))
+    ledger = RunLedger()
+    for r in range(CHECK_RUNS):
+        c, a, d, b = run_model(setup, r, bias if r == 3 else 1.0)
+        n = setup.run_histories(r)
+        if tracks:
+            p = voxel_model(setup.shape, setup.seed)[0]
+            c, d = (_along_z(setup, r, n * chance / TRACK, salt)
+                    for chance, salt in ((p, 1), (p / 3, 2)))
+        stats = topas_statistics(n, c, a, d, b)
+        scorer = Scorer(header, all_indices(header), {s: stats[s] for s in setup.stats},
+                        every_bin_in_order=True)
+        ledger.record(contribution(scorer, f"run{r}"), f"run{r}")
+    report = ledger.check()
+    flagged = {run.source for run in report.inconsistent}
+    return bool(flagged), "run3" in flagged, report.bins
+
+
+def _along_z(setup: Setup, r: int, expected_starts: np.ndarray, salt: int) -> np.ndarray:
+    """Hits per voxel when each history starting in a voxel also scores in the next
+    TRACK - 1 voxels along Z (a Poisson number of starts per voxel)."""
+    rng = np.random.default_rng([setup.seed, r, salt])
+    starts = rng.poisson(expected_starts).reshape(setup.shape)
+    hits = np.zeros(setup.shape)
+    for step in range(TRACK):
+        hits[:, :, step:] += starts[:, :, :setup.shape[2] - step]
+    return hits.ravel()
+
+
+def consistency_report(campaigns: int) -> None:
+    print(f"Consistency test on generated campaigns of {CHECK_RUNS} runs of "
+          f"{'x'.join(map(str, CHECK_SHAPE))} voxels, {campaigns} campaigns per case; in "
+          "the biased cases run 3 scores (1 + bias) times the others.")
+    for histories in (100000, 10000):
+        for tracks in (False, True):
+            model = (f"{histories} histories/run, " + (
+                f"correlated voxels ({TRACK} along Z)" if tracks else "independent voxels"))
+            for bias in (1.0, 1.02, 1.03, 1.05):
+                results = [campaign_report(seed, bias, tracks, histories)
+                           for seed in range(campaigns)]
+                _print_case(model, bias, results, campaigns)
+
+
+def _print_case(model: str, bias: float, results: list[tuple[bool, bool, int]],
+                campaigns: int) -> None:
+    rate = sum(result[0] if bias == 1.0 else result[1] for result in results)
+    bins = int(np.median([result[2] for result in results]))
+    what = ("false alarms (any run flagged)" if bias == 1.0 else
+            f"bias {bias - 1:+.0%}: biased run named")
+    bound = f" (95 % upper bound {3 / campaigns:.2%})" if rate == 0 and bias == 1.0 else ""
+    print(f"  {model:52} {what:32} {rate:5d} / {campaigns} = {rate / campaigns:6.1%}"
+          f"{bound}; median bins tested {bins}", flush=True)
 
 
 def main() -> int:
@@ -331,12 +497,29 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3,
                         help="runs of each approach; the best wall time counts (default 3)")
     parser.add_argument("--skip-pandas", action="store_true")
+    parser.add_argument("--skip-numpy", action="store_true",
+                        help="leave out the merge with numpy alone (the slowest)")
+    parser.add_argument("--consistency", action="store_true",
+                        help="measure the consistency test's false-alarm rate and power "
+                             "instead of the speed")
+    parser.add_argument("--campaigns", type=int, default=1000,
+                        help="campaigns per case for --consistency (default 1000)")
+    parser.add_argument("--baseline-tree", type=Path,
+                        help="also time the merge of this source tree (e.g. `git archive "
+                             "REV common | tar -x -C DIR`): the merge before a change")
+    parser.add_argument("--idle", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tree", help=argparse.SUPPRESS)
     parser.add_argument("--child", dest="approach", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.tree:
+        sys.path.insert(0, args.tree)  # before anything imports common
     if args.approach:
         child(args)
+        return 0
+    if args.consistency:
+        consistency_report(args.campaigns)
         return 0
     setup = Setup(runs=args.runs, shape=tuple(int(n) for n in args.shape.split(",")),
                   stats=tuple(args.stats.split(",")), histories=args.histories)
@@ -349,14 +532,22 @@ def main() -> int:
         run_megabytes = (folder / "run000" / NAME).stat().st_size / 1e6
         measure_cat(folder, 1)  # warm the page cache for everyone
         rows = [measure_cat(folder, args.repeat)]
-        plans = [] if args.skip_pandas else [("pandas", "pandas", 1)]
-        plans += [("merge, 2 workers", "merge", 2), ("merge, 1 worker", "merge", 1)]
-        for name, approach, workers in plans:
+        plans = [] if args.skip_pandas else [("pandas", "pandas", 1, None)]
+        plans += [("merge polars, 2 workers", "merge", 2, "polars"),
+                  ("merge polars, 1 worker", "merge", 1, "polars")]
+        plans += [] if args.skip_numpy else [("merge numpy only, 2 workers", "merge", 2,
+                                              "numpy")]
+        if args.baseline_tree:
+            plans.append(("merge before, 2 workers", "merge", 2, None))
+        for name, approach, workers, engine in plans:
             out = Path(tmp) / name.replace(" ", "_").replace(",", "")
-            measured = measure(name, approach, setup, folder, out, workers, args.repeat)
+            tree = args.baseline_tree if name.startswith("merge before") else None
+            measured = measure(name, approach, setup, folder, out, workers, args.repeat,
+                               engine, tree)
             merged = merged_by_voxel(out / NAME, setup, approach == "pandas")
             rows.append(Measured(measured.name, measured.wall, measured.peak, measured.idle,
-                                 worst_errors(merged, truth, setup.stats)))
+                                 worst_errors(merged, truth, setup.stats), measured.engine,
+                                 measured.cpu))
         report(setup, rows, run_megabytes)
     return 0
 

@@ -17,7 +17,6 @@ import pytest
 from common.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, ToolError
 from common.topas.cli import main
 from common.topas.header import ScorerHeader, parse_header
-from common.topas import merge as merge_module
 from common.topas.merge import merge_runs
 from common.topas.scorer import (I_FASTEST, K_FASTEST, Scorer, indices_for_keys,
                                  read_scorer, sort_keys, write_scorer)
@@ -499,9 +498,7 @@ def _merged_bytes(out: Path) -> dict[str, bytes]:
             if p.is_file()}
 
 
-def test_worker_processes_give_the_same_bits(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(merge_module, "_PARALLEL_BYTES", 0)  # use the pool even for small
+def test_workers_give_the_same_bits(tmp_path: Path) -> None:
     campaign = make_campaign(tmp_path, header_for(ALL_STATS, sparse=True),
                              sizes=(30, 41, 52, 63, 74, 85, 96, 7, 18), hit_probability=0.05)
     outputs = []
@@ -513,12 +510,10 @@ def test_worker_processes_give_the_same_bits(tmp_path: Path,
     assert outputs[0] == outputs[1] == outputs[2]
 
 
-def test_a_bad_run_read_by_a_worker_is_named(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(merge_module, "_PARALLEL_BYTES", 0)
+def test_a_bad_run_read_by_a_worker_is_named(tmp_path: Path) -> None:
     campaign = make_campaign(tmp_path, header_for(ALL_STATS), sizes=(10,) * 9)
     bad = campaign.runs[6] / "dose" / "Dose.csv"
-    bad.write_text(bad.read_text().replace(", 10, ", ", 1O, ", 1))  # Histories of row 1
+    bad.write_text(bad.read_text().replace(", 10.0, ", ", 1O, ", 1))  # Histories, row 1
     with pytest.raises(ToolError, match=f"{bad}: unreadable number '1O' in data row 1"):
         merge_runs(campaign.runs, campaign.out, plots=False, workers=2)
 

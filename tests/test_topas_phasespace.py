@@ -150,14 +150,25 @@ def test_generated_binary_records_concatenate_byte_exact(tmp_path: Path) -> None
         h.with_suffix(".phsp").read_bytes() for h in headers)
 
 
-def test_ascii_without_final_newline_gets_one(tmp_path: Path) -> None:
-    a, b = tmp_path / "a.header", tmp_path / "b.header"
-    write_ascii_space(a, {"e-": [0.5]}, 1)
-    write_ascii_space(b, {"e-": [0.7]}, 1)
-    a.with_suffix(".phsp").write_text(a.with_suffix(".phsp").read_text().rstrip("\n"))
-    merge_phase_spaces([a, b], tmp_path / "m.header")
-    assert (tmp_path / "m.phsp").read_text().splitlines() == [
-        "0 0 0 0 0 0.5 1 11 0 1", "0 0 0 0 0 0.7 1 11 0 1"]
+def test_ascii_cut_inside_its_last_line_is_refused(tmp_path: Path) -> None:
+    # The cut line used to count as a particle, making a merged file no reader accepts.
+    runs = runs_of(tmp_path, [iso("ascii")] * 3)
+    data = runs[1] / "phsp.phsp"
+    text = data.read_bytes()
+    data.write_bytes(text[:-30])  # inside the 106th particle's line: still 106 lines
+    assert data.read_bytes().count(b"\n") == 105
+    with pytest.raises(ToolError, match=f"{data}: the last line is cut"):
+        merge_runs(runs, tmp_path / "out", plots=False)
+    data.write_bytes(text[:-30] + b"\n")  # a short last line with its newline
+    with pytest.raises(ToolError, match=f"{data}: the last line holds 6 values, the "
+                                        "header describes 10 columns"):
+        merge_runs(runs, tmp_path / "out", plots=False)
+    assert not (tmp_path / "out" / "phsp.phsp").exists()
+    data.write_bytes(text)
+    merge_runs(runs, tmp_path / "out", plots=False)
+    topas2numpy = pytest.importorskip("topas2numpy")
+    merged = topas2numpy.read_ntuple(str(tmp_path / "out" / "phsp.phsp"))
+    assert len(merged) == 3 * 106
 
 
 def test_different_columns_name_both_files(tmp_path: Path) -> None:

@@ -104,8 +104,12 @@ def test_round_trip_is_exact(path: Path, tmp_path: Path) -> None:
     assert np.array_equal(again.indices, first.indices)
     for name, values in first.values.items():
         assert np.array_equal(again.values[name], values), name
-    # TOPAS prints with 16 significant digits too, so even the bytes come back.
-    assert copy.read_bytes() == path.read_bytes()
+    # The header comes back byte for byte, the values in their shortest exact text
+    # (TOPAS's own 16 digits do not always read back to the same double).
+    header_bytes = "".join(line + "\n" for line in first.header.lines).encode()
+    assert copy.read_bytes().startswith(header_bytes)
+    rows = [line for line in copy.read_text().splitlines() if not line.startswith("#")]
+    assert rows and all(",," not in row and ",  " not in row for row in rows)
 
 
 def _lines(*extra: str, stats: str = "Sum   Mean   ") -> list[str]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.topas import write_binary_scorer
 from common.topas.cli import main
 from common.topas.merge import SUMMARY_DIR, merge_runs
 from common.topas.scorer import read_scorer
@@ -39,7 +40,7 @@ def per_run_sums(campaign: Campaign) -> tuple[np.ndarray, np.ndarray]:
 def test_batch_errors_from_the_runs_means(tmp_path: Path) -> None:
     campaign = make_campaign(tmp_path, header_for(ALL_STATS), sizes=(50, 173, 9, 300))
     merge_runs(campaign.runs, campaign.out, plots=False)
-    table = read_batch(campaign.out / SUMMARY_DIR / "dose" / "Dose_batch.csv")
+    table = read_batch(campaign.out / SUMMARY_DIR / "dose" / "Dose.csv.batch.csv")
     sums, n_r = per_run_sums(campaign)
     means = sums / n_r[:, None]
     pooled = sums.sum(axis=0) / n_r.sum()
@@ -53,7 +54,7 @@ def test_batch_errors_from_the_runs_means(tmp_path: Path) -> None:
 def test_batch_without_histories_uses_the_sums(tmp_path: Path) -> None:
     campaign = make_campaign(tmp_path, header_for(("Sum",)), sizes=(100, 100, 100))
     merge_runs(campaign.runs, campaign.out, plots=False)
-    path = campaign.out / SUMMARY_DIR / "dose" / "Dose_batch.csv"
+    path = campaign.out / SUMMARY_DIR / "dose" / "Dose.csv.batch.csv"
     assert "# Estimate: Sum per run (runs assumed to have equal histories)" in path.read_text()
     table = read_batch(path)
     sums = np.array([read_scorer(r / "dose" / "Dose.csv").values["Sum"] for r in campaign.runs])
@@ -64,7 +65,7 @@ def test_batch_without_histories_uses_the_sums(tmp_path: Path) -> None:
 def test_summary_numbers(tmp_path: Path) -> None:
     campaign = make_campaign(tmp_path, header_for(ALL_STATS), hit_probability=0.4)
     report = merge_runs(campaign.runs, campaign.out, plots=False)
-    text = (campaign.out / SUMMARY_DIR / "dose" / "Dose_summary.txt").read_text()
+    text = (campaign.out / SUMMARY_DIR / "dose" / "Dose.csv.summary.txt").read_text()
     assert text.strip() == report.merged[0].summary_text
     truth = topas_statistics(campaign.everything)
     n = len(campaign.everything)
@@ -75,13 +76,24 @@ def test_summary_numbers(tmp_path: Path) -> None:
     worst = np.where(bright, relative, -1).argmax()
     i, j, k = np.unravel_index(worst, (4, 3, 2))
     assert f"Histories: {n} in total over 5 runs" in text
-    assert f"Total (sum over bins of Sum): {truth['Sum'].sum():.6g} Gy" in text
-    assert f"Maximum mean per history: {peak:.6g} Gy" in text
+    assert "Total (sum over bins" not in text  # a sum of doses is no dose
+    top = mean.argmax()
+    ti, tj, tk = np.unravel_index(top, (4, 3, 2))
+    centre = f"X = {ti - 1.5:g} cm, Y = {tj - 1:g} cm, Z = {tk - 0.5:g} cm"
+    assert (f"Maximum mean per history: {peak:.6g} +- {peak * relative[top]:.2g} "
+            f"({relative[top]:.2%}) Gy in bin (i, j, k) = ({ti}, {tj}, {tk}), centre at "
+            f"{centre}") in text
+    high = mean >= 0.5 * peak
+    high_mean = mean[high].mean()
+    high_error = np.sqrt(np.sum((mean[high] * relative[high]) ** 2)) / high.sum()
+    assert (f"Mean over the {high.sum()} bins at or above 50% of the maximum: "
+            f"{high_mean:.6g} +- {high_error:.2g} ({high_error / high_mean:.2%}) Gy") in text
+    assert "(uncertainties: 1 standard error, history by history)" in text
     assert f"Bins above 10% of the maximum: {bright.sum()} of 24" in text
     assert (f"Largest relative standard error of the mean (history by history) among them: "
             f"{relative[worst]:.3%} in bin (i, j, k) = ({i}, {j}, {k})") in text
     assert "from the spread between runs (batch)" in text
-    assert f"Batch statistics per bin: {SUMMARY_DIR}/dose/Dose_batch.csv" in text
+    assert f"Batch statistics per bin: {SUMMARY_DIR}/dose/Dose.csv.batch.csv" in text
 
 
 def test_plots_for_each_geometry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,13 +106,13 @@ def test_plots_for_each_geometry(tmp_path: Path, capsys: pytest.CaptureFixture[s
     for name, header in cases.items():
         campaign = make_campaign(tmp_path / name, header, sizes=(30, 40))
         assert main(["merge", "--out", str(campaign.out)] + [str(r) for r in campaign.runs]) == 0
-        png = campaign.out / SUMMARY_DIR / "dose" / "Dose.png"
+        png = campaign.out / SUMMARY_DIR / "dose" / "Dose.csv.png"
         out = capsys.readouterr().out
         if name == "single":
             assert not png.exists() and "Plot:" not in out
         else:
             assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
-            assert f"Plot: {SUMMARY_DIR}/dose/Dose.png" in out
+            assert f"Plot: {SUMMARY_DIR}/dose/Dose.csv.png" in out
 
 
 def test_no_plots_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,7 +120,7 @@ def test_no_plots_flag(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert main(["merge", "--no-plots", "--out", str(campaign.out)]
                 + [str(r) for r in campaign.runs]) == 0
     assert not list(campaign.out.rglob("*.png"))
-    assert (campaign.out / SUMMARY_DIR / "dose" / "Dose_summary.txt").exists()
+    assert (campaign.out / SUMMARY_DIR / "dose" / "Dose.csv.summary.txt").exists()
 
 
 def test_without_matplotlib_the_merge_goes_on(tmp_path: Path,
@@ -126,6 +138,29 @@ def test_without_matplotlib_the_merge_goes_on(tmp_path: Path,
 def test_summary_files_stay_out_of_the_merged_tree(tmp_path: Path) -> None:
     campaign = make_campaign(tmp_path, header_for(ALL_STATS), name="a/b/Dose.csv")
     merge_runs(campaign.runs, campaign.out, plots=False)
-    assert sorted(p.relative_to(campaign.out).as_posix() for p in campaign.out.rglob("*")
-                  if p.is_file()) == ["a/b/Dose.csv", f"{SUMMARY_DIR}/a/b/Dose_batch.csv",
-                                      f"{SUMMARY_DIR}/a/b/Dose_summary.txt"]
+    files = sorted(p.relative_to(campaign.out).as_posix() for p in campaign.out.rglob("*")
+                   if p.is_file())
+    assert [f for f in files if not f.startswith(f"{SUMMARY_DIR}/a/b/Dose.csv.")] == [
+        "a/b/Dose.csv", "a/b/Dose.csv.merge.json"]
+    assert f"{SUMMARY_DIR}/a/b/Dose.csv.summary.txt" in files
+
+
+def test_scorers_sharing_a_stem_get_their_own_summaries(tmp_path: Path) -> None:
+    # Dose.csv and Dose.binheader in one folder used to write the same Dose_summary.txt.
+    header = header_for(ALL_STATS)
+    csv = make_campaign(tmp_path, header, name="Dose.csv", seed=1)
+    binary_header = header_for(ALL_STATS, name="DoseBinary")
+    rng = np.random.default_rng(3)
+    for run in csv.runs:
+        stats = topas_statistics(rng.lognormal(0, 1, (20, 24)))
+        write_binary_scorer(run / "Dose.binheader", binary_header,
+                            {name: stats[name] for name in ALL_STATS})
+    report = merge_runs(csv.runs, csv.out, plots=False)
+    summaries = {merged.path.name: merged.summary for merged in report.merged}
+    assert set(summaries) == {"Dose.csv", "Dose.binheader"}
+    assert len(set(summaries.values())) == 2
+    texts = {name: (csv.out / path).read_text() for name, path in summaries.items()}
+    assert "Scorer Dose (Dose.csv)" in texts["Dose.csv"]
+    assert "Scorer DoseBinary (Dose.binheader)" in texts["Dose.binheader"]
+    batches = {merged.batch for merged in report.merged}
+    assert len(batches) == 2 and all((csv.out / path).exists() for path in batches)

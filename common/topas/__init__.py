@@ -21,15 +21,29 @@ time-binned scorers give (rows, bins) arrays: underflow first, then the bins, th
 overflow (and "no incident track"). Sparse CSVs have rows only for the bins printed.
 
 Merging: `python -m common.topas merge --out OUTDIR RUNDIR...` or merge_runs(); see
-merge.py. Modules: header (the '#' header of scorers), fastcsv (fast exact CSV numbers),
-scorer (CSV scorers, the Scorer object), binary (.bin/.binheader scorers), combine (the
-statistics of merged runs), phasespace (.header/.phsp), summary and plots (what a merge
-writes beside its results), merge (run folders -> results folder), cli. The package is
-uploaded to the reducer node with common/__init__.py and common/errors.py only, so it
-imports the standard library, numpy and common.errors (matplotlib lazily, optional).
+merge.py. A running merge, one run at a time (earlier runs are never read again)::
+
+    from common.topas import ScorerAccumulator, read_scorer
+
+    accumulator = ScorerAccumulator()
+    for path in finished_runs:                     # as they arrive
+        accumulator.add(read_scorer(path), path)   # histories=N if the file lacks them
+        error = accumulator.relative_standard_error()   # per bin, bin-number order
+    merged = accumulator.result()                  # a Scorer; write_scorer() writes it
+
+Modules: header (the '#' header of scorers), tables (the numbers of CSV rows: polars, or
+numpy alone), scorer (CSV scorers, the Scorer object), binary (.bin/.binheader scorers),
+runs (what one run adds, and the checks that refuse a bad run), combine (the statistics
+of merged runs), consistency (runs tested against each other), record (what a merged
+file stands for), phasespace (.header/.phsp), geometry (bin positions), summary, plots
+and dicom (what a merge writes beside its results), extras, merge (run folders ->
+results folder), cli. The package is uploaded to the reducer node with
+common/__init__.py and common/errors.py only, so it needs only the standard library and
+numpy; polars (faster), matplotlib (plots) and pydicom (RT Dose) are used when present.
 """
 from common.topas.binary import read_binary_scorer, write_binary_scorer
 from common.topas.combine import BatchStatistics, ScorerAccumulator
+from common.topas.consistency import ConsistencyReport, RunCheck
 from common.topas.header import (COUNT_IN_BIN, HISTORIES, MAX, MEAN, MIN, SECOND_MOMENT,
                                  STANDARD_DEVIATION, STATISTICS, SUM, VARIANCE,
                                  NotAScorerFile, ScorerHeader, parse_header, read_header)
@@ -37,9 +51,11 @@ from common.topas.merge import (MergedFile, MergeReport, SkippedFile, merge_runs
                                 merge_scorer_files)
 from common.topas.phasespace import (NotAPhaseSpace, PhaseSpaceHeader, merge_phase_spaces,
                                      read_phase_space_header)
+from common.topas.record import MergeRecord, read_record
 from common.topas.scorer import Scorer, read_scorer, write_scorer
 
-__all__ = ["BatchStatistics", "COUNT_IN_BIN", "HISTORIES", "MAX", "MEAN", "MIN",
+__all__ = ["BatchStatistics", "COUNT_IN_BIN", "ConsistencyReport", "MergeRecord", "RunCheck",
+           "read_record", "HISTORIES", "MAX", "MEAN", "MIN",
            "MergeReport", "MergedFile", "NotAPhaseSpace", "NotAScorerFile",
            "PhaseSpaceHeader", "SECOND_MOMENT", "STANDARD_DEVIATION", "STATISTICS", "SUM",
            "Scorer", "ScorerAccumulator", "ScorerHeader", "SkippedFile", "VARIANCE",

@@ -18,7 +18,7 @@ import numpy as np
 
 from common.errors import ToolError
 from common.topas.header import ScorerHeader, read_header
-from common.topas.scorer import Scorer, indices_for_keys
+from common.topas.scorer import Scorer, all_indices
 
 _FLOAT64 = np.dtype("<f8")
 
@@ -35,13 +35,13 @@ def read_binary_scorer(path: Path, statistics: Sequence[str] | None = None) -> S
     header = read_header(header_path)
     wanted = _wanted(header, statistics, header_path)
     cube = _read_cube(data_path, header)
-    # cube axes: k, j, i, [energy bin,] statistic. Bin number = i*Nj*Nk + j*Nk + k.
-    by_bin = np.moveaxis(cube, (0, 1, 2), (2, 1, 0)).reshape(
-        (header.n_bins,) + cube.shape[3:])
-    values = {name: np.ascontiguousarray(by_bin[..., header.statistics.index(name)])
-              for name in wanted}
-    keys = np.arange(header.n_bins)
-    return Scorer(header=header, indices=indices_for_keys(header, keys), values=values)
+    # cube axes: k, j, i, [energy bin,] statistic. Bin number = i*Nj*Nk + j*Nk + k: one
+    # strided copy per statistic puts its values in bin order.
+    values = {name: np.ascontiguousarray(np.moveaxis(
+        cube[..., header.statistics.index(name)], (0, 1, 2), (2, 1, 0))).reshape(
+        (header.n_bins,) + cube.shape[3:-1]) for name in wanted}
+    return Scorer(header=header, indices=all_indices(header), values=values,
+                  every_bin_in_order=True)
 
 
 def write_binary_scorer(path: Path, header: ScorerHeader,

@@ -2,7 +2,7 @@
 
 Owns argument parsing, the printed summary, and turning ToolError into messages on
 stderr plus an exit code. Runs on the reducer node: standard library, numpy and
-common.errors only.
+common.errors (polars, matplotlib and pydicom when they are installed).
 """
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Sequence
 
 from common.errors import EXIT_FAILED, EXIT_OK, ToolError, usage_error
-from common.topas.merge import (PHASE_SPACE, SUMMARY_DIR, MergedFile, MergeReport,
-                                 merge_runs)
+from common.topas.consistency import ALPHA
+from common.topas.merge import (ALLOW_INCONSISTENT_FLAG, PHASE_SPACE, SUMMARY_DIR,
+                                MergedFile, MergeReport, merge_runs)
 
 _PROG = "python -m common.topas"
 
@@ -37,19 +38,27 @@ def _parser() -> argparse.ArgumentParser:
                     "combined as one run of all histories (Sum, Mean, Count_in_Bin, "
                     "Second_Moment, Variance, Standard_Deviation, Min, Max); phase spaces "
                     "(.header + .phsp, ASCII, Binary or Limited) are concatenated with "
-                    "their header counts added. A summary, a plot and run-to-run (batch) "
-                    f"statistics per scorer go to OUTDIR/{SUMMARY_DIR}/.")
+                    "their header counts added. Runs that disagree with the others beyond "
+                    "their statistical errors stop the merge. A summary, a plot, run-to-run "
+                    f"(batch) statistics and (3-D doses) DICOM RT Dose files per scorer go "
+                    f"to OUTDIR/{SUMMARY_DIR}/.")
     merge.add_argument("--out", required=True, type=Path, metavar="OUTDIR",
                        help="folder for the merged files (created if needed; must not be "
                             "inside a run folder)")
     merge.add_argument("--histories", type=int, metavar="N",
                        help="histories of each run, for scorers that report Sum or Mean "
-                            "without Histories_with_Scorer_Active")
+                            "without Histories_with_Scorer_Active (an input that is itself "
+                            "a merged output counts as the runs its .merge.json names)")
     merge.add_argument("--no-plots", action="store_true",
                        help="do not draw the PNG per scorer")
     merge.add_argument("--workers", type=int, metavar="N",
-                       help="processes reading runs in parallel (default: the CPUs, at "
-                            "most 8)")
+                       help="runs handled at once: one folded in while N-1 threads read "
+                            "the next (default: the CPUs, at most 8); the result does not "
+                            "depend on it")
+    merge.add_argument(ALLOW_INCONSISTENT_FLAG, action="store_true",
+                       help="merge even runs that disagree with the others (each run is "
+                            "tested against the rest; a consistent campaign is flagged "
+                            f"with a chance of about {ALPHA:g}); the summary names them")
     merge.add_argument("runs", nargs="+", type=Path, metavar="RUNDIR",
                        help="one output folder per run (independent seeds)")
     return parser
@@ -60,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         report = merge_runs(args.runs, args.out, histories=args.histories,
-                            plots=not args.no_plots, workers=args.workers)
+                            plots=not args.no_plots, workers=args.workers,
+                            allow_inconsistent=args.allow_inconsistent)
     except SystemExit as done:  # --help prints and exits through argparse
         return int(done.code or EXIT_OK)
     except ToolError as error:
@@ -78,9 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def summary(report: MergeReport) -> str:
     """What was merged and skipped, then each scorer's summary."""
     lines = [f"Merged {len(report.merged)} file(s) from {len(report.run_dirs)} runs "
-             f"into {report.out_dir}"]
+             f"into {report.out_dir} (numbers read and written with {report.engine})"]
     for merged in report.merged:
         lines.append("  " + _one_line(merged))
+        lines += [f"    Warning: {warning}" for warning in merged.warnings]
     if report.skipped:
         lines.append(f"Skipped {len(report.skipped)} file(s) that are not TOPAS outputs:")
         lines += [f"  {skipped.path}: {skipped.reason}" for skipped in report.skipped]

@@ -19,80 +19,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.errors import ToolError
+from common.topas.consistency import ConsistencyReport, RunLedger
 from common.topas.header import (COUNT_IN_BIN, HISTORIES, MAX, MEAN, MIN, SECOND_MOMENT,
-                                 STANDARD_DEVIATION, SUM, VARIANCE, ScorerHeader)
-from common.topas.scorer import (K_FASTEST, Scorer, indices_for_keys, row_order,
+                                 SUM, VARIANCE, ScorerHeader)
+from common.topas.runs import OUTSIDE_STRUCTURE, RunContribution, contribution
+from common.topas.scorer import (K_FASTEST, Scorer, all_indices, indices_for_keys,
                                  sort_keys)
-
-_SPREAD = (SECOND_MOMENT, VARIANCE, STANDARD_DEVIATION)
-_NEED_HISTORIES = (MEAN,) + _SPREAD
-_OUTSIDE_STRUCTURE = -1.0  # what TOPAS prints for every statistic of an excluded bin
-HISTORIES_FLAG = "--histories"  # how a user supplies histories the files do not report
-
-
-def statistics_to_read(header: ScorerHeader) -> tuple[str, ...]:
-    """The statistics a merge needs from each run; the others follow from them.
-
-    Mean, Variance and Standard_Deviation are read only when Sum or Second_Moment is
-    missing, so a file with every statistic costs about half the parsing.
-    """
-    present = header.statistics
-    wanted = [name for name in (SUM, HISTORIES, COUNT_IN_BIN, SECOND_MOMENT, MIN, MAX)
-              if name in present]
-    if SUM not in present and MEAN in present:
-        wanted.append(MEAN)
-    if SECOND_MOMENT not in present:
-        wanted += [name for name in (VARIANCE, STANDARD_DEVIATION) if name in present][:1]
-    return tuple(name for name in present if name in wanted)
-
-
-@dataclass(frozen=True)
-class RunContribution:
-    """What one run adds, statistics it lacks rebuilt from those it has.
-
-    `keys` are the bin numbers of the rows, or None when the run has every bin and the
-    arrays are in bin-number order (then folding needs no scatter). Small enough to send
-    between processes.
-    """
-
-    header: ScorerHeader
-    order: str  # the row order of the file, K_FASTEST or I_FASTEST
-    keys: np.ndarray | None
-    histories: int | None  # N_r, from the file or from --histories
-    total: np.ndarray | None  # Sum
-    mean: np.ndarray | None
-    m2: np.ndarray | None
-    count: np.ndarray | None
-    minimum: np.ndarray | None
-    maximum: np.ndarray | None
-    outside: np.ndarray | None  # rows printed as all -1 by this run
-
-
-def contribution(scorer: Scorer, source: object,
-                 histories: int | None = None) -> RunContribution:
-    """Turn one run's scorer into what the accumulator folds in.
-
-    `histories` is the run's N when the file does not report it (--histories); a file's
-    own Histories_with_Scorer_Active wins. ToolError if what is needed is missing.
-    """
-    header = scorer.header
-    keys = scorer.bin_keys()
-    _check_rows(header, keys, source)
-    order = row_order(header, keys)
-    reported = scorer.histories(source)
-    n = reported if reported is not None else histories
-    if n is None and HISTORIES in header.statistics:
-        raise ToolError(f"{source}: a sparse output without rows; its number of histories "
-                        f"is unknown, so it cannot be combined (unless given with "
-                        f"{HISTORIES_FLAG} N)")
-    _check_enough_reported(header.statistics, n, source)
-    values = _in_key_order(scorer.values, keys)
-    keys = None if keys.size == header.n_bins else np.sort(keys)
-    total, mean = _first_moments(values, n)
-    return RunContribution(header=header, order=order, keys=keys, histories=n, total=total,
-                           mean=mean, m2=_second_moment(values, n),
-                           count=values.get(COUNT_IN_BIN), minimum=values.get(MIN),
-                           maximum=values.get(MAX), outside=_outside(values))
 
 
 @dataclass(frozen=True)
@@ -113,12 +45,21 @@ class BatchStatistics:
 
 
 class ScorerAccumulator:
-    """Running combination of one scorer file over runs: add() each run, then result()."""
+    """Running combination of one scorer file over runs.
+
+    add() one run's Scorer at a time (earlier runs are never read again); at any point
+    relative_standard_error() gives the per-bin uncertainty so far, result() the merged
+    scorer, batch() the run-to-run statistics and consistency() the test of the runs
+    against each other. A run with 0 histories adds nothing and is left out (counting it
+    would shrink the batch standard error); `empty_runs` names such runs.
+    """
 
     def __init__(self, histories_per_run: int | None = None) -> None:
         """`histories_per_run`: N of each run, for files that do not report it."""
         self.runs = 0
+        self.empty_runs: list[str] = []
         self._histories_per_run = histories_per_run
+        self._ledger = RunLedger()
         self._header: ScorerHeader | None = None
         self._first_source: object = None
         self._order = K_FASTEST
@@ -133,6 +74,7 @@ class ScorerAccumulator:
         self._minimum: np.ndarray | None = None
         self._maximum: np.ndarray | None = None
         self._outside: np.ndarray | None = None
+        self._scratch_array: np.ndarray | None = None
 
     @property
     def histories(self) -> int | None:
@@ -143,52 +85,57 @@ class ScorerAccumulator:
     def header(self) -> ScorerHeader | None:
         return self._header
 
-    def add(self, scorer: Scorer, source: object) -> None:
-        """Fold one run's output in; ToolError (naming both files) if it cannot be merged."""
+    def add(self, scorer: Scorer, source: object, histories: int | None = None) -> None:
+        """Fold one run's output in; ToolError (naming the files) if it cannot be merged.
+
+        `histories`: this run's N if its file does not report it (default: the
+        accumulator's histories_per_run).
+        """
         if self._header is not None:
             self._check_same_layout(scorer.header, source)
-        self.add_contribution(contribution(scorer, source, self._histories_per_run), source)
+        given = self._histories_per_run if histories is None else histories
+        self.add_contribution(contribution(scorer, source, given), source)
 
     def add_contribution(self, run: RunContribution, source: object) -> None:
-        """Fold in a contribution made by `contribution()` (possibly in another process)."""
+        """Fold in a contribution made by `contribution()`."""
         if self._header is None:
             self._start(run, source)
         self._check_same_layout(run.header, source)
         self._check_histories_known(run, source)
+        if run.histories == 0:
+            self._check_empty(run, source)
+            self.empty_runs.append(str(source))
+            return
         self._fold(run)
+        self._ledger.record(run, source)
         if run.keys is None:
             self._present[:] = True
         else:
             self._present[run.keys] = True
         self.runs += 1
 
-    def absorb(self, other: ScorerAccumulator, source: object) -> None:
-        """Fold in another accumulator of later runs of the same file (Chan's parallel
-        formula), e.g. one a worker process built; `source` names its first run."""
-        if other._header is None:
-            return
-        if self._header is None:
-            self.__dict__.update(other.__dict__)
-            return
-        self._check_same_layout(other._header, source)
-        if (other._histories is None) != (self._histories is None):
-            raise ToolError(f"{source}: reports {HISTORIES} but {self._first_source} does "
-                            "not (or the other way round); cannot weight the runs")
-        self._absorb_means(other)
-        for mine, theirs in ((self._total, other._total), (self._within, other._within),
-                             (self._count, other._count)):
-            if mine is not None and theirs is not None:
-                mine += theirs
-        if self._minimum is not None and other._minimum is not None:
-            np.minimum(self._minimum, other._minimum, out=self._minimum)
-        if self._maximum is not None and other._maximum is not None:
-            np.maximum(self._maximum, other._maximum, out=self._maximum)
-        if self._outside is not None and other._outside is not None:
-            self._outside &= other._outside
-        self._present |= other._present
-        if self._histories is not None and other._histories is not None:
-            self._histories += other._histories
-        self.runs += other.runs
+    def relative_standard_error(self) -> np.ndarray:
+        """Per bin (bin-number order, (bins[, energy bins])): the relative standard error
+        of the merged estimate so far, history by history when the runs report a spread
+        and their histories, else from the spread between the runs (NaN with one run, and
+        where the estimate is 0)."""
+        self._started()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if self._within is not None and self._histories and self._histories > 1:
+                assert self._total is not None and self._between is not None
+                n = float(self._histories)
+                variance = (self._within + self._between) / (n - 1)
+                return np.sqrt(variance / n) / np.abs(self._total / n)
+            batch = self.batch()
+            if batch is None:
+                raise ValueError("no Sum or Mean was accumulated")
+            relative = np.full(self._present.shape + self._grid_tail(), np.nan)
+            relative[batch.keys] = batch.standard_error / np.abs(batch.estimate)
+            return relative
+
+    def consistency(self) -> ConsistencyReport:
+        """Each run tested against the others (consistency.py)."""
+        return self._ledger.check()
 
     def result(self) -> Scorer:
         """The combined scorer: the first run's header, rows in its order convention.
@@ -198,8 +145,11 @@ class ScorerAccumulator:
         header = self._started()
         keys = sort_keys(header, np.flatnonzero(self._present), self._order)
         every_bin_in_order = keys.size == header.n_bins and bool(np.all(keys[1:] > keys[:-1]))
-        rows = slice(None) if every_bin_in_order else keys  # a slice copies nothing
-        values = {name: self._final(name)[rows] for name in header.statistics}
+        if every_bin_in_order:  # no copies: the rows are the accumulator's arrays
+            values = {name: self._final(name) for name in header.statistics}
+            return Scorer(header=header, indices=all_indices(header), values=values,
+                          every_bin_in_order=True)
+        values = {name: self._final(name)[keys] for name in header.statistics}
         return Scorer(header=header, indices=indices_for_keys(header, keys), values=values)
 
     def batch(self) -> BatchStatistics | None:
@@ -273,9 +223,15 @@ class ScorerAccumulator:
         if self._count is not None and run.count is not None:
             self._count[rows] += run.count
         if self._minimum is not None and run.minimum is not None:
-            self._minimum[rows] = np.minimum(self._minimum[rows], run.minimum)
+            if run.keys is None:
+                np.minimum(self._minimum, run.minimum, out=self._minimum)
+            else:
+                self._minimum[rows] = np.minimum(self._minimum[rows], run.minimum)
         if self._maximum is not None and run.maximum is not None:
-            self._maximum[rows] = np.maximum(self._maximum[rows], run.maximum)
+            if run.keys is None:
+                np.maximum(self._maximum, run.maximum, out=self._maximum)
+            else:
+                self._maximum[rows] = np.maximum(self._maximum[rows], run.maximum)
         if self._outside is not None and run.outside is not None:
             # A bin is kept at -1 only if every run printed it so; no row means not -1.
             if run.keys is None:
@@ -290,35 +246,45 @@ class ScorerAccumulator:
         # exact for any split, and it never subtracts two large sums of squares.
         assert self._mean is not None and self._between is not None
         weight = float(run.histories) if run.histories is not None else 1.0
-        value = run.mean if run.histories is not None else run.total
+        value = run.mean if run.mean is not None else run.total
         if weight == 0 or value is None:
             return
+        # The run's value: its mean per history (Sum / N) when N is known, else its Sum.
+        per = weight if run.mean is None and run.histories is not None else 1.0
         before = self._weight
         self._weight += weight
-        delta = -self._mean  # bins without a row: the run's value there is 0
-        delta[rows] += value
-        self._mean += delta * (weight / self._weight)
-        delta *= delta
-        self._between += delta * (before * weight / self._weight)
+        # In place, in one scratch array: a run's arrays are large, allocation is not free.
+        delta = self._scratch()
+        if run.keys is None:
+            np.divide(value, per, out=delta)
+            delta -= self._mean
+        else:  # bins without a row: the run's value there is 0
+            np.negative(self._mean, out=delta)
+            delta[rows] += value / per
+        share = weight / self._weight
+        delta *= share
+        self._mean += delta
+        # between += before w / W (value - mean)^2, with delta now share (value - mean)
+        np.multiply(delta, delta, out=delta)
+        delta *= before / share
+        self._between += delta
 
-    def _absorb_means(self, other: ScorerAccumulator) -> None:
-        if self._mean is None or other._mean is None or other._between is None:
-            return
-        assert self._between is not None
-        before, weight = self._weight, other._weight
-        self._weight += weight
-        if weight == 0:
-            return
-        delta = other._mean - self._mean
-        self._mean += delta * (weight / self._weight)
-        delta *= delta
-        self._between += other._between
-        self._between += delta * (before * weight / self._weight)
+    def _scratch(self) -> np.ndarray:
+        assert self._mean is not None
+        if self._scratch_array is None:
+            self._scratch_array = np.empty_like(self._mean)
+        return self._scratch_array
+
+    def _check_empty(self, run: RunContribution, source: object) -> None:
+        for values in (run.total, run.count):
+            if values is not None and np.any(values != 0):
+                raise ToolError(f"{source}: reports 0 histories but non-zero values; "
+                                "the file is inconsistent: rerun this run")
 
     def _final(self, name: str) -> np.ndarray:
         value = self._final_statistic(name)
         if name != HISTORIES and self._outside is not None and self._outside.any():
-            value = np.where(self._outside, _OUTSIDE_STRUCTURE, value)
+            value = np.where(self._outside, OUTSIDE_STRUCTURE, value)
         return value
 
     def _final_statistic(self, name: str) -> np.ndarray:
@@ -355,62 +321,3 @@ class ScorerAccumulator:
     def _grid_tail(self) -> tuple[int, ...]:
         header = self._started()
         return (header.n_extra_bins,) if header.n_extra_bins else ()
-
-
-def _check_rows(header: ScorerHeader, keys: np.ndarray, source: object) -> None:
-    seen = np.zeros(header.n_bins, dtype=bool)
-    seen[keys] = True
-    if np.count_nonzero(seen) != keys.size:
-        raise ToolError(f"{source}: some bins appear on more than one row")
-    if header.sparse is None and keys.size != header.n_bins:
-        raise ToolError(f"{source}: it has rows for {keys.size} of the {header.n_bins} "
-                        "bins and is not a sparse output (truncated file?)")
-
-
-def _in_key_order(values: dict[str, np.ndarray], keys: np.ndarray) -> dict[str, np.ndarray]:
-    if keys.size < 2 or bool(np.all(keys[1:] > keys[:-1])):
-        return values
-    order = np.argsort(keys)
-    return {name: array[order] for name, array in values.items()}
-
-
-def _first_moments(values: dict[str, np.ndarray],
-                   n: int | None) -> tuple[np.ndarray | None, np.ndarray | None]:
-    total = values.get(SUM)
-    mean = values.get(MEAN)
-    if total is None and mean is not None and n is not None:
-        total = mean * n
-    if mean is None and total is not None and n:
-        mean = total / n
-    return total, mean
-
-
-def _second_moment(values: dict[str, np.ndarray], n: int | None) -> np.ndarray | None:
-    if SECOND_MOMENT in values:
-        return values[SECOND_MOMENT]
-    if n is None:
-        return None
-    if VARIANCE in values:
-        return values[VARIANCE] * (n - 1)
-    if STANDARD_DEVIATION in values:
-        return values[STANDARD_DEVIATION] ** 2 * (n - 1)
-    return None
-
-
-def _outside(values: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Bins where every reported statistic is -1: TOPAS's mark for outside an RT structure."""
-    reported = [array for name, array in values.items() if name != HISTORIES]
-    if not reported:
-        return None
-    return np.logical_and.reduce([array == _OUTSIDE_STRUCTURE for array in reported])
-
-
-def _check_enough_reported(stats: tuple[str, ...], n: int | None, source: object) -> None:
-    needing = [name for name in stats if name in _NEED_HISTORIES]
-    if needing and n is None:
-        raise ToolError(f"{source}: cannot combine {', '.join(needing)} over runs without "
-                        f"each run's number of histories: the file does not report "
-                        f"{HISTORIES}; give it with {HISTORIES_FLAG} N (histories per run)")
-    if set(stats) & set(_SPREAD) and not set(stats) & {SUM, MEAN}:
-        raise ToolError(f"{source}: reports {', '.join(s for s in stats if s in _SPREAD)} "
-                        "without Sum or Mean; the spread of runs cannot be combined")

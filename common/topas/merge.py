@@ -1,53 +1,56 @@
 """Merging a campaign's run folders into one results folder.
 
-Owns the folder rules. Every output found at the same relative path in every run folder
-is merged to that path under the output folder:
+Owns the folder rules and the order of work. Every output found at the same relative
+path in every run folder is merged to that path under the output folder:
   * scorer CSVs (`*.csv` with a TOPAS scorer header) and binary scorers (`*.binheader`
     with its `.bin`), combined statistically (combine.py);
   * phase spaces (`*.header` with its `.phsp`), concatenated (phasespace.py).
 Files that are none of these are skipped and reported; an output that some runs lack is
-an error naming them, never silently merged from fewer runs. The runs of a scorer are
-folded in chunks of consecutive runs (at most 8), each into a partial accumulator, by a
-pool of worker processes when the files are large (parsing is nearly all the work); the
-partial results are combined in run order, so the result does not depend on the number
-of workers. Memory holds the accumulator and one partial result per worker, never all
-runs. Beside the merged files, in `merge-summary/` (extras.py), go a text summary, a PNG
-and the batch (run-to-run) statistics of each merged scorer.
+an error naming them, never silently merged from fewer runs. A run folder's own
+merge-summary/ (an earlier merge's) is not an output.
+
+The runs of a scorer are folded in run order by one thread while `workers - 1` others
+read the next runs (polars parses without holding the interpreter lock), so the result
+does not depend on the number of workers, and memory holds the accumulator and
+`workers` runs, never all of them. Before the merged file is written, the runs are tested against each other
+(consistency.py): an inconsistent run stops the merge unless `allow_inconsistent`.
+Beside each merged scorer go its record (record.py: the runs and histories it stands
+for) and, in merge-summary/ (extras.py), a text summary, a PNG, the batch statistics
+and, for a 3-D dose, DICOM RT Dose files.
 """
 from __future__ import annotations
 
 import os
 from collections import deque
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from common.errors import ToolError, usage_error
-from common.topas.binary import read_binary_scorer, write_binary_scorer
-from common.topas.combine import (RunContribution, ScorerAccumulator, contribution,
-                                  statistics_to_read)
+from common.topas.binary import write_binary_scorer
+from common.topas.combine import ScorerAccumulator
+from common.topas.consistency import ConsistencyReport
+# SUMMARY_DIR is imported for callers too: they name the summary folder from here.
+from common.topas.extras import SUMMARY_DIR, write_extras  # noqa: F401
 from common.topas.header import NotAScorerFile, ScorerHeader, read_header
 from common.topas.phasespace import NotAPhaseSpace, merge_phase_spaces, \
     read_phase_space_header
-# SUMMARY_DIR is imported for callers too: they name the summary folder from here.
-from common.topas.extras import SUMMARY_DIR, write_extras  # noqa: F401
 from common.topas.plots import matplotlib_missing
+from common.topas.record import MergeRecord, read_record, write_record
+from common.topas.runs import RunContribution, contribution
 from common.topas.scorer import Scorer, read_scorer, write_scorer
+from common.topas.tables import check_final_newline, engine
 
 SCORER_CSV = "scorer"
 SCORER_BINARY = "binary scorer"
 PHASE_SPACE = "phase space"
+ALLOW_INCONSISTENT_FLAG = "--allow-inconsistent"
 _KINDS = {".csv": SCORER_CSV, ".binheader": SCORER_BINARY, ".header": PHASE_SPACE}
 _MAX_NAMED_RUNS = 5
-_PARALLEL_BYTES = 4 << 20  # below this much data per scorer, worker processes cost more
 _MAX_WORKERS = 8
-# At most this many runs are folded by one worker before it hands its partial result
-# over: sending a partial accumulator costs about one run's arrays, so larger chunks send
-# less, smaller ones share the work out more evenly (see _chunk_size). Measured on 100 runs
-# of 100x100x10 with 2 workers: 8 runs a chunk 3.1 s (the last chunk runs alone), 4 runs
-# 2.55 s, 2 runs 2.7 s.
-_MAX_RUNS_PER_CHUNK = 4
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ class MergedFile:
     summary: Path | None = None  # merge-summary/...: the text summary
     plot: Path | None = None  # merge-summary/...: the PNG, None if not drawn
     batch: Path | None = None  # merge-summary/...: per-bin run-to-run statistics
+    dicom: tuple[Path, ...] = ()  # merge-summary/...: RT Dose files of a 3-D dose
     summary_text: str = ""
+    warnings: tuple[str, ...] = ()  # left-out runs, identical runs, inconsistent runs
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class MergeReport:
     merged: tuple[MergedFile, ...]
     skipped: tuple[SkippedFile, ...]
     notes: tuple[str, ...] = ()  # e.g. why no plots were drawn
+    engine: str = ""  # the library that read and wrote the numbers (tables.py)
 
 
 @dataclass(frozen=True)
@@ -88,22 +94,26 @@ class _Options:
     histories: int | None
     plots: bool
     workers: int
+    allow_inconsistent: bool
 
 
 def merge_runs(run_dirs: Sequence[Path], out_dir: Path, *, histories: int | None = None,
-               plots: bool = True, workers: int | None = None) -> MergeReport:
+               plots: bool = True, workers: int | None = None,
+               allow_inconsistent: bool = False) -> MergeReport:
     """Merge every TOPAS output common to the run folders into out_dir (same relative
-    paths), with a summary, a plot and batch statistics per scorer in
-    out_dir/merge-summary/.
+    paths), with a record beside each merged scorer and a summary, a plot and batch
+    statistics per scorer in out_dir/merge-summary/.
 
     `histories`: each run's number of histories, for scorers whose files do not report
-    it (Sum or Mean without Histories_with_Scorer_Active). `plots`: draw PNGs (skipped
-    with a note in the report when matplotlib is missing). `workers`: processes reading
-    runs in parallel (default: the CPUs, at most 8). ToolError (usage errors exit 2) if
-    the folders or files cannot be merged; nothing is merged then.
+    it (Sum or Mean without Histories_with_Scorer_Active); an input that is itself a
+    merged output uses its record instead. `plots`: draw PNGs (skipped with a note when
+    matplotlib is missing). `workers`: runs in memory at once, one being folded while the
+    others are read (default: the CPUs, at most 8). `allow_inconsistent`: merge runs that disagree with the others (named in the
+    summary) instead of stopping. ToolError (usage errors exit 2) if the folders or
+    files cannot be merged.
     """
     runs = _checked_run_dirs(run_dirs, Path(out_dir))
-    options = _checked_options(histories, plots, workers)
+    options = _checked_options(histories, plots, workers, allow_inconsistent)
     found = {run: _outputs(run) for run in runs}
     to_merge, skipped = _classify(runs, found)
     notes: list[str] = []
@@ -112,18 +122,17 @@ def merge_runs(run_dirs: Sequence[Path], out_dir: Path, *, histories: int | None
         if missing:
             notes.append(missing)
             options = replace(options, plots=False)
-    with _Readers(options.workers) as readers:
-        merged = tuple(_merge_one(runs, relative, kind, Path(out_dir), options, readers)
-                       for relative, kind in to_merge)
+    merged = tuple(_merge_one(runs, relative, kind, Path(out_dir), options)
+                   for relative, kind in to_merge)
     return MergeReport(out_dir=Path(out_dir), run_dirs=runs, merged=merged,
-                       skipped=tuple(skipped), notes=tuple(notes))
+                       skipped=tuple(skipped), notes=tuple(notes), engine=engine())
 
 
 def merge_scorer_files(sources: Sequence[Path], out_path: Path,
                        histories: int | None = None) -> Scorer:
     """Combine one scorer's output files (one per run, CSV or .binheader) into out_path
     (same format); returns the merged scorer. Reads one run at a time."""
-    accumulator = _accumulate(sources, histories, None)
+    accumulator = _accumulate(sources, histories, workers=1)
     merged = accumulator.result()
     _write(merged, Path(out_path))
     return merged
@@ -132,49 +141,126 @@ def merge_scorer_files(sources: Sequence[Path], out_path: Path,
 # ------------------------------------------------------------------ one file
 
 def _merge_one(runs: tuple[Path, ...], relative: Path, kind: str, out_dir: Path,
-               options: _Options, readers: _Readers) -> MergedFile:
+               options: _Options) -> MergedFile:
     sources = [run / relative for run in runs]
     if kind == PHASE_SPACE:
         header = merge_phase_spaces(sources, out_dir / relative)
         return MergedFile(path=relative, scorer_name=f"{header.format} phase space",
                           runs=len(runs), histories=header.original_histories,
                           statistics=(), rows=header.particles, kind=kind)
-    parallel = readers if _worth_parallel(sources, kind) else None
-    accumulator = _accumulate(sources, options.histories, parallel)
+    # A binary run is read by one copy of its bytes: a second thread only adds a run in
+    # memory (measured: 100 runs of 100k voxels, 1.9 s either way, 14 MB more with two).
+    workers = 1 if kind == SCORER_BINARY else options.workers
+    accumulator = _accumulate(sources, options.histories, workers)
+    consistency = accumulator.consistency()
+    _stop_if_inconsistent(consistency, relative, options.allow_inconsistent)
     merged = accumulator.result()
     histories = accumulator.histories
-    extras_args = (out_dir, relative, merged, accumulator.batch(), len(runs), histories,
-                   options.plots)
-    # The summary, batch file and plot are written by a worker, if there is a pool,
-    # while this process writes the merged file.
-    executor = parallel.get() if parallel is not None else None
-    pending = executor.submit(write_extras, *extras_args) if executor is not None else None
+    warnings = _run_warnings(accumulator, consistency)
     _write(merged, out_dir / relative)
-    written = pending.result() if pending is not None else write_extras(*extras_args)
+    write_record(out_dir / relative, MergeRecord(
+        runs=_runs_stood_for(sources, accumulator), histories=histories,
+        inconsistent_runs=tuple(run.source for run in consistency.inconsistent)))
+    written = write_extras(out_dir, relative, merged, accumulator.batch(), accumulator.runs,
+                           histories, options.plots, consistency, warnings)
     report = MergedFile(path=relative, scorer_name=merged.header.scorer_name,
-                        runs=len(runs), histories=histories,
-                        statistics=merged.header.statistics, rows=merged.rows, kind=kind)
+                        runs=accumulator.runs, histories=histories,
+                        statistics=merged.header.statistics, rows=merged.rows, kind=kind,
+                        warnings=warnings)
     if written is None:
         return report
     return replace(report, summary=written.summary, plot=written.plot, batch=written.batch,
-                   summary_text=written.text)
+                   dicom=written.dicom, summary_text=written.text)
+
+
+def _run_warnings(accumulator: ScorerAccumulator,
+                  consistency: ConsistencyReport) -> tuple[str, ...]:
+    """Runs left out, identical or inconsistent: what the user must hear of."""
+    left_out = [f"{source}: 0 histories; left out (it adds nothing, and counted as a run "
+                "it would make the batch standard error too small)"
+                for source in accumulator.empty_runs]
+    troubled = consistency.lines() if consistency.inconsistent or consistency.identical else []
+    return tuple(left_out + [line for line in troubled if "not tested" not in line])
+
+
+def _stop_if_inconsistent(consistency: ConsistencyReport, relative: Path,
+                          allowed: bool) -> None:
+    if consistency.inconsistent and not allowed:
+        raise ToolError(
+            f"{relative}: some runs disagree with the others beyond their statistical "
+            "errors (wrong image, TOPAS version or parameters on their node?); nothing "
+            f"was written for it. Leave those runs out, or merge anyway with "
+            f"{ALLOW_INCONSISTENT_FLAG}:", *consistency.lines())
+
+
+def _runs_stood_for(sources: Sequence[Path], accumulator: ScorerAccumulator) -> int:
+    """Original runs behind the merged file: an input that is a merged file counts as
+    the runs its record names."""
+    total = 0
+    for source in sources:
+        if str(source) in accumulator.empty_runs:
+            continue
+        record = read_record(source)
+        total += record.runs if record is not None else 1
+    return total
 
 
 def _accumulate(sources: Sequence[Path], histories: int | None,
-                readers: _Readers | None) -> ScorerAccumulator:
-    """Fold the runs, in fixed chunks of consecutive runs, each chunk by one worker;
-    the chunks are combined in run order. Chunks do not depend on the number of
-    workers, so neither does the result, to the last bit."""
-    total = ScorerAccumulator(histories)
-    first = read_header(sources[0])
-    size = _chunk_size(len(sources))
-    chunks = [sources[i:i + size] for i in range(0, len(sources), size)]
-    for chunk, result in zip(chunks, _chunk_results(chunks, first, sources[0], histories,
-                                                    readers)):
-        if isinstance(result, _Failure):
-            raise ToolError(*result.lines)
-        total.absorb(result, chunk[0])
-    return total
+                workers: int) -> ScorerAccumulator:
+    """Fold the runs in order while `workers - 1` threads read the next ones."""
+    first_source = Path(sources[0])
+    first = read_header(first_source)
+    per_run = {str(source): _input_histories(Path(source), histories) for source in sources}
+
+    def read(source: Path) -> RunContribution:
+        return _read_run(Path(source), first, first_source, per_run[str(source)])
+
+    accumulator = ScorerAccumulator(histories)
+    for source, run in _in_order(sources, read, workers):
+        accumulator.add_contribution(run, source)
+    return accumulator
+
+
+def _input_histories(source: Path, per_run: int | None) -> int | None:
+    record = read_record(source)
+    return per_run if record is None else record.histories_for(per_run)
+
+
+def _read_run(path: Path, first: ScorerHeader, first_source: Path,
+              histories: int | None) -> RunContribution:
+    if path.suffix != ".binheader":
+        check_final_newline(path)
+    header = read_header(path)
+    difference = first.layout_difference(header)
+    if difference is not None:
+        raise ToolError(f"cannot merge {path} with {first_source}: different {difference}")
+    return contribution(read_scorer(path), path, histories)
+
+
+def _in_order(items: Sequence[_Item], work: Callable[[_Item], _Result],
+              workers: int) -> Iterator[tuple[_Item, _Result]]:
+    """(item, work(item)) in order; `workers - 1` threads work on the next items while
+    the caller uses this one (so `workers` runs are in memory at most)."""
+    ahead = min(workers - 1, len(items) - 1)
+    if ahead < 1:
+        for item in items:
+            yield item, work(item)
+        return
+    waiting = iter(items)
+    with ThreadPoolExecutor(max_workers=ahead) as pool:
+        pending: deque[tuple[_Item, Future[_Result]]] = deque()
+        for item in waiting:
+            pending.append((item, pool.submit(work, item)))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            item, future = pending.popleft()
+            result = future.result()
+            following = next(waiting, None)
+            if following is not None:
+                pending.append((following, pool.submit(work, following)))
+            yield item, result
+            del result  # the caller's fold is done: this run's arrays may go
 
 
 def _write(merged: Scorer, path: Path) -> None:
@@ -185,95 +271,6 @@ def _write(merged: Scorer, path: Path) -> None:
         write_scorer(path, merged.header, merged.values, merged.indices)
 
 
-# ------------------------------------------------------------------ reading runs
-
-@dataclass(frozen=True)
-class _Failure:
-    """A ToolError raised in a worker, sent back as plain lines (exceptions with extra
-    constructor arguments do not survive pickling)."""
-
-    lines: tuple[str, ...]
-
-
-def _chunk_size(runs: int) -> int:
-    """Runs per chunk: at least four chunks, at most _MAX_RUNS_PER_CHUNK runs each.
-    It depends on the number of runs only, so the result does not depend on the workers."""
-    return max(1, min(_MAX_RUNS_PER_CHUNK, runs // 4))
-
-
-def _accumulate_chunk(sources: Sequence[Path], first: ScorerHeader, first_source: Path,
-                      histories: int | None) -> ScorerAccumulator | _Failure:
-    """Fold some consecutive runs; runs in a worker process (module level for pickling)."""
-    accumulator = ScorerAccumulator(histories)
-    try:
-        for path in sources:
-            accumulator.add_contribution(_read_run(path, first, first_source, histories),
-                                         path)
-    except ToolError as error:
-        return _Failure(error.lines)
-    return accumulator
-
-
-def _read_run(path: Path, first: ScorerHeader, first_source: Path,
-              histories: int | None) -> RunContribution:
-    header = read_header(path)
-    difference = first.layout_difference(header)
-    if difference is not None:
-        raise ToolError(f"cannot merge {path} with {first_source}: different {difference}")
-    wanted = statistics_to_read(header)
-    scorer = (read_binary_scorer(path, wanted) if path.suffix == ".binheader"
-              else read_scorer(path, wanted))
-    return contribution(scorer, path, histories)
-
-
-def _chunk_results(chunks: list[Sequence[Path]], first: ScorerHeader, first_source: Path,
-                   histories: int | None, readers: _Readers | None
-                   ) -> Iterator[ScorerAccumulator | _Failure]:
-    """Each chunk's accumulator, in run order; at most one chunk per worker in flight,
-    so memory holds a few partial results at most."""
-    executor = readers.get() if readers is not None else None
-    if executor is None or readers is None:
-        for chunk in chunks:
-            yield _accumulate_chunk(chunk, first, first_source, histories)
-        return
-    waiting = iter(chunks)
-    pending: deque[Future[ScorerAccumulator | _Failure]] = deque()
-    for chunk in waiting:
-        pending.append(executor.submit(_accumulate_chunk, chunk, first, first_source,
-                                       histories))
-        if len(pending) >= readers.workers:
-            break
-    while pending:
-        result = pending.popleft().result()
-        following = next(waiting, None)
-        if following is not None:
-            pending.append(executor.submit(_accumulate_chunk, following, first,
-                                           first_source, histories))
-        yield result
-
-
-class _Readers:
-    """A process pool, started only when a large scorer needs it, shut down at exit."""
-
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self._executor: ProcessPoolExecutor | None = None
-
-    def get(self) -> Executor | None:
-        if self.workers < 2:
-            return None
-        if self._executor is None:
-            self._executor = ProcessPoolExecutor(max_workers=self.workers)
-        return self._executor
-
-    def __enter__(self) -> _Readers:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
-
-
 def _default_workers() -> int:
     try:
         cpus = len(os.sched_getaffinity(0))
@@ -282,25 +279,18 @@ def _default_workers() -> int:
     return max(1, min(cpus, _MAX_WORKERS))
 
 
-def _worth_parallel(sources: Sequence[Path], kind: str) -> bool:
-    if len(sources) < 2:
-        return False
-    data = [source.with_suffix(".bin") if kind == SCORER_BINARY else source
-            for source in sources]
-    total = sum(path.stat().st_size for path in data if path.exists())
-    return total >= _PARALLEL_BYTES
-
-
 # ------------------------------------------------------------------ folders
 
-def _checked_options(histories: int | None, plots: bool, workers: int | None) -> _Options:
+def _checked_options(histories: int | None, plots: bool, workers: int | None,
+                     allow_inconsistent: bool) -> _Options:
     if histories is not None and histories < 1:
         raise usage_error(f"--histories {histories}: must be a positive number of "
                           "histories per run")
     if workers is not None and workers < 1:
         raise usage_error(f"--workers {workers}: must be at least 1")
     return _Options(histories=histories, plots=plots,
-                    workers=_default_workers() if workers is None else workers)
+                    workers=_default_workers() if workers is None else workers,
+                    allow_inconsistent=allow_inconsistent)
 
 
 def _checked_run_dirs(run_dirs: Sequence[Path], out_dir: Path) -> tuple[Path, ...]:
@@ -327,7 +317,8 @@ def _checked_run_dirs(run_dirs: Sequence[Path], out_dir: Path) -> tuple[Path, ..
 def _outputs(run: Path) -> dict[Path, str]:
     """The candidate outputs of a run folder, relative, with their kind."""
     return {path.relative_to(run): _KINDS[path.suffix] for path in run.rglob("*")
-            if path.suffix in _KINDS and path.is_file()}
+            if path.suffix in _KINDS and path.is_file()
+            and path.relative_to(run).parts[0] != SUMMARY_DIR}
 
 
 def _classify(runs: tuple[Path, ...], found: dict[Path, dict[Path, str]]

@@ -1,98 +1,28 @@
-"""TOPAS phase spaces (`.header` + `.phsp`): reading headers, merging runs.
+"""TOPAS phase spaces (`.header` + `.phsp`): checking each run's data, merging runs.
 
-Three formats (TsScorePhaseSpace, TsNtupleAscii, TsNtupleBinary):
-  * ASCII and Binary: a title line, counts ("Number of Original Histories: 100", "...that
-    Reached Phase Space", "Number of Scored Particles", binary: "Number of Bytes per
-    Particle"), the column description (new "f4: Position X [cm]" or old
-    " 0- 3: Position X (cm)"), then one count per particle type and the minimum and
-    maximum kinetic energy per particle type. Other TOPAS ntuples have the same layout
-    without title and particle lines ("Number of Scored Entries").
-  * Limited: `$KEYWORD:` sections; $ORIG_HISTORIES and $PARTICLES are counts,
-    $RECORD_LENGTH is the bytes per particle.
 Merging concatenates the data files in run order, in chunks (never a whole file in
-memory), and writes a header whose counts are exact sums; the column layout must be the
-same in every run. TOPAS refuses a phase space whose header disagrees with its data
-(PhaseSpacePreCheck), so each input's counts are checked against its data first: for
-binary data, file size = particles x bytes per particle; for ASCII, one line a particle.
+memory), and writes a header whose counts are exact sums (phaseheader.py); the column
+layout must be the same in every run. TOPAS refuses a phase space whose header disagrees
+with its data (PhaseSpacePreCheck), so each input's counts are checked against its data
+first: for binary data, file size = particles x bytes per particle; for ASCII, one line
+a particle, every line ended by a newline (TOPAS writes one after each particle) and the
+last one holding a value for every column, so a file cut inside its last line is
+refused rather than counted and concatenated into a merged file no reader accepts.
 """
 from __future__ import annotations
 
 import os
-import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Sequence
 
 from common.errors import ToolError
+# Re-exported: callers read headers through this module too.
+from common.topas.phaseheader import (ASCII, BINARY, LIMITED, NotAPhaseSpace,  # noqa: F401
+                                      PhaseSpaceHeader, combine_headers, phase_space_pair,
+                                      read_phase_space_header)
 
-ASCII = "ascii"
-BINARY = "binary"
-LIMITED = "limited"
-
-_TITLES = {"TOPAS ASCII Phase Space": ASCII, "TOPAS Binary Phase Space": BINARY}
-_COLUMN_HEADINGS = ("Columns of data are as follows:",
-                    "Byte order of each record is as follows:")
-_COUNT = re.compile(r"Number of (?P<what>.+?): *(?P<n>-?\d+)$")
-_ENERGY = re.compile(r"(?P<which>Minimum|Maximum) Kinetic Energy of (?P<particle>.+?): "
-                     r"*(?P<value>\S+)(?P<unit> .*)?$")
-_ORIGINAL = "Original Histories"
-_REACHED = "Original Histories that Reached Phase Space"
-_PARTICLES = ("Scored Particles", "Scored Entries")
-_BYTES = "Bytes per Particle"
-_LIMITED_COUNTS = ("$ORIG_HISTORIES:", "$PARTICLES:")
 _CHUNK = 8 << 20
-
-
-class NotAPhaseSpace(ToolError):
-    """The `.header` is no TOPAS phase-space header; folder scans skip it and say why."""
-
-    def __init__(self, source: object, reason: str) -> None:
-        super().__init__(f"{source}: not a TOPAS phase space header ({reason})")
-        self.reason = reason
-
-
-@dataclass(frozen=True)
-class Energy:
-    """A minimum or maximum kinetic energy as printed, and its value for comparisons."""
-
-    text: str  # "0.010434 MeV"
-    value: float
-
-
-@dataclass(frozen=True)
-class PhaseSpaceHeader:
-    """Everything a phase-space `.header` says.
-
-    `format` is ascii, binary or limited. `particles` is the number of records in the
-    data file ("Scored Particles", "Scored Entries" or $PARTICLES); `bytes_per_particle`
-    is None for ASCII. `per_particle` maps particle names ("e-", "proton") to counts, in
-    the header's order; `minimum_energy` / `maximum_energy` likewise. `columns` are the
-    column description lines exactly as written (for Limited: every section other than
-    the two counts, which must then be equal between runs).
-    """
-
-    format: str
-    original_histories: int
-    particles: int
-    title: str | None = None
-    reached: int | None = None  # "Reached Phase Space"; absent in Limited and ntuples
-    particles_label: str = "Scored Particles"
-    bytes_per_particle: int | None = None
-    columns: tuple[str, ...] = ()
-    per_particle: dict[str, int] = field(default_factory=dict)
-    minimum_energy: dict[str, Energy] = field(default_factory=dict)
-    maximum_energy: dict[str, Energy] = field(default_factory=dict)
-
-    def layout(self) -> tuple[object, ...]:
-        """What must be equal for two phase spaces to be concatenated."""
-        return (self.format, self.title, self.particles_label, self.bytes_per_particle,
-                self.columns, self.reached is None)
-
-    def text(self) -> str:
-        """The header file's text, in TOPAS's own layout."""
-        if self.format == LIMITED:
-            return _limited_text(self)
-        return "".join(line + "\n" for line in _topas_lines(self))
 
 
 @dataclass(frozen=True)
@@ -104,29 +34,11 @@ class PhaseSpace:
     header: PhaseSpaceHeader
 
 
-def phase_space_pair(path: Path) -> tuple[Path, Path]:
-    """The (.header, .phsp) pair of either file's path."""
-    path = Path(path)
-    return path.with_suffix(".header"), path.with_suffix(".phsp")
-
-
-def read_phase_space_header(path: Path) -> PhaseSpaceHeader:
-    """Parse a phase-space `.header` (given it or its `.phsp`); NotAPhaseSpace if it is
-    not one, ToolError if unreadable."""
-    header_path = phase_space_pair(path)[0]
-    try:
-        text = header_path.read_text(encoding="utf-8", errors="replace")
-    except OSError as error:
-        raise ToolError(f"{header_path}: cannot read: {error.strerror or error}") from error
-    lines = text.splitlines()
-    if lines and lines[0].startswith("$"):
-        return _parse_limited(lines, header_path)
-    return _parse_topas(lines, header_path)
-
-
 def check_data(space: PhaseSpace) -> None:
     """ToolError unless the data file holds exactly the particles its header counts."""
     header = space.header
+    if header.bytes_per_particle is None:
+        _check_last_line(space)
     found = _records_in(space.data_path, header)
     if found != header.particles:
         unit = "lines" if header.bytes_per_particle is None else (
@@ -134,6 +46,34 @@ def check_data(space: PhaseSpace) -> None:
         raise ToolError(f"{space.data_path}: holds {found} {unit} but {space.header_path} "
                         f"counts {header.particles} particles (truncated or still being "
                         "written?); TOPAS would refuse it")
+
+
+def _check_last_line(space: PhaseSpace) -> None:
+    """ToolError if an ASCII data file ends inside a line or with a short last line."""
+    tail = _tail(space.data_path)
+    if not tail:
+        return
+    if not tail.endswith(b"\n"):
+        raise ToolError(f"{space.data_path}: the last line is cut (no end of line; TOPAS "
+                        "ends every particle's line with one): the run was still writing "
+                        "or the copy is incomplete; download or rerun that run")
+    columns = sum(1 for line in space.header.columns[1:] if line.strip())
+    values = len(tail.rstrip(b"\r\n").rsplit(b"\n", 1)[-1].split())
+    if columns and values != columns:
+        raise ToolError(f"{space.data_path}: the last line holds {values} values, the "
+                        f"header describes {columns} columns (cut file?)")
+
+
+def _tail(path: Path, size: int = 4096) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - size))
+            return handle.read()
+    except FileNotFoundError:
+        return b""  # _records_in names the missing file
+    except OSError as error:
+        raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
 
 
 def merge_phase_spaces(sources: Sequence[Path], out_path: Path) -> PhaseSpaceHeader:
@@ -150,175 +90,9 @@ def merge_phase_spaces(sources: Sequence[Path], out_path: Path) -> PhaseSpaceHea
     merged = combine_headers([space.header for space in spaces])
     out_header, out_data = phase_space_pair(out_path)
     out_header.parent.mkdir(parents=True, exist_ok=True)
-    _concatenate([space.data_path for space in spaces], out_data,
-                 text=merged.bytes_per_particle is None)
+    _concatenate([space.data_path for space in spaces], out_data)
     _write_text(out_header, merged.text())
     return merged
-
-
-def combine_headers(headers: Sequence[PhaseSpaceHeader]) -> PhaseSpaceHeader:
-    """The header of the concatenated data: counts added, energy extremes combined."""
-    per_particle: dict[str, int] = {}
-    minimum: dict[str, Energy] = {}
-    maximum: dict[str, Energy] = {}
-    for header in headers:
-        for name, count in header.per_particle.items():
-            per_particle[name] = per_particle.get(name, 0) + count
-        for name, energy in header.minimum_energy.items():
-            if name not in minimum or energy.value < minimum[name].value:
-                minimum[name] = energy
-        for name, energy in header.maximum_energy.items():
-            if name not in maximum or energy.value > maximum[name].value:
-                maximum[name] = energy
-    first = headers[0]
-    reached = None if first.reached is None else sum(h.reached or 0 for h in headers)
-    return replace(first, original_histories=sum(h.original_histories for h in headers),
-                   particles=sum(h.particles for h in headers), reached=reached,
-                   per_particle=per_particle, minimum_energy=minimum,
-                   maximum_energy=maximum)
-
-
-# ------------------------------------------------------------------ parsing
-
-@dataclass
-class _Collected:
-    title: str | None = None
-    counts: dict[str, int] = field(default_factory=dict)
-    per_particle: dict[str, int] = field(default_factory=dict)
-    columns: list[str] = field(default_factory=list)
-    minimum: dict[str, Energy] = field(default_factory=dict)
-    maximum: dict[str, Energy] = field(default_factory=dict)
-
-
-def _parse_topas(lines: list[str], path: Path) -> PhaseSpaceHeader:
-    found = _Collected()
-    position = 0
-    if lines and lines[0].strip() in _TITLES:
-        found.title = lines[0].strip()
-        position = 1
-    while position < len(lines):
-        position = _collect_line(found, lines, position, path)
-    return _topas_header(found, path)
-
-
-def _collect_line(found: _Collected, lines: list[str], position: int, path: Path) -> int:
-    """Take in the line at `position` (with its column block); the next position."""
-    line = lines[position].strip()
-    count = _COUNT.match(line)
-    energy = _ENERGY.match(line)
-    if not line:
-        pass
-    elif line in _COLUMN_HEADINGS:
-        found.columns.append(lines[position])
-        while position + 1 < len(lines) and lines[position + 1].strip():
-            position += 1
-            found.columns.append(lines[position])
-    elif count and (count.group("what") in (_ORIGINAL, _REACHED, _BYTES) + _PARTICLES):
-        found.counts[count.group("what")] = int(count.group("n"))
-    elif count:
-        found.per_particle[count.group("what")] = int(count.group("n"))
-    elif energy:
-        _collect_energy(found, energy, path)
-    else:
-        raise NotAPhaseSpace(path, f"unrecognised line {line[:60]!r}")
-    return position + 1
-
-
-def _collect_energy(found: _Collected, match: re.Match[str], path: Path) -> None:
-    try:
-        value = float(match.group("value"))
-    except ValueError:
-        raise NotAPhaseSpace(path, f"unreadable energy in {match.group(0)!r}") from None
-    text = match.group("value") + (match.group("unit") or "")
-    target = found.minimum if match.group("which") == "Minimum" else found.maximum
-    target[match.group("particle")] = Energy(text=text, value=value)
-
-
-def _topas_header(found: _Collected, path: Path) -> PhaseSpaceHeader:
-    counts = found.counts
-    label = next((name for name in _PARTICLES if name in counts), None)
-    if _ORIGINAL not in counts or label is None:
-        raise NotAPhaseSpace(path, "no 'Number of Original Histories' and 'Number of "
-                                   "Scored Particles' lines")
-    if not found.columns:
-        raise NotAPhaseSpace(path, "no column description")
-    is_binary = _BYTES in counts
-    if found.title is not None and (_TITLES[found.title] == BINARY) != is_binary:
-        raise NotAPhaseSpace(path, f"'{found.title}' with"
-                                   f"{'' if is_binary else 'out'} a bytes-per-particle line")
-    return PhaseSpaceHeader(
-        format=BINARY if is_binary else ASCII, title=found.title,
-        original_histories=counts[_ORIGINAL], reached=counts.get(_REACHED),
-        particles=counts[label], particles_label=label,
-        bytes_per_particle=counts.get(_BYTES), columns=tuple(found.columns),
-        per_particle=found.per_particle, minimum_energy=found.minimum,
-        maximum_energy=found.maximum)
-
-
-def _parse_limited(lines: list[str], path: Path) -> PhaseSpaceHeader:
-    sections = _limited_sections(lines, path)
-    try:
-        histories = int(sections["$ORIG_HISTORIES:"][0])
-        particles = int(sections["$PARTICLES:"][0])
-        record = int(sections["$RECORD_LENGTH:"][0])
-    except (KeyError, IndexError, ValueError):
-        raise NotAPhaseSpace(path, "a Limited header needs $RECORD_LENGTH, $ORIG_HISTORIES "
-                                   "and $PARTICLES, each followed by a number") from None
-    # Every section verbatim, but only the keyword of the two counts: the rest has to
-    # be equal in every run, and the counts are written back after their keywords.
-    kept = tuple(line for keyword, body in sections.items()
-                 for line in (keyword, *(() if keyword in _LIMITED_COUNTS else body)))
-    return PhaseSpaceHeader(format=LIMITED, original_histories=histories,
-                            particles=particles, bytes_per_particle=record, columns=kept,
-                            particles_label="$PARTICLES")
-
-
-def _limited_sections(lines: list[str], path: Path) -> dict[str, list[str]]:
-    sections: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for line in lines:
-        if line.startswith("$"):
-            current = sections.setdefault(line.strip(), [])
-        elif current is None:
-            raise NotAPhaseSpace(path, "text before the first $ keyword")
-        elif line.strip():
-            current.append(line)
-    return sections
-
-
-# ------------------------------------------------------------------ writing
-
-def _topas_lines(header: PhaseSpaceHeader) -> list[str]:
-    # The order TOPAS writes (TsScorePhaseSpace::Output, TsNtuple*::
-    # GenerateColumnDescription): its readers expect counts on fixed lines.
-    lines = [header.title, ""] if header.title else []
-    lines.append(f"Number of {_ORIGINAL}: {header.original_histories}")
-    if header.reached is not None:
-        lines.append(f"Number of {_REACHED}: {header.reached}")
-    lines.append(f"Number of {header.particles_label}: {header.particles}")
-    if header.bytes_per_particle is not None:
-        lines.append(f"Number of {_BYTES}: {header.bytes_per_particle}")
-    lines += ["", *header.columns, ""]
-    if header.title or header.per_particle or header.minimum_energy:
-        lines += [f"Number of {name}: {count}" for name, count in header.per_particle.items()]
-        lines.append("")
-        lines += [f"Minimum Kinetic Energy of {name}: {energy.text}"
-                  for name, energy in header.minimum_energy.items()]
-        lines.append("")
-        lines += [f"Maximum Kinetic Energy of {name}: {energy.text}"
-                  for name, energy in header.maximum_energy.items()]
-    return lines
-
-
-def _limited_text(header: PhaseSpaceHeader) -> str:
-    counts = {"$ORIG_HISTORIES:": header.original_histories,
-              "$PARTICLES:": header.particles}
-    lines: list[str] = []
-    for line in header.columns:
-        lines.append(line)
-        if line in counts:
-            lines.append(str(counts[line]))
-    return "".join(line + "\n" for line in lines)
 
 
 # ------------------------------------------------------------------ data
@@ -371,37 +145,29 @@ def _records_in(path: Path, header: PhaseSpaceHeader) -> int:
 
 def _count_lines(path: Path) -> int:
     lines = 0
-    last = b"\n"
     with open(path, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             lines += chunk.count(b"\n")
-            last = chunk[-1:]
-    return lines + (last != b"\n")  # a last line without its newline
+    return lines
 
 
-def _concatenate(sources: Sequence[Path], target: Path, text: bool) -> None:
-    """Append the files in order, chunk by chunk; text files get a closing newline."""
+def _concatenate(sources: Sequence[Path], target: Path) -> None:
+    """Append the files in order, chunk by chunk."""
     partial = target.with_name(target.name + ".partial")
     try:
         with open(partial, "wb") as out:
             for source in sources:
-                last = _copy(source, out)
-                if text and last not in (b"", b"\n"):
-                    out.write(b"\n")
+                _copy(source, out)
         os.replace(partial, target)
     except OSError as error:
         partial.unlink(missing_ok=True)
         raise ToolError(f"{target}: cannot write: {error.strerror or error}") from error
 
 
-def _copy(source: Path, out: BinaryIO) -> bytes:
-    """Append source to out; its last byte (b"" if empty)."""
-    last = b""
+def _copy(source: Path, out: BinaryIO) -> None:
     with open(source, "rb") as handle:
         while chunk := handle.read(_CHUNK):
             out.write(chunk)
-            last = chunk[-1:]
-    return last
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -3,29 +3,26 @@
 A Scorer is format-neutral (header, bin indices, one float64 array per statistic); the
 binary reader (binary.py) produces the same object, and read_scorer() reads both. Rows
 are identified by their (i, j, k) bin, never by line number: TOPAS 4.1.1 changed the
-order rows are written in. The numbers are parsed by fastcsv.py when the file has
-TOPAS's own strict shape, else by np.loadtxt. Imports only the standard library, numpy
-and common.errors.
+order rows are written in. The numbers are read and written by tables.py (polars, or
+numpy alone on a reducer node without it).
 """
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Mapping, Sequence, TextIO
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from common.errors import ToolError
-from common.topas import fastcsv
 from common.topas.header import (HISTORIES, NotAScorerFile, ScorerHeader, parse_header,
                                  read_header_block)
+from common.topas.tables import read_columns, write_rows
 
 K_FASTEST = "k_fastest"  # TOPAS <= 4.1.0 loops i, j, k
 I_FASTEST = "i_fastest"  # TOPAS >= 4.1.1 loops k, j, i
-VALUE_FORMAT = "%.16g"  # what TOPAS prints (setprecision(16)), so rewriting is lossless
-_ROWS_PER_WRITE = 4096  # rows formatted at a time: bounded memory, few calls
 
 
 @dataclass(frozen=True)
@@ -37,12 +34,15 @@ class Scorer:
     (all of header.statistics unless read_scorer was asked for fewer) to a (rows,)
     float64 array, or (rows, header.n_extra_bins) when binned by energy or time (column
     0 is the underflow bin, then the bins, then overflow and, for incident-track energy,
-    "no incident track"). Row r of every array belongs to bin indices[r].
+    "no incident track"). Row r of every array belongs to bin indices[r]. Arrays from
+    the readers may be read-only (the CSV reader hands over the parser's memory rather
+    than a copy): copy one before changing it.
     """
 
     header: ScorerHeader
     indices: np.ndarray
     values: dict[str, np.ndarray]
+    every_bin_in_order: bool = False  # rows are bins 0, 1, 2, ... (binary files)
 
     @property
     def rows(self) -> int:
@@ -62,6 +62,8 @@ class Scorer:
 
     def bin_keys(self) -> np.ndarray:
         """TOPAS's own bin number of every row: i*Nj*Nk + j*Nk + k (0 when undivided)."""
+        if self.every_bin_in_order:
+            return all_keys(self.header.n_bins)
         return bin_keys(self.header, self.indices)
 
     def grid(self, statistic: str) -> np.ndarray:
@@ -90,6 +92,22 @@ def bin_keys(header: ScorerHeader, indices: np.ndarray) -> np.ndarray:
     keys *= nk
     keys += indices[:, 2]
     return keys
+
+
+@lru_cache(maxsize=4)
+def all_keys(n_bins: int) -> np.ndarray:
+    """0, 1, ..., n_bins - 1, read-only and shared: every run of a scorer has the same."""
+    keys = np.arange(n_bins)
+    keys.flags.writeable = False
+    return keys
+
+
+@lru_cache(maxsize=4)
+def all_indices(header: ScorerHeader) -> np.ndarray:
+    """The index columns of every bin in bin order, read-only and shared between runs."""
+    indices = indices_for_keys(header, all_keys(header.n_bins))
+    indices.flags.writeable = False
+    return indices
 
 
 def indices_for_keys(header: ScorerHeader, keys: np.ndarray) -> np.ndarray:
@@ -145,10 +163,24 @@ def read_scorer(path: Path, statistics: Sequence[str] | None = None) -> Scorer:
         raise NotAScorerFile(path, "no '#' header lines")
     header = parse_header(header_lines, path)
     wanted = _checked_statistics(header, statistics, path)
-    table = _read_table(path, offset, header, _wanted_columns(header, wanted))
-    indices = _index_columns(table[:, :header.n_index_columns], header, path)
-    values = _statistic_columns(table[:, header.n_index_columns:], header, wanted)
+    columns = _read_columns(path, offset, header, len(header_lines))
+    values = _statistic_columns(columns[header.n_index_columns:], header, wanted)
+    if _every_bin_in_order(columns[:header.n_index_columns], header):
+        # The usual case: no index arrays of this run's own (shared, cached ones instead).
+        return Scorer(header=header, indices=all_indices(header), values=values,
+                      every_bin_in_order=True)
+    indices = _index_columns(columns[:header.n_index_columns], columns[0].shape[0], header,
+                             path)
     return Scorer(header=header, indices=indices, values=values)
+
+
+def _every_bin_in_order(columns: list[np.ndarray], header: ScorerHeader) -> bool:
+    """Whether the index columns list bins 0, 1, 2, ... (i, j, k with k fastest)."""
+    if not columns or columns[0].shape[0] != header.n_bins:
+        return False
+    expected = all_indices(header)
+    return all(np.array_equal(column, expected[:, position])
+               for position, column in enumerate(columns))
 
 
 def _checked_statistics(header: ScorerHeader, statistics: Sequence[str] | None,
@@ -162,65 +194,17 @@ def _checked_statistics(header: ScorerHeader, statistics: Sequence[str] | None,
     return tuple(name for name in header.statistics if name in statistics)
 
 
-def _wanted_columns(header: ScorerHeader, wanted: tuple[str, ...]) -> list[int]:
-    """Column numbers of the index columns and of the wanted statistics, ascending."""
-    columns = list(range(header.n_index_columns))
-    stats = header.statistics
-    for extra in range(max(1, header.n_extra_bins)):
-        first = header.n_index_columns + extra * len(stats)
-        columns += [first + stats.index(name) for name in wanted]
-    return sorted(columns)
-
-
-def _read_table(path: Path, offset: int, header: ScorerHeader,
-                columns: list[int]) -> np.ndarray:
+def _read_columns(path: Path, offset: int, header: ScorerHeader,
+                  header_lines: int) -> list[np.ndarray]:
     n_columns = header.n_index_columns + header.n_value_columns
-    try:
-        table = fastcsv.read_columns(path, offset, n_columns, columns,
-                                     constant=_histories_columns(header),
-                                     rows=header.n_bins if header.sparse is None else None)
-    except fastcsv.UnreadableNumber as error:
-        raise ToolError(f"{path}: {error}") from error
-    except OSError as error:
-        raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
-    if table is None:  # not in TOPAS's strict shape: the general, slower parser
-        table = _parse_table(_read_body(path, offset), header, path)[:, columns]
-    if header.n_index_columns == 0 and table.shape[0] > 1:
-        raise ToolError(f"{path}: {table.shape[0]} rows for an undivided scorer (expected 1)")
-    return table
-
-
-def _histories_columns(header: ScorerHeader) -> list[int]:
-    """Columns of Histories_with_Scorer_Active: one number repeated on every row."""
-    if HISTORIES not in header.statistics:
-        return []
-    stats = header.statistics
-    return [header.n_index_columns + extra * len(stats) + stats.index(HISTORIES)
-            for extra in range(max(1, header.n_extra_bins))]
-
-
-def _read_body(path: Path, offset: int) -> str:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            return handle.read().decode("utf-8", "replace")
-    except OSError as error:
-        raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
-
-
-def _parse_table(body: str, header: ScorerHeader, path: Path) -> np.ndarray:
-    columns = header.n_index_columns + header.n_value_columns
-    if not body or body.isspace():
-        return np.empty((0, columns))
-    try:
-        table = np.loadtxt(io.StringIO(body), delimiter=",", dtype=np.float64, ndmin=2,
-                           comments=None)
-    except ValueError as error:
-        raise ToolError(f"{path}: unreadable data row: {error}") from error
-    if table.shape[1] != columns:
-        raise ToolError(f"{path}: rows have {table.shape[1]} columns, the header implies "
-                        f"{columns} ({_column_story(header)})")
-    return table
+    columns = read_columns(path, offset, n_columns, header_lines)
+    rows = columns[0].shape[0] if columns else 0
+    if rows and len(columns) != n_columns:
+        raise ToolError(f"{path}: rows have {len(columns)} columns, the header implies "
+                        f"{n_columns} ({_column_story(header)})")
+    if header.n_index_columns == 0 and rows > 1:
+        raise ToolError(f"{path}: {rows} rows for an undivided scorer (expected 1)")
+    return columns
 
 
 def _column_story(header: ScorerHeader) -> str:
@@ -230,10 +214,13 @@ def _column_story(header: ScorerHeader) -> str:
     return story
 
 
-def _index_columns(columns: np.ndarray, header: ScorerHeader, path: Path) -> np.ndarray:
-    indices = columns.astype(np.int64)
-    if not np.array_equal(indices, columns):
-        raise ToolError(f"{path}: bin indices are not whole numbers")
+def _index_columns(columns: list[np.ndarray], rows: int, header: ScorerHeader,
+                   path: Path) -> np.ndarray:
+    indices = np.empty((rows, len(columns)), dtype=np.int64)
+    for position, column in enumerate(columns):
+        indices[:, position] = column
+        if not np.array_equal(indices[:, position], column):
+            raise ToolError(f"{path}: bin indices are not whole numbers")
     upper = _index_limits(header)
     bad = (indices < 0) | (indices >= upper)
     if bad.any():  # (a reduction along rows first would be slow: 3 values a row)
@@ -250,17 +237,17 @@ def _index_limits(header: ScorerHeader) -> np.ndarray:
     return np.array([header.n_bins] * header.n_index_columns, dtype=np.int64)
 
 
-def _statistic_columns(table: np.ndarray, header: ScorerHeader,
+def _statistic_columns(columns: list[np.ndarray], header: ScorerHeader,
                        wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Split the wanted value columns (in file order) into one array per statistic.
-
-    The arrays are views of the table (no copies: a large file is not held twice).
-    """
+    """The value columns as one array per wanted statistic: the columns themselves (no
+    copy: a large file is not held twice) unless binned by energy or time."""
+    stats = header.statistics
     if header.n_extra_bins == 0:
-        return {name: table[:, s] for s, name in enumerate(wanted)}
+        return {name: columns[stats.index(name)] for name in wanted}
     # Per row: [bin 0: every statistic][bin 1: every statistic]... statistic varies fastest.
-    cube = table.reshape(table.shape[0], header.n_extra_bins, len(wanted))
-    return {name: cube[:, :, s] for s, name in enumerate(wanted)}
+    return {name: np.column_stack([columns[extra * len(stats) + stats.index(name)]
+                                   for extra in range(header.n_extra_bins)])
+            for name in wanted}
 
 
 # ---------------------------------------------------------------------------- writing
@@ -285,25 +272,6 @@ def write_scorer(path: Path, header: ScorerHeader, values: Mapping[str, np.ndarr
         handle.write("".join(line + "\n" for line in header.lines))
         write_rows(handle, indices, columns)
     os.replace(partial, path)
-
-
-def write_rows(handle: TextIO, indices: np.ndarray, columns: Sequence[np.ndarray]) -> None:
-    """Rows "i, j, k, v1, v2, ..." as TOPAS prints them (values with 16 digits).
-
-    `columns` are one array per statistic, (rows,) or (rows, energy bins); a row holds
-    every statistic of energy bin 0, then of bin 1... (the statistic varies fastest).
-    """
-    rows = indices.shape[0]
-    width = sum(1 if column.ndim == 1 else column.shape[1] for column in columns)
-    row = ", ".join(["%d"] * indices.shape[1] + [VALUE_FORMAT] * width) + "\n"
-    for start in range(0, rows, _ROWS_PER_WRITE):
-        part = slice(start, start + _ROWS_PER_WRITE)
-        values = np.stack([column[part] for column in columns], axis=-1)
-        block = np.hstack([indices[part].astype(np.float64),
-                           values.reshape(values.shape[0], -1)])
-        # One % for many rows: much faster than formatting row by row (np.savetxt), and
-        # a block at a time keeps memory small.
-        handle.write((row * block.shape[0]) % tuple(block.ravel().tolist()))
 
 
 def _value_columns(header: ScorerHeader,

@@ -16,11 +16,13 @@ from pathlib import Path
 import numpy as np
 
 from common.topas.combine import BatchStatistics
+from common.topas.geometry import position_of
 from common.topas.header import (HISTORIES, MEAN, SECOND_MOMENT, STANDARD_DEVIATION,
                                  SUM, VARIANCE, ScorerHeader)
 from common.topas.scorer import Scorer, on_grid
 
 THRESHOLD = 0.10  # bins above this fraction of the maximum count for the summary
+HIGH_DOSE = 0.50  # the region at or above this fraction of the maximum is averaged
 _OUTSIDE_STRUCTURE = -1.0
 
 
@@ -74,14 +76,17 @@ def scorer_view(merged: Scorer, runs: int, batch: BatchStatistics | None,
                       relative_batch_error=_on_grid(header, keys, batch_relative))
 
 
-def summary_text(view: ScorerView, name: str, extras: dict[str, Path]) -> str:
-    """A few lines for one merged scorer; `extras` names the files written beside it."""
+def summary_text(view: ScorerView, name: str, extras: dict[str, Path],
+                 notes: tuple[str, ...] = ()) -> str:
+    """A few lines for one merged scorer; `extras` names the files written beside it,
+    `notes` are what the merge found about the runs (left out, identical, consistency)."""
     header = view.header
     lines = [f"Scorer {header.scorer_name} ({name}), merged from {view.runs} runs",
              f"  {header.quantity}{f' ({header.unit})' if header.unit else ''}: "
              f"{_grid_story(header)}; statistics {' '.join(header.statistics)}",
              "  " + _histories_line(view)]
     lines += ["  " + line for line in _value_lines(view)]
+    lines += ["  " + note for note in notes]
     lines += [f"  {what}: {path}" for what, path in extras.items()]
     return "\n".join(lines)
 
@@ -153,17 +158,13 @@ def _value_lines(view: ScorerView) -> list[str]:
     valid = np.isfinite(estimate)
     if not valid.any():
         return ["No bin has a value (every bin is outside the RT structure)"]
-    unit = f" {view.header.unit}" if view.header.unit else ""
     peak = np.nanmax(estimate)
-    lines = []
-    if view.histories or not view.per_history:
-        total = np.nansum(estimate) * (view.histories if view.per_history else 1)
-        lines.append(f"Total (sum over bins of Sum): {total:.6g}{unit}")
     if not peak > 0:
-        return lines + ["No bin has a positive value"]
-    where = np.unravel_index(np.nanargmax(estimate), estimate.shape)
-    lines.append(f"Maximum {'mean per history' if view.per_history else 'sum'}: "
-                 f"{peak:.6g}{unit} in bin {_bin_name(view.header, where)}")
+        return ["No bin has a positive value"]
+    relative, source = _best_error(view)
+    lines = [_maximum_line(view, peak, relative), _high_region_line(view, peak, relative)]
+    if source:
+        lines.append(f"(uncertainties: 1 standard error, {source})")
     bright = valid & (estimate > THRESHOLD * peak)
     lines.append(f"Bins above {THRESHOLD:.0%} of the maximum: {int(bright.sum())} of "
                  f"{estimate.size}")
@@ -172,6 +173,46 @@ def _value_lines(view: ScorerView) -> list[str]:
     lines += _worst("relative standard error from the spread between runs (batch)",
                     view.relative_batch_error, bright, view.header)
     return lines
+
+
+def _best_error(view: ScorerView) -> tuple[np.ndarray | None, str]:
+    if view.relative_error is not None:
+        return view.relative_error, "history by history"
+    if view.relative_batch_error is not None:
+        return view.relative_batch_error, "from the spread between runs"
+    return None, ""
+
+
+def _unit(view: ScorerView) -> str:
+    return f" {view.header.unit}" if view.header.unit else ""
+
+
+def _plus_minus(value: float, relative: float | None) -> str:
+    if relative is None or not np.isfinite(relative):
+        return f"{value:.6g}"
+    return f"{value:.6g} +- {abs(value) * relative:.2g} ({relative:.2%})"
+
+
+def _maximum_line(view: ScorerView, peak: float, relative: np.ndarray | None) -> str:
+    where = np.unravel_index(np.nanargmax(view.estimate), view.estimate.shape)
+    error = None if relative is None else float(relative[where])
+    line = (f"Maximum {'mean per history' if view.per_history else 'sum'}: "
+            f"{_plus_minus(float(peak), error)}{_unit(view)} in bin {_bin_name(view.header, where)}")
+    position = position_of(view.header, tuple(int(i) for i in where))
+    return line + (f", centre at {position}" if position else "")
+
+
+def _high_region_line(view: ScorerView, peak: float, relative: np.ndarray | None) -> str:
+    """Mean over the bins at or above HIGH_DOSE of the maximum; its standard error takes
+    the bins as independent (neighbouring voxels are slightly correlated in practice)."""
+    region = np.isfinite(view.estimate) & (view.estimate >= HIGH_DOSE * peak)
+    values = view.estimate[region]
+    mean = float(values.mean())
+    error = None
+    if relative is not None and np.all(np.isfinite(relative[region])):
+        error = float(np.sqrt(np.sum((values * relative[region]) ** 2)) / values.size / mean)
+    return (f"Mean over the {values.size} bins at or above {HIGH_DOSE:.0%} of the maximum: "
+            f"{_plus_minus(mean, error)}{_unit(view)}")
 
 
 def _worst(what: str, relative: np.ndarray | None, bright: np.ndarray,

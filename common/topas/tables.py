@@ -1,0 +1,185 @@
+"""The numeric rows of TOPAS scorer CSVs: reading them exactly, writing them losslessly.
+
+Owns which library does the work. With polars installed (pinned in requirements.txt) it
+parses and formats the rows: its float parser is correctly rounded and its formatter
+writes the shortest text that reads back to the same double. A reducer node whose Python
+has only numpy (the merge package is shipped there alone) uses np.loadtxt (correctly
+rounded too) and Python's repr (shortest round trip). `engine()` names the one in use;
+the environment variable TOPAS_MERGE_ENGINE=numpy forces the numpy path.
+
+Either way every value is bit for bit what float() gives for its text, and a written
+value reads back to the same double (TOPAS's own "%.16g" does not for 43.5 % of doubles,
+so the merge does not imitate it). Rows are written "i, j, k, v1, v2, ..." with ", "
+between values as TOPAS does, so scripts that split on ", " keep working.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+import numpy as np
+
+from common.errors import ToolError
+
+POLARS = "polars"
+NUMPY = "numpy"
+ENGINE_VARIABLE = "TOPAS_MERGE_ENGINE"
+_ROWS_PER_WRITE = 1 << 14  # rows formatted at a time: ~2 MB of text, few calls
+_SHOWN_CHARACTERS = 40
+
+
+def _import_polars() -> Any | None:
+    # polars allocates with jemalloc, which keeps freed pages for seconds; a merge reads
+    # run after run, so they would pile up (~40 MB). Return them at once instead (the
+    # variable is read when polars loads; a caller's own setting wins).
+    os.environ.setdefault("_RJEM_MALLOC_CONF", "dirty_decay_ms:0,muzzy_decay_ms:0")
+    try:
+        import polars
+    except ImportError:
+        return None
+    return polars
+
+
+_polars = _import_polars()
+
+
+def engine() -> str:
+    """The library that reads and writes the rows: 'polars', or 'numpy' without it."""
+    if _polars is None or os.environ.get(ENGINE_VARIABLE, "").lower() == NUMPY:
+        return NUMPY
+    return POLARS
+
+
+def check_final_newline(path: Path) -> None:
+    """ToolError unless the file ends with a newline, as every TOPAS output does: a file
+    cut while it was written or copied ends inside its last row, often inside a number
+    that still reads as a (wrong) number."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return
+            handle.seek(-1, os.SEEK_END)
+            last = handle.read(1)
+    except OSError as error:
+        raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
+    if last != b"\n":
+        raise ToolError(f"{path}: the file is cut: its last row has no end of line (TOPAS "
+                        "ends every row with one); the run was still writing or the copy "
+                        "is incomplete: download or rerun that run")
+
+
+def read_columns(path: Path, offset: int, n_columns: int,
+                 header_lines: int) -> list[np.ndarray]:
+    """Every column of the rows after byte `offset`, the end of the first `header_lines`
+    lines: n_columns float64 arrays of one value per row. They may be read-only: copy one
+    before changing it.
+
+    ToolError naming the file and row for a short or long row or a token that is no
+    number. An empty body gives zero rows.
+    """
+    if engine() == POLARS:
+        columns = _polars_columns(path, n_columns, header_lines)
+        if columns is not None:
+            return columns
+    table = _numpy_table(path, offset, n_columns, header_lines)
+    return [table[:, column] for column in range(table.shape[1])]
+
+
+def _polars_columns(path: Path, n_columns: int, header_lines: int) -> list[np.ndarray] | None:
+    """The columns, or None if polars found anything unusual (the numpy path then reads
+    the file again and names the problem, or reads what polars would not)."""
+    assert _polars is not None
+    schema = {f"c{column}": _polars.Float64 for column in range(n_columns)}
+    try:
+        # Skipping known lines costs less than looking for comments; TOPAS quotes nothing
+        # (a '"' in a header line must not start a quoted field).
+        frame = _polars.read_csv(path, has_header=False, skip_lines=header_lines,
+                                 quote_char=None, schema=schema)
+    except (_polars.exceptions.PolarsError, ValueError):
+        return None
+    except OSError as error:
+        raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
+    if frame.height and any(frame.null_count().row(0)):
+        return None  # short rows or empty lines
+    # polars parses in chunks, so each column is copied once into one array; taking the
+    # columns out of the frame one by one frees each chunked original after its copy.
+    return [frame.drop_in_place(name).to_numpy() for name in list(frame.columns)]
+
+
+def _numpy_table(path: Path, offset: int, n_columns: int, header_lines: int) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():  # a file of header lines only has no rows: fine
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2,
+                               comments=None, skiprows=header_lines)
+    except ValueError:
+        table = None
+    except OSError as error:
+        raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
+    if table is not None and (table.shape[1] == n_columns or table.shape[0] == 0):
+        return table if table.shape[0] else np.empty((0, n_columns))
+    _name_the_bad_row(path, _read_body(path, offset), n_columns)
+    raise ToolError(f"{path}: unreadable data rows")  # _name_the_bad_row found none
+
+
+def _read_body(path: Path, offset: int) -> str:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", "replace")
+    except OSError as error:
+        raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
+
+
+def _name_the_bad_row(path: Path, body: str, n_columns: int) -> None:
+    """Raise a ToolError for the first row that is not n_columns numbers."""
+    for number, line in enumerate((line for line in body.splitlines() if line.strip()),
+                                  start=1):
+        tokens = line.split(",")
+        if len(tokens) != n_columns:
+            raise ToolError(f"{path}: rows have {len(tokens)} columns, the header implies "
+                            f"{n_columns} (data row {number})")
+        for token in tokens:
+            try:
+                float(token)
+            except ValueError:
+                shown = token.strip()[:_SHOWN_CHARACTERS]
+                raise ToolError(f"{path}: unreadable number {shown!r} in data row "
+                                f"{number}") from None
+
+
+# ---------------------------------------------------------------------------- writing
+
+def write_rows(handle: TextIO, indices: np.ndarray, columns: Sequence[np.ndarray]) -> None:
+    """Rows "i, j, k, v1, v2, ..." with each value in its shortest exact text.
+
+    `columns` are one array per statistic, (rows,) or (rows, energy bins); a row holds
+    every statistic of energy bin 0, then of bin 1... (the statistic varies fastest).
+    """
+    rows = indices.shape[0]
+    write = _polars_block if engine() == POLARS else _numpy_block
+    for start in range(0, rows, _ROWS_PER_WRITE):
+        part = slice(start, start + _ROWS_PER_WRITE)
+        values = np.stack([column[part] for column in columns], axis=-1)
+        handle.write(write(indices[part], values.reshape(values.shape[0], -1)))
+
+
+def _polars_block(indices: np.ndarray, values: np.ndarray) -> str:
+    assert _polars is not None
+    data = {f"i{n}": indices[:, n] for n in range(indices.shape[1])}
+    data.update({f"v{n}": values[:, n] for n in range(values.shape[1])})
+    text = _polars.DataFrame(data).write_csv(include_header=False)
+    # Numbers hold no comma, so this gives TOPAS's ", " between values.
+    return text.replace(",", ", ")
+
+
+def _numpy_block(indices: np.ndarray, values: np.ndarray) -> str:
+    row = ", ".join(["%d"] * indices.shape[1] + ["%r"] * values.shape[1]) + "\n"
+    # One % for many rows: much faster than formatting row by row (np.savetxt).
+    # tolist() gives Python ints and floats, whose %r is the shortest exact text.
+    numbers: list[Any] = np.hstack([indices.astype(object), values.astype(object)]
+                                   ).ravel().tolist()
+    return (row * indices.shape[0]) % tuple(numbers)
