@@ -220,9 +220,13 @@ class AzureBackend(Backend):
                          + [f"POST /jobs ({job.job_id}, onAllTasksComplete: noaction)",
                             f"POST /jobs/{job.job_id}/addtaskcollection x {chunks} "
                             f"({len(job.tasks)} task(s), up to {bb.TASKS_PER_REQUEST} each)",
-                            f"PATCH /jobs/{job.job_id} (onAllTasksComplete: terminatejob: the job "
-                            "ends when its last task does" + (", and its auto pool with it)"
-                                                              if job.auto_pool else ")")]), 1)]))])
+                            (f"PATCH /jobs/{job.job_id} (onAllTasksComplete: terminatejob: the job "
+                             "ends when its last task does" + (", and its auto pool with it)"
+                                                               if job.auto_pool else ")"))
+                            if job.seal else
+                            (f"while the tasks run: more tasks added in waves until the target "
+                             f"uncertainty; then PATCH /jobs/{job.job_id} (onAllTasksComplete: "
+                             "terminatejob), and the job ends with its last task")]), 1)]))])
 
     def submit_job(self, job: JobSpec, on_status: StatusCallback) -> str:
         if job.auto_pool:

@@ -48,7 +48,7 @@ def measure(accumulator: ScorerAccumulator, region_fraction: float) -> Measure:
     """The largest relative standard error over the bins at or above `region_fraction` of
     the maximum — per history when the runs report a spread, else from run to run."""
     header = accumulator.header
-    method = HISTORY if header is not None and accumulator.histories() and any(
+    method = HISTORY if header is not None and accumulator.histories and any(
         s in header.statistics for s in SPREAD) else BATCH
     batch = accumulator.batch()
     if batch is None or batch.keys.size == 0:
@@ -121,7 +121,7 @@ class AdaptiveSteering:
             self._fold(index, outputs[index])
         if outputs:
             self.last = measure(self.accumulator, self.target.region_fraction)
-            self.points.append(Point(self.accumulator.runs, self.accumulator.histories(),
+            self.points.append(Point(self.accumulator.runs, self.accumulator.histories,
                                      self.last.relative_error))
             self.ctx.ui.debug(f"running merge: {self.accumulator.runs} run(s), "
                               f"relative error {self.last.relative_error}")

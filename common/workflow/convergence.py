@@ -84,7 +84,7 @@ def conclude(ctx: Context, store: BlobStore, steering: AdaptiveSteering) -> Verd
     last = steering.last
     reached = "not measured" if last is None or last.relative_error is None else \
         f"{100 * last.relative_error:.3g} %"
-    histories = steering.accumulator.histories()
+    histories = steering.accumulator.histories
     made = (f"{len(steering.folded)} run(s)" + (f", {histories:,} histories" if histories else "")
             + f", {steering.submitted} task(s) submitted"
             + (f", {len(steering.failed)} failed (not counted)" if steering.failed else ""))

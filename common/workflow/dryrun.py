@@ -7,6 +7,7 @@ makes the job (and its auto pool) end by itself — and where the reducer's code
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 
 from common import campaign as cp
 from common.errors import EXIT_OK
@@ -23,6 +24,7 @@ def plan(ctx: Context, reducer: bool) -> Outcome:
         pool, job = cp.reducer_pool(settings, ids), cp.reducer_job(settings, ids)
     else:
         pool, job = cp.worker_pool(settings, ids), cp.worker_job(settings, ids)
+        job = replace(job, seal=not settings.sim.goals.adaptive)
         with tempfile.TemporaryFile(prefix="batch-sim-") as handle:
             archive = pack(ctx, handle)
         ctx.ui.info(f"{cp.SIM_ARCHIVE_BLOB} would hold {archive.files} file(s), {archive.size:,} bytes")

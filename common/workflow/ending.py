@@ -143,7 +143,10 @@ def finish(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
     if verdict is not None:
         ok = verdict.met and counts is not None and ending.download_ok
         extra = verdict.lines + extra
-    lines = summary(ctx, store, record, job, counts, ending, missing) + usage + extra
+    lines = summary(ctx, store, record, job, counts, ending, missing)
+    # what the run used and reached, before the command to run next
+    cut = len(lines) - 1 if lines and lines[-1].startswith(("Next:", "Rerun")) else len(lines)
+    lines = lines[:cut] + usage + extra + lines[cut:]
     return Outcome(EXIT_OK if ok else EXIT_FAILED, lines)
 
 
