@@ -52,6 +52,15 @@ _CAUSES = (
 )
 
 
+def _last_attempt(settings: dict[str, Any]) -> str:
+    """Where the last attempt went and why it failed (a retry policy's history)."""
+    history = settings.get("history") or [None]
+    last = history[-1]
+    status = getattr(getattr(last, "http_response", None), "status_code", None)
+    why = f"HTTP {status}" if status else _why(getattr(last, "error", None))
+    return f"{_where(getattr(last, 'http_request', None))}: {why}"
+
+
 class ReportingStorageRetry(ExponentialRetry):
     """azure-storage-blob's exponential retry, saying each retry before it waits."""
 
@@ -61,13 +70,7 @@ class ReportingStorageRetry(ExponentialRetry):
 
     def sleep(self, settings: dict[str, Any], transport: Any) -> None:
         if self.say is not None:
-            history = settings.get("history") or [None]
-            last = history[-1]
-            error = getattr(last, "error", None)
-            status = getattr(getattr(last, "http_response", None), "status_code", None)
-            request = getattr(last, "http_request", None)
-            why = f"HTTP {status}" if status else _why(error)
-            self.say(f"storage: {_where(request)}: {why}; retry {settings['count']} of "
+            self.say(f"storage: {_last_attempt(settings)}; retry {settings['count']} of "
                      f"{self.total_retries}, in {self.get_backoff_time(settings):.0f} s")
         super().sleep(settings, transport)
 
@@ -81,14 +84,8 @@ class ReportingRetry(RetryPolicy):
 
     def sleep(self, settings: dict[str, Any], transport: Any, response: Any = None) -> None:
         if self.say is not None:
-            history = settings.get("history") or []
-            last = history[-1] if history else None
-            error = getattr(last, "error", None)
-            status = getattr(getattr(last, "http_response", None), "status_code", None)
-            request = getattr(last, "http_request", None)
-            why = f"HTTP {status}" if status else _why(error)
-            self.say(f"Batch: {_where(request)}: {why}; retry {len(history)} of "
-                     f"{self.total_retries}, in {self.get_backoff_time(settings):.1f} s")
+            self.say(f"Batch: {_last_attempt(settings)}; retry {len(settings.get('history') or [])} "
+                     f"of {self.total_retries}, in {self.get_backoff_time(settings):.1f} s")
         super().sleep(settings, transport, response=response)
 
 

@@ -10,8 +10,9 @@ deleted: the tasks keep running, and --attach or --cleanup take the campaign up 
 from __future__ import annotations
 
 import signal
+import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 HANDLED = (signal.SIGTERM, signal.SIGHUP)
 
@@ -32,6 +33,55 @@ def signals_as_interrupts() -> Iterator[None]:
     previous = {number: signal.signal(number, _raise) for number in HANDLED}
     try:
         yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+class InterruptLatch:
+    """Keeps an interrupt that Python swallowed, so a long loop can still honour it.
+
+    A signal handler's exception surfaces in whatever the main thread is running; when that
+    is a weakref callback or a __del__ (thread pools run many), Python prints "Exception
+    ignored" and carries on — Ctrl-C is lost and a 4,000-file download goes on to the end.
+    Inside `latched()`, SIGINT/SIGTERM/SIGHUP still raise as before, but the exception is also
+    kept here; the loop calls `check()` between steps to raise it if it never arrived.
+    """
+
+    def __init__(self) -> None:
+        self.pending: BaseException | None = None
+
+    def check(self) -> None:
+        if self.pending is not None:
+            exc, self.pending = self.pending, None
+            raise exc
+
+    def clear(self) -> None:
+        self.pending = None
+
+
+def _latching(previous: Callable[[int, object], None], latch: InterruptLatch):
+    def handler(number: int, frame: object) -> None:
+        try:
+            previous(number, frame)
+        except BaseException as exc:
+            latch.pending = exc
+            raise
+    return handler
+
+
+@contextmanager
+def latched() -> Iterator[InterruptLatch]:
+    latch = InterruptLatch()
+    if threading.current_thread() is not threading.main_thread():
+        yield latch  # handlers can only be set from the main thread; nothing to latch there
+        return
+    numbers = [n for n in (signal.SIGINT, *HANDLED) if callable(signal.getsignal(n))]
+    previous = {n: signal.getsignal(n) for n in numbers}
+    for number in numbers:
+        signal.signal(number, _latching(previous[number], latch))
+    try:
+        yield latch
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

@@ -21,7 +21,33 @@ RUNNER = str(REPO / "batch_simulation_runner.py")
 REDUCER = str(REPO / "batch_data_reducer.py")
 
 
-class AzureCampaign:
+class CampaignOnFake:
+    """A campaign folder (root, simconfig, sim) run against the fake service (fake)."""
+
+    root: Path
+    simconfig: Path
+    sim: dict
+    fake: object
+
+    def update(self, **sim) -> None:
+        self.sim.update(sim)
+        write_json(self.simconfig, self.sim)
+
+    def run(self, script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, script, str(self.simconfig), *args], cwd=self.root,
+                              env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=180)
+
+    def leftovers(self) -> tuple[list[str], list[str]]:
+        """Pools and jobs the fake still has (deleting ones count as gone)."""
+        client = self.fake.client()
+        # The SDK's enums are str subclasses: compare, do not str() them (that gives the name).
+        pools = [p.id for p in client.list_pools() if p.state != "deleting"]
+        jobs = [j.id for j in client.list_jobs() if j.state != "deleting"]
+        return pools, jobs
+
+
+class AzureCampaign(CampaignOnFake):
     """The shipped example, copied, configured for the fake service and Azurite."""
 
     def __init__(self, root: Path, azurite, fake) -> None:
@@ -40,26 +66,9 @@ class AzureCampaign:
                     "DOCKER_TOKEN": FAKE_DOCKER_TOKEN}
         write_json(root / "appconfig.json", self.app)
 
-    def update(self, **sim) -> None:
-        self.sim.update(sim)
-        write_json(self.simconfig, self.sim)
-
-    def run(self, script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, script, str(self.simconfig), *args], cwd=self.root,
-                              env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=180)
-
     @property
     def results(self) -> Path:
         return self.root / "examples" / "water_phantom" / "nodes_output"
-
-    def leftovers(self) -> tuple[list[str], list[str]]:
-        """Pools and jobs the fake still has (deleting ones count as gone)."""
-        client = self.fake.client()
-        # The SDK's enums are str subclasses: compare, do not str() them (that gives the name).
-        pools = [p.id for p in client.list_pools() if p.state != "deleting"]
-        jobs = [j.id for j in client.list_jobs() if j.state != "deleting"]
-        return pools, jobs
 
 
 @pytest.fixture

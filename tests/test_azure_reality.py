@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import AZURITE_ACCOUNT, AZURITE_KEY, REPO, write_json
-from test_azure_e2e import REDUCER, RUNNER, azure_env  # noqa: F401
+from test_azure_e2e import REDUCER, RUNNER, CampaignOnFake, azure_env  # noqa: F401
 from tests.azure_settings import FAKE_DOCKER_TOKEN
 from tests.support.images import GENERIC_IMAGE, TOPAS_IMAGE
 
@@ -36,7 +36,7 @@ exit 3
 """
 
 
-class TopasCampaign:
+class TopasCampaign(CampaignOnFake):
     """A small TOPAS-like campaign on the fake service and Azurite."""
 
     def __init__(self, root: Path, azurite, fake, run_sh: str = RUN_SH, **sim) -> None:
@@ -64,20 +64,9 @@ class TopasCampaign:
         self.app.update(changes)
         write_json(self.root / "appconfig.json", {k: v for k, v in self.app.items() if v is not None})
 
-    def run(self, script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, script, str(self.simconfig), *args], cwd=self.root,
-                              env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                              timeout=180)
-
     @property
     def results(self) -> Path:
         return self.root / "sim" / "nodes_output"
-
-    def leftovers(self) -> tuple[list[str], list[str]]:
-        client = self.fake.client()
-        pools = [p.id for p in client.list_pools() if p.state != "deleting"]
-        jobs = [j.id for j in client.list_jobs() if j.state != "deleting"]
-        return pools, jobs
 
 
 @pytest.fixture

@@ -274,3 +274,32 @@ def test_sigterm_and_sighup_stop_the_wait_delete_nothing_and_note_it(slow, scrip
     assert running_task(slow)  # the tasks keep running: --attach or --cleanup later
     settled = run(slow, RUNNER, script_env, "--cleanup", "--yes")
     assert settled.returncode == 0, settled.stderr
+
+
+def test_an_interrupt_python_swallowed_still_stops_the_download(tmp_path):
+    """Ctrl-C landing in a weakref callback or __del__ is printed and ignored by Python; the
+    download must still stop at once rather than fetch all 4,000 files."""
+    from common.backends.local import LocalBlobStore
+    from common.transfer import download_prefix
+
+    class SlowStore(LocalBlobStore):
+        def download_blob(self, blob, dest):
+            time.sleep(0.002)
+            return super().download_blob(blob, dest)
+
+    def swallow_an_interrupt(done_files, done_bytes):  # runs in the main thread, as Python does
+        if done_files == 20:
+            try:
+                signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+            except KeyboardInterrupt:
+                pass  # "Exception ignored in: <function WeakSet.__init__.<locals>._remove>"
+
+    store = SlowStore(tmp_path / "container", "box")
+    for n in range(4000):
+        path = store.folder / "nodes_output" / f"f{n}.dat"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(n))
+    with pytest.raises(KeyboardInterrupt):
+        download_prefix(store, "nodes_output/", tmp_path / "here", "nodes_output/",
+                        on_progress=swallow_an_interrupt, threads=2)
+    assert len(list((tmp_path / "here").glob("*.dat"))) < 200

@@ -236,10 +236,8 @@ def bwrap_command(launch: Launch) -> list[str]:
     for key, value in launch.env.items():
         args += ["--setenv", key, value]
     args += ["--", *launch.argv]
-    if unprivileged:
-        # a real other user, not just a uid inside the namespace: the host kernel checks it
-        return ["setpriv", f"--reuid={launch.uid}", f"--regid={launch.uid}", "--clear-groups", *args]
-    return args
+    # a real other user, not just a uid inside the namespace: the host kernel checks it
+    return as_user(args, launch.uid)
 
 
 def _reachable(path: str) -> bool:
@@ -260,6 +258,13 @@ def container_env(image: ContainerImage, options: RunOptions, task_env: dict[str
     env.update(task_env)
     env.update(dict(options.env))
     return env
+
+
+def as_user(command: list[str], uid: int) -> list[str]:
+    """The command run as `uid` — a real other user when the fake runs as root."""
+    if os.geteuid() == 0 and uid != ROOT_UID:
+        return ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+    return command
 
 
 def start(launch: Launch, stdout: Any, stderr: Any) -> subprocess.Popen:

@@ -19,7 +19,6 @@ Worker threads never hold the store lock while doing I/O or waiting for a proces
 """
 from __future__ import annotations
 
-import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,9 +125,7 @@ class NodeWork:
             launch = containers.Launch(image, argv, uid, containers.container_env(image, options, env),
                                        working_dir, (runtime.node.root,))
             return containers.start(launch, out, err)
-        command = ["bash", "-c", body["commandLine"]]
-        if os.geteuid() == 0 and uid != containers.ROOT_UID:
-            command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+        command = containers.as_user(["bash", "-c", body["commandLine"]], uid)
         return subprocess.Popen(command, cwd=working_dir, env={**self.knobs.host_env, **env},
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                 start_new_session=True)

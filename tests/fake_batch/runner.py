@@ -388,9 +388,7 @@ class Engine:
                     "AZ_BATCH_TASK_WORKING_DIR": str(working_dir)})
         env.update({s["name"]: s.get("value") or "" for s in start.get("environmentSettings") or []})
         uid = containers.user_for(start.get("userIdentity"), pool.serial)
-        command = ["bash", "-c", start["commandLine"]]
-        if os.geteuid() == 0 and uid != containers.ROOT_UID:
-            command = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *command]
+        command = containers.as_user(["bash", "-c", start["commandLine"]], uid)
         started = utcnow()
         retries, limit = 0, int(start.get("maxTaskRetryCount") or 0)
         info: dict[str, Any] | None = None
