@@ -105,3 +105,19 @@ def test_a_cylinder_gets_no_rt_dose(tmp_path: Path) -> None:
 def _on_grid(merged, rows: np.ndarray) -> np.ndarray:  # type: ignore[no-untyped-def]
     from common.topas.scorer import on_grid
     return on_grid(merged.header, merged.bin_keys(), rows)
+
+
+def test_without_pydicom_or_polars_the_merge_goes_on(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    # What a reducer node with numpy alone does: merge, and say what it left out.
+    import sys
+    from common.topas import tables
+    monkeypatch.setitem(sys.modules, "pydicom", None)  # import fails
+    monkeypatch.setattr(tables, "_polars", None)
+    campaign, merged_file, merged = merged_campaign(tmp_path)
+    assert merged_file.dicom == () and not list(campaign.out.rglob("*.dcm"))
+    summary = (campaign.out / SUMMARY_DIR / "Dose.csv.summary.txt").read_text()
+    assert "DICOM RT Dose files skipped: pydicom is not installed on this machine" in summary
+    assert merge_runs([campaign.out.parent / "run0"], tmp_path / "one",
+                      plots=False).engine == "numpy"
+    assert merged.histories() == 750

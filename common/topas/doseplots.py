@@ -147,10 +147,7 @@ def _plane(figure: Any, left: Any, right: Any, view: ScorerView, error: np.ndarr
     plane: list[Any] = [slice(None)] * 3
     plane[fixed] = int(peak[fixed])
     # rows of the image: the lateral axis; columns: depth from the entrance (left)
-    values = np.moveaxis(view.estimate[tuple(plane)], 0 if beam.depth < beam.lateral else 1,
-                         1)
-    if beam.reversed:
-        values = values[:, ::-1]
+    values = _in_plane(view.estimate, plane, beam)
     depths, depth_label = _depths(view, beam)
     lateral, lateral_label = _positions(view, beam.lateral)
     half = (lateral[1] - lateral[0]) / 2 if lateral.size > 1 else 0.5
@@ -163,14 +160,19 @@ def _plane(figure: Any, left: Any, right: Any, view: ScorerView, error: np.ndarr
         right.axis("off")
         right.text(0.5, 0.5, "no uncertainty available", ha="center", va="center")
         return
-    relative = np.moveaxis(error[tuple(plane)], 0 if beam.depth < beam.lateral else 1, 1)
-    if beam.reversed:
-        relative = relative[:, ::-1]
+    relative = _in_plane(error, plane, beam)
     faint = ~(values > THRESHOLD * np.nanmax(view.estimate))
     _image(figure, right, np.ma.masked_where(faint | ~np.isfinite(relative), relative * 100),
            extent, error_label, depth_label, lateral_label,
            f"grey: below {THRESHOLD:.0%} of the maximum (error not shown)")
     right.set_title("relative standard error", fontsize=10)
+
+
+def _in_plane(grid: np.ndarray, plane: list[Any], beam: Beam) -> np.ndarray:
+    """The plane as an image: rows along the lateral axis, columns along the depth from
+    the entrance."""
+    image = np.moveaxis(grid[tuple(plane)], 0 if beam.depth < beam.lateral else 1, 1)
+    return image[:, ::-1] if beam.reversed else image
 
 
 def _image(figure: Any, axis: Any, values: np.ndarray, extent: list[float], label: str,
