@@ -158,3 +158,11 @@ def test_redacted_json_hides_signatures(tmp_path):
     text = bb.redacted_json(bb.job_options(job, SETUP, URLS))
     assert "sig=***" in text and "AAA" not in text
 
+
+
+def test_the_reducer_node_installs_the_versions_requirements_pin():
+    from common.campaign import MERGE_NEEDS, MERGE_OPTIONAL
+    pinned = {line.strip() for line in (GOLDEN.parents[2] / "requirements.txt").read_text().splitlines()
+              if "==" in line}
+    wanted = set(MERGE_NEEDS) | {pin for _, pins in MERGE_OPTIONAL for pin in pins}
+    assert wanted <= pinned
