@@ -10,14 +10,14 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Callable
 
 from common.backends.base import BlobStore
 from common.model import BlobInfo
-from common.signals import latched
+from common.signals import InterruptLatch, latched
 
 CHUNK = 1 << 20
 # Parallel downloads hide network latency; with none to hide (a local folder, an emulator on
@@ -116,40 +116,47 @@ def download_prefix(store: BlobStore, prefix: str, dest_root: Path, strip_prefix
     A file is written to a temporary name and renamed only once verified, so a partial file
     never passes for a result.
     """
-    threads = threads or threads_for(store)
-    blobs = store.list_blobs(prefix)
+    with latched() as latch:  # from the start: listing thousands of blobs takes a while too
+        blobs = store.list_blobs(prefix)
+        latch.check()
+        pool = ThreadPoolExecutor(max_workers=max(1, threads or threads_for(store)))
+        try:
+            futures = {pool.submit(_fetch_one, store, b, dest_root, strip_prefix): b
+                       for b in blobs}
+            report = _collect(futures, latch, on_progress)
+        except BaseException:
+            # Ctrl-C (or a signal): drop what is queued at once; the few files in flight
+            # finish or stay .partial (never taken for a result); what is verified stays.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+    return report
+
+
+def _collect(futures: dict[Future, BlobInfo], latch: InterruptLatch,
+             on_progress: ProgressCallback | None) -> DownloadReport:
     downloaded: list[str] = []
     skipped: list[str] = []
     failed: list[tuple[str, str]] = []
     done_files = done_bytes = 0
-    pool = ThreadPoolExecutor(max_workers=max(1, threads))
-    futures = {pool.submit(_fetch_one, store, b, dest_root, strip_prefix): b for b in blobs}
     pending = set(futures)
-    try:
-        with latched() as latch:
-            while pending:
-                # A short wait, not as_completed: an interrupt swallowed inside the pool's
-                # weakref callbacks is still acted on within a quarter second.
-                finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                latch.check()
-                for future in finished:
-                    blob = futures[future]
-                    try:
-                        fetched = future.result()
-                    except Exception as exc:  # reported by name; none stops the rest
-                        failed.append((blob.name, _reason(exc)))
-                    else:
-                        (downloaded if fetched else skipped).append(blob.name)
-                        done_bytes += blob.size
-                    done_files += 1
-                    if on_progress:
-                        on_progress(done_files, done_bytes)
-    except BaseException:
-        # Ctrl-C (or a signal): drop what is queued at once; the few files in flight finish
-        # or stay .partial (never taken for a result); what is verified stays.
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
+    while pending:
+        # A short wait, not as_completed: an interrupt that Python swallowed (in one of the
+        # pool's weakref callbacks) is still acted on within a quarter second.
+        finished, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+        latch.check()
+        for future in finished:
+            blob = futures[future]
+            try:
+                fetched = future.result()
+            except Exception as exc:  # reported by name; none stops the rest
+                failed.append((blob.name, _reason(exc)))
+            else:
+                (downloaded if fetched else skipped).append(blob.name)
+                done_bytes += blob.size
+            done_files += 1
+            if on_progress:
+                on_progress(done_files, done_bytes)
     return DownloadReport(tuple(sorted(downloaded)), tuple(sorted(skipped)),
                           tuple(sorted(failed)), done_bytes)
 
