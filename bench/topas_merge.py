@@ -533,7 +533,10 @@ def main() -> int:
         measure_cat(folder, 1)  # warm the page cache for everyone
         rows = [measure_cat(folder, args.repeat)]
         plans = [] if args.skip_pandas else [("pandas", "pandas", 1, None)]
-        plans += [("merge polars, 2 workers", "merge", 2, "polars"),
+        from common.topas.merge import _default_workers  # what a user gets on this machine
+        default = _default_workers()
+        plans += [(f"merge polars, {default} workers (default)", "merge", default, "polars"),
+                  ("merge polars, 2 workers", "merge", 2, "polars"),
                   ("merge polars, 1 worker", "merge", 1, "polars")]
         plans += [] if args.skip_numpy else [("merge numpy only, 2 workers", "merge", 2,
                                               "numpy")]

@@ -537,3 +537,13 @@ def test_memory_does_not_grow_with_runs(tmp_path: Path) -> None:
         finally:
             tracemalloc.stop()
     assert peaks[1] < peaks[0] + one_run, [peak / one_run for peak in peaks]
+
+
+@pytest.mark.parametrize("cpus, workers", [(1, 2), (2, 3), (4, 5), (64, 8)])
+def test_default_workers_one_reader_per_cpu_beside_the_folder(monkeypatch: pytest.MonkeyPatch,
+                                                              cpus: int, workers: int) -> None:
+    import os
+
+    from common.topas import merge
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cpus)), raising=False)
+    assert merge._default_workers() == workers

@@ -12,8 +12,8 @@ merge-summary/ (an earlier merge's) is not an output.
 The runs of a scorer are folded in run order by one thread while `workers - 1` others
 read the next runs (polars parses without holding the interpreter lock), so the result
 does not depend on the number of workers, and memory holds the accumulator and
-`workers` runs, never all of them. Before the merged file is written, the runs are tested against each other
-(consistency.py): an inconsistent run stops the merge unless `allow_inconsistent`.
+`workers` runs, never all of them. Before the merged file is written, the runs are tested
+against each other (consistency.py): an inconsistent run stops the merge unless `allow_inconsistent`.
 Beside each merged scorer go its record (record.py: the runs and histories it stands
 for) and, in merge-summary/ (extras.py), a text summary, a PNG, the batch statistics
 and, for a 3-D dose, DICOM RT Dose files.
@@ -276,7 +276,10 @@ def _default_workers() -> int:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    return max(1, min(cpus, _MAX_WORKERS))
+    # One thread folds while the others read; a read holds the interpreter in parts
+    # (headers, checks, copies), so one reader per CPU keeps the CPUs busy: on 2 CPUs,
+    # 3 workers merged 100 runs of 100k voxels in 4.5-5.9 s against 6.1-7.2 s with 2.
+    return max(2, min(cpus + 1, _MAX_WORKERS))
 
 
 # ------------------------------------------------------------------ folders
