@@ -7,6 +7,7 @@ target of 0.8 % from a first wave of 2 is the issue's 0.4 % at the example's ful
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
@@ -18,7 +19,16 @@ from pathlib import Path
 
 import pytest
 
+from rich.console import Console
+
+from common.backends.local import LocalBackend
+from common.config import load_settings
+from common.manifest import load, manifest_path
+from common.prompts import NO_INPUT, Prompter
+from common.signals import Terminated
 from common.topas import ScorerAccumulator, read_scorer
+from common.ui import Ui
+from common.workflow import Context, run_simulation
 from common.workflow.adaptive import measure
 from conftest import REPO, stop_local_pools, write_json
 from test_azure_e2e import azure_campaign, azure_env  # noqa: F401
@@ -128,6 +138,35 @@ def test_an_interrupted_campaign_is_taken_up_by_attach(adaptive, script_env):
     assert attached.returncode == 0, attached.stderr
     assert "target 0.8 %: met" in attached.stdout
     assert 6 <= submitted(attached.stdout) <= 10
+
+
+def test_a_wave_recorded_but_never_added_is_added_by_attach(adaptive, script_env, monkeypatch):
+    """A SIGTERM between writing a wave into the manifest and adding it to the job (it lands
+    there under load) leaves a job without those tasks: --attach used to wait for them until
+    the timeout. Now it adds them, with the recorded ids, and the campaign ends as usual."""
+    monkeypatch.setenv("EXAMPLE_HISTORIES", HISTORIES)
+    update(adaptive, TIMEOUT_MINUTES=3)  # without the fix, the attach waits this long
+    settings = load_settings(adaptive / "simconfig.json")
+    backend = LocalBackend(settings.app.local_storage_path)
+
+    def stop_at(step: str) -> None:
+        if step == "add-tasks":
+            raise Terminated(signal.SIGTERM)
+    ctx = Context(settings=settings, backend=backend, ui=Ui(Console(file=io.StringIO())),
+                  prompter=Prompter(NO_INPUT, ask=input, say=lambda _: None, is_terminal=False),
+                  before_step=stop_at, poll_seconds=0.05)
+    with pytest.raises(Terminated):
+        run_simulation(ctx)
+    job = load(manifest_path(settings.sim.path, settings.sim.sim_id)).jobs[0]
+    lacking = set(job.task_ids) - set(backend.task_ids(job.job_id))
+    assert len(lacking) >= 1 and len(job.task_ids) > 2  # the second wave: recorded, not added
+    attached = run(adaptive, RUNNER, script_env, "--attach", "--no-input")
+    assert attached.returncode == 0, attached.stderr
+    assert f"{len(lacking)} task(s) recorded but not in job" in attached.stderr
+    assert "target 0.8 %: met" in attached.stdout
+    runs = adaptive / "examples" / "water_phantom" / "nodes_output"
+    ran = {f"task-{int(folder.name[3:])}" for folder in runs.glob("run*") if folder.is_dir()}
+    assert lacking <= ran  # they ran, under the ids recorded
 
 
 def test_the_fake_batch_service_runs_the_added_waves(azure_campaign, azure_env):

@@ -10,15 +10,17 @@ replies get lost; counts lag; nodes break.
 """
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
+import signal
 import uuid
 from pathlib import Path
 
 import pytest
 
-from conftest import AZURITE_ACCOUNT, AZURITE_KEY, REPO, write_json
+import batch_data_reducer
+import batch_simulation_runner
+from common.backends import azure as azure_backend
+from common.signals import Terminated
+from conftest import AZURITE_ACCOUNT, AZURITE_KEY, write_json
 from test_azure_e2e import REDUCER, RUNNER, CampaignOnFake, azure_env  # noqa: F401
 from tests.azure_settings import FAKE_DOCKER_TOKEN
 from tests.support.images import GENERIC_IMAGE, TOPAS_IMAGE
@@ -207,3 +209,50 @@ def test_dry_run_shows_container_options_user_and_full_image_names(topas, azure_
     order = [out.index(step) for step in ("POST /jobs (", "addtaskcollection x", "PATCH /jobs/")]
     assert order == sorted(order) and "terminatejob" in out
     assert topas.fake.request_count == 0
+
+
+def test_attach_adds_the_tasks_a_stopped_runner_never_added_and_ends_the_job(
+        topas, azure_env, monkeypatch):
+    """SIGTERM while the tasks were being added (one of three in): the job had two tasks
+    fewer than the manifest and was never told to end with its last task, so --attach
+    waited for ever and the job with its auto pool stayed. Now --attach adds the missing
+    tasks under their recorded ids and ends the job with its last task."""
+    real_add = azure_backend.add_tasks
+
+    def stopped_while_adding(client, job_id, tasks, sleep):
+        real_add(client, job_id, tasks[:1], sleep=sleep)
+        raise Terminated(signal.SIGTERM)
+    for name, value in azure_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(azure_backend, "add_tasks", stopped_while_adding)
+    assert batch_simulation_runner.main([str(topas.simconfig), "--no-input"]) == 128 + 15
+    monkeypatch.undo()
+    assert sorted(t.id for t in topas.fake.tasks) == ["task-1"]
+    topas.fake.clear_requests()
+    result = topas.run(RUNNER, "--attach", "--no-input", env=azure_env)
+    assert result.returncode == 0, result.stderr
+    assert "2 task(s) recorded but not in job" in result.stderr
+    assert "3 of 3 task(s) succeeded" in result.stdout
+    assert sorted(t.id for t in topas.fake.tasks) == ["task-1", "task-2", "task-3"]
+    sealed = [r for r in topas.fake.requests if r.operation == "Jobs_UpdateJob"
+              and r.body.get("onAllTasksComplete") == "terminatejob"]
+    assert sealed, [(r.method, r.operation) for r in topas.fake.requests]
+
+
+def test_attach_to_a_reducer_job_without_its_task_says_so_instead_of_waiting(
+        topas, azure_env, monkeypatch):
+    def stopped_before_adding(client, job_id, tasks, sleep):
+        raise Terminated(signal.SIGTERM)
+    assert topas.run(RUNNER, "--no-input", env=azure_env).returncode == 0
+    for name, value in azure_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(azure_backend, "add_tasks", stopped_before_adding)
+    assert batch_data_reducer.main([str(topas.simconfig), "--no-input"]) == 128 + 15
+    monkeypatch.undo()
+    result = topas.run(REDUCER, "--attach", "--no-input", env=azure_env)
+    assert result.returncode == 1, result.stderr
+    assert "lacks its task (the reducer was stopped while submitting it)" in result.stderr
+    assert "--cleanup`, then run the reducer again" in result.stderr
+    cleaned = topas.run(REDUCER, "--cleanup", "--no-input", env=azure_env)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "nothing left that bills" in cleaned.stdout

@@ -259,6 +259,11 @@ class AzureBackend(Backend):
             job_id, filter="state eq 'active'", select=["id"])))
         return [t.id for t in tasks]
 
+    def task_ids(self, job_id: str) -> list[str]:
+        tasks = self._call(f"job {job_id}", lambda: list(self.client.list_tasks(
+            job_id, select=["id"])))
+        return [t.id for t in tasks]
+
     def delete_tasks(self, job_id: str, task_ids: list[str]) -> None:
         for task_id in task_ids:
             try:

@@ -112,6 +112,10 @@ class Backend(ABC):
         """The tasks that wait for a node (not started yet)."""
         raise NotImplementedError
 
+    def task_ids(self, job_id: str) -> list[str]:
+        """Every task the job has, in any state."""
+        raise NotImplementedError
+
     def delete_tasks(self, job_id: str, task_ids: list[str]) -> None:
         """Remove tasks that have not started (no longer needed): they never run and leave
         the job's counts. A task that started meanwhile may still run or be stopped."""

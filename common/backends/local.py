@@ -215,6 +215,12 @@ class LocalBackend(Backend):
         _, states = self._states(job_id)
         return [task_id for task_id, state in states if lay.bucket(state or None) == lay.ACTIVE]
 
+    def task_ids(self, job_id: str) -> list[str]:
+        jdir = self._job(job_id)
+        if jdir is None:
+            raise ToolError(f"local job {job_id} does not exist")
+        return list((lay.read_json(jdir / "job.json") or {}).get("tasks", []))
+
     def delete_tasks(self, job_id: str, task_ids: list[str]) -> None:
         """The tasks leave job.json; the agent skips them (cancelled.json) when their turn comes."""
         jdir = self._job(job_id)

@@ -192,6 +192,9 @@ class AdaptiveSteering:
                                + tuple(t.task_id for t in new),
                                task_indices=self.record.manifest.job(self.job.job_id).task_indices
                                + tuple(t.index for t in new))
+        # Recorded first, so a runner stopped here leaves no task unrecorded; --attach
+        # adds what the job lacks.
+        self.ctx.before_step("add-tasks")
         self.ctx.backend.add_tasks(replace(self.job, tasks=new))
         self.job = replace(self.job, tasks=self.job.tasks + new)
         if self.target.max_tasks and len(self.job.tasks) >= self.target.max_tasks:

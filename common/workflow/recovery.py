@@ -10,9 +10,10 @@ from dataclasses import replace
 from common import campaign as cp
 from common.errors import EXIT_FAILED, EXIT_OK, ToolError
 from common.manifest import WORKERS, JobRecord, Manifest
+from common.model import JobSpec
 from common.ui import counts_text
 from common.workflow.compute import LOG_NAMES, wait
-from common.workflow.context import Context, Outcome
+from common.workflow.context import Context, Outcome, command
 from common.workflow.ending import cleanup_questions, finish
 from common.workflow.records import claimed, existing
 from common.workflow.safety import costly, guarded
@@ -30,10 +31,18 @@ def attach(ctx: Context, kind: str) -> Outcome:
                         "run --cleanup to settle the rest")
     ctx.ui.step(f"Attaching to job {job.job_id} ({len(job.task_ids)} task(s))")
     store = ctx.backend.blob_store(record.manifest.container)
-    if kind == WORKERS and ctx.settings.sim.goals.adaptive:  # pick the waves up where they were
+    adaptive = kind == WORKERS and ctx.settings.sim.goals.adaptive
+    if kind == WORKERS:
+        spec = cp.worker_job(ctx.settings, ctx.ids, indices=job.task_indices, job_id=job.job_id)
+        _add_what_the_job_lacks(ctx, replace(spec, seal=not adaptive))
+    elif set(job.task_ids) - set(ctx.backend.task_ids(job.job_id)):
+        # Its task is built from the runs found at the time: not to be guessed again here.
+        raise ToolError(f"job {job.job_id} lacks its task (the reducer was stopped while "
+                        f"submitting it): remove the job with "
+                        f"`{command(ctx, 'reducer', '--cleanup')}`, then run the reducer again")
+    if adaptive:  # pick the waves up where they were
         from common.workflow.metering import start_metering
         from common.workflow.runner import run_adaptive_job
-        spec = cp.worker_job(ctx.settings, ctx.ids, indices=job.task_indices, job_id=job.job_id)
         with claimed(ctx, record, "attach"):
             return run_adaptive_job(ctx, store, record, replace(spec, seal=False),
                                     start_metering(ctx), started=True)
@@ -41,6 +50,23 @@ def attach(ctx: Context, kind: str) -> Outcome:
         counts = guarded(ctx, record, kind, {job.job_id},
                          lambda: wait(ctx, job.job_id, len(job.task_ids), job.pool_id))
         return finish(ctx, store, record, job, counts)
+
+
+def _add_what_the_job_lacks(ctx: Context, spec: JobSpec) -> None:
+    """Tasks the manifest records but the job does not have: the runner was stopped after
+    recording them and before (or while) adding them — it records first, so that no task
+    ever runs unrecorded. Without them the wait would never end; they are added with the
+    ids and seeds recorded. A fixed campaign's active job is then told to end with its
+    last task: the stopped runner may not have got that far, and an auto pool would bill
+    until someone deleted it."""
+    present = set(ctx.backend.task_ids(spec.job_id))
+    missing = tuple(task for task in spec.tasks if task.task_id not in present)
+    if missing:
+        ctx.ui.info(f"{len(missing)} task(s) recorded but not in job {spec.job_id} (the runner "
+                    f"was stopped while adding them): adding them now")
+        ctx.backend.add_tasks(replace(spec, tasks=missing))
+    if spec.seal and ctx.backend.job_state(spec.job_id) == "active":
+        ctx.backend.seal_job(spec.job_id)
 
 
 def cleanup(ctx: Context, kind: str) -> Outcome:
