@@ -167,3 +167,50 @@ def test_a_merge_gives_the_same_doubles_with_either_engine(
     for statistic, values in numpy_only.values.items():
         assert np.array_equal(values.view(np.uint64),
                               with_polars.values[statistic].view(np.uint64)), statistic
+
+
+def test_only_the_wanted_columns_are_parsed(tmp_path: Path, engine: str) -> None:
+    path = tmp_path / "p.csv"
+    path.write_text(HEADER + "0, 1.5, 2.5, 7\n1, 3.5, 4.5, 7\n")
+    columns = tables.read_columns(path, len(HEADER), 4, 1, wanted=[0, 2])
+    assert columns[0].tolist() == [0, 1] and columns[2].tolist() == [2.5, 4.5]
+    assert columns[3].tolist() == [7, 7]  # the last is always parsed: it shows short rows
+    if engine == tables.POLARS:
+        assert columns[1] is None  # skipped, not parsed
+    path.write_text(HEADER + "0, 1.5, 2.5, 7\n1, 3.5, 4.5\n")
+    with pytest.raises(ToolError, match=r"rows have 3 columns, the header implies 4 "
+                                        r"\(data row 2\)"):
+        tables.read_columns(path, len(HEADER), 4, 1, wanted=[0, 1])
+
+
+@pytest.mark.parametrize("text", ["nan", "NaN", "-nan", "inf", "-Inf", "INF", "Infinity",
+                                  "+iNf", "NAN"])
+def test_every_spelling_of_nan_and_infinity_is_seen_before_columns_are_skipped(
+        tmp_path: Path, text: str) -> None:
+    assert np.isnan(float(text)) or np.isinf(float(text))  # what a parser would make of it
+    path = tmp_path / "n.csv"
+    header = "# Mean and Infinity in the header do not count\n"
+    path.write_text(header + f"0, 1.5, {text}, 7\n")
+    assert tables.may_hold_non_finite(path, len(header))
+    path.write_text(header + "0, 1.5, 2.5e-07, 7\n")
+    assert not tables.may_hold_non_finite(path, len(header))
+    path.write_text(header)
+    assert not tables.may_hold_non_finite(path, len(header))
+
+
+@pytest.mark.parametrize("column, text", [("Mean", "nan"), ("Standard_Deviation", "Infinity"),
+                                          ("Variance", "-INF")])
+def test_a_merge_that_skips_derived_columns_still_refuses_their_nan(
+        tmp_path: Path, engine: str, column: str, text: str) -> None:
+    from common.topas.merge import merge_runs
+    from test_topas_merge import ALL_STATS, header_for, make_campaign
+    campaign = make_campaign(tmp_path, header_for(ALL_STATS))
+    path = campaign.runs[1] / "dose" / "Dose.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    header_lines = sum(line.startswith("#") for line in lines)
+    row = lines[header_lines + 5].split(", ")
+    row[3 + ALL_STATS.index(column)] = text  # 3 index columns first
+    lines[header_lines + 5] = ", ".join(row)
+    path.write_text("".join(lines))
+    with pytest.raises(ToolError, match=rf"{path}: {column} is -?(nan|inf) in bin"):
+        merge_runs(campaign.runs, campaign.out, plots=False)

@@ -99,6 +99,16 @@ def contribution(scorer: Scorer, source: object,
                            maximum=values.get(MAX), outside=_outside(values))
 
 
+def folded_statistics(statistics: tuple[str, ...]) -> tuple[str, ...]:
+    """Of a file's statistics, those contribution() uses: Mean only without Sum, one
+    spread statistic (Second_Moment first). The others are made again from the merged
+    state, so a reader need not parse them."""
+    spread = next((name for name in SPREAD if name in statistics), None)
+    first_moment = SUM if SUM in statistics else MEAN
+    return tuple(name for name in statistics
+                 if name not in (MEAN,) + SPREAD or name in (first_moment, spread))
+
+
 def check_finite(scorer: Scorer, keys: np.ndarray, source: object) -> None:
     """ToolError naming the first bin holding NaN or an infinity."""
     for name, array in scorer.values.items():

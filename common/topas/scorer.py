@@ -19,7 +19,7 @@ import numpy as np
 from common.errors import ToolError
 from common.topas.header import (HISTORIES, NotAScorerFile, ScorerHeader, parse_header,
                                  read_header_block)
-from common.topas.tables import read_columns, write_rows
+from common.topas.tables import may_hold_non_finite, read_columns, write_rows
 
 K_FASTEST = "k_fastest"  # TOPAS <= 4.1.0 loops i, j, k
 I_FASTEST = "i_fastest"  # TOPAS >= 4.1.1 loops k, j, i
@@ -151,8 +151,10 @@ def read_scorer(path: Path, statistics: Sequence[str] | None = None) -> Scorer:
     """Read one TOPAS scorer output: a CSV, or a binary `.binheader` (or its `.bin`).
 
     `statistics` limits which statistics are read (default: all the file has); the
-    header still lists every one. NotAScorerFile if the file has no scorer header,
-    ToolError (naming the file) if the data does not match the header.
+    header still lists every one. A CSV whose rows hold a NaN or an infinity (or text
+    that may be one) has every statistic read, so that whoever checks the values finds
+    it. NotAScorerFile if the file has no scorer header, ToolError (naming the file) if
+    the data does not match the header.
     """
     path = Path(path)
     if path.suffix in (".bin", ".binheader"):
@@ -163,15 +165,22 @@ def read_scorer(path: Path, statistics: Sequence[str] | None = None) -> Scorer:
         raise NotAScorerFile(path, "no '#' header lines")
     header = parse_header(header_lines, path)
     wanted = _checked_statistics(header, statistics, path)
-    columns = _read_columns(path, offset, header, len(header_lines))
+    if wanted != header.statistics and may_hold_non_finite(path, offset):
+        wanted = header.statistics
+    columns = _read_columns(path, offset, header, len(header_lines), wanted)
     values = _statistic_columns(columns[header.n_index_columns:], header, wanted)
-    if _every_bin_in_order(columns[:header.n_index_columns], header):
+    index_columns = [column for column in columns[:header.n_index_columns]
+                     if column is not None]
+    if _every_bin_in_order(index_columns, header):
         # The usual case: no index arrays of this run's own (shared, cached ones instead).
         return Scorer(header=header, indices=all_indices(header), values=values,
                       every_bin_in_order=True)
-    indices = _index_columns(columns[:header.n_index_columns], columns[0].shape[0], header,
-                             path)
+    indices = _index_columns(index_columns, _row_count(columns), header, path)
     return Scorer(header=header, indices=indices, values=values)
+
+
+def _row_count(columns: Sequence[np.ndarray | None]) -> int:
+    return next((column.shape[0] for column in columns if column is not None), 0)
 
 
 def _every_bin_in_order(columns: list[np.ndarray], header: ScorerHeader) -> bool:
@@ -194,17 +203,29 @@ def _checked_statistics(header: ScorerHeader, statistics: Sequence[str] | None,
     return tuple(name for name in header.statistics if name in statistics)
 
 
-def _read_columns(path: Path, offset: int, header: ScorerHeader,
-                  header_lines: int) -> list[np.ndarray]:
+def _read_columns(path: Path, offset: int, header: ScorerHeader, header_lines: int,
+                  wanted: tuple[str, ...]) -> list[np.ndarray | None]:
     n_columns = header.n_index_columns + header.n_value_columns
-    columns = read_columns(path, offset, n_columns, header_lines)
-    rows = columns[0].shape[0] if columns else 0
+    columns = read_columns(path, offset, n_columns, header_lines,
+                           _wanted_columns(header, wanted))
+    rows = _row_count(columns)
     if rows and len(columns) != n_columns:
         raise ToolError(f"{path}: rows have {len(columns)} columns, the header implies "
                         f"{n_columns} ({_column_story(header)})")
     if header.n_index_columns == 0 and rows > 1:
         raise ToolError(f"{path}: {rows} rows for an undivided scorer (expected 1)")
     return columns
+
+
+def _wanted_columns(header: ScorerHeader, wanted: tuple[str, ...]) -> list[int] | None:
+    """The columns holding the index and the wanted statistics, None for all of them."""
+    if wanted == header.statistics:
+        return None
+    stats = header.statistics
+    per_row = [stats.index(name) for name in wanted]
+    return list(range(header.n_index_columns)) + sorted(
+        header.n_index_columns + extra * len(stats) + position
+        for extra in range(max(1, header.n_extra_bins)) for position in per_row)
 
 
 def _column_story(header: ScorerHeader) -> str:
