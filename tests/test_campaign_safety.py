@@ -2,9 +2,11 @@
 is lost — through the real scripts, with real processes and real signals (local backend)."""
 from __future__ import annotations
 
+import io
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +16,17 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from rich.console import Console
 
+from common.backends.local import LocalBackend
+from common.config import load_settings
+from common.errors import ToolError
 from common.manifest import JobRecord, Manifest, ManifestFile, load
+from common.prompts import NO_INPUT, Prompter
+from common.transfer import DownloadReport
+from common.ui import Ui
+from common.workflow import Context, runner
+from common.workflow.records import existing
 from conftest import REPO
 
 RUNNER = str(REPO / "batch_simulation_runner.py")
@@ -161,6 +172,47 @@ def test_runs_that_exist_are_not_overwritten_without_being_asked(campaign, scrip
     replaced = run(campaign, RUNNER, script_env, "--no-input", "--overwrite")
     assert replaced.returncode == 0, replaced.stderr
     assert list(campaign.results.glob("replaced-*/run3"))
+
+
+def test_a_second_reduction_leaves_no_file_of_the_first_beside_its_own(campaign, script_env):
+    """A merge writes file by file: a file the first reducer wrote and the second does not
+    used to stay in results/ (in storage and here) and pass for part of the new result."""
+    listing_reducer(campaign)
+    reducer = campaign.root / "reducer" / "reduce.sh"
+    reducer.write_text('#!/bin/bash\nls "$1" > "$1/results/runs.txt"\necho old > "$1/results/a.txt"\n')
+    assert run(campaign, RUNNER, script_env, "--no-input").returncode == 0
+    assert run(campaign, REDUCER, script_env, "--no-input").returncode == 0
+    merged = campaign.results / "results"
+    assert (merged / "a.txt").exists()
+    shutil.rmtree(merged)  # this copy lost: storage holds the only one
+    reducer.write_text('#!/bin/bash\nls "$1" > "$1/results/runs.txt"\n')
+    again = run(campaign, REDUCER, script_env, "--no-input")
+    assert again.returncode == 0, again.stderr
+    assert "the earlier merged result was moved aside" in again.stdout + again.stderr
+    assert (merged / "runs.txt").exists() and not (merged / "a.txt").exists()
+    assert not (campaign.container / "nodes_output" / "results" / "a.txt").exists()
+    kept = list(campaign.results.glob("replaced-*/results/a.txt"))
+    assert kept and kept[0].read_text() == "old\n"  # from storage, verified, before deletion
+
+
+def test_the_earlier_merged_result_stays_in_storage_when_no_copy_could_be_made(
+        campaign, script_env, monkeypatch):
+    listing_reducer(campaign)
+    assert run(campaign, RUNNER, script_env, "--no-input").returncode == 0
+    assert run(campaign, REDUCER, script_env, "--no-input").returncode == 0
+    stored = sorted(campaign.container.glob("nodes_output/results/*"))
+    monkeypatch.setattr(runner, "download_prefix", lambda *a, **k: DownloadReport(
+        downloaded=(), skipped=(), failed=(("nodes_output/results/runs.txt", "disk full"),),
+        bytes=0))
+    settings = load_settings(campaign.simconfig)
+    ctx = Context(settings=settings, backend=LocalBackend(settings.app.local_storage_path),
+                  prompter=Prompter(NO_INPUT, ask=input, say=lambda _: None, is_terminal=False),
+                  ui=Ui(Console(file=io.StringIO())))
+    with pytest.raises(ToolError, match=r"could not keep a copy of the earlier merged result "
+                                        r"\(nodes_output/results/runs.txt: disk full\); it stays"):
+        runner.set_aside_merged_result(ctx, ctx.backend.blob_store(ctx.ids.container),
+                                       existing(ctx))
+    assert sorted(campaign.container.glob("nodes_output/results/*")) == stored
 
 
 def test_the_reducer_refuses_failed_runs_unless_told_to_merge_what_is_there(campaign, script_env):

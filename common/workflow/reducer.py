@@ -22,7 +22,7 @@ from common.workflow.compute import LOG_NAMES, start_job, wait
 from common.workflow.context import Context, Outcome, command
 from common.workflow.ending import finish
 from common.workflow.records import claimed, open_for_run, refuse_if_busy
-from common.workflow.runner import runs_text, upload
+from common.workflow.runner import runs_text, set_aside_merged_result, upload
 from common.workflow.safety import guarded
 
 
@@ -81,6 +81,8 @@ def run_reducer(ctx: Context) -> Outcome:
     job = cp.reducer_job(settings, ids, leave_out=runs.incomplete, merge_options=options)
     record = open_for_run(ctx)
     with claimed(ctx, record, "reducer"):
+        set_aside_merged_result(ctx, store, record)
+
         def compute() -> TaskCounts | None:
             upload_reducer(ctx, store, record)
             start_job(ctx, record, cp.reducer_pool(settings, ids), job, REDUCER)

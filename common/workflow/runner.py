@@ -21,7 +21,7 @@ from common.errors import EXIT_OK, ToolError
 from common.manifest import WORKERS, ManifestFile
 from common.model import JobSpec, TaskCounts
 from common.packaging import Archive, build_archive
-from common.transfer import upload_if_changed
+from common.transfer import download_prefix, upload_if_changed
 from common.workflow.compute import start_job, wait
 from common.workflow.context import Context, Outcome
 from common.workflow.ending import finish
@@ -177,21 +177,50 @@ def set_aside_old_results(ctx: Context, store: BlobStore, record: ManifestFile,
                           replaced: list[int]) -> None:
     """Runs replaced (--overwrite) go; a merged result of the earlier runs no longer describes
     the campaign: both leave storage and are moved aside here (never deleted locally)."""
-    blobs = [b.name for b in store.list_blobs(cp.RESULTS_PREFIX)] if store.exists() else []
-    blobs += [b.name for i in replaced for b in store.list_blobs(cp.run_prefix(i))]
+    set_aside_merged_result(ctx, store, record)
+    blobs = [b.name for i in replaced for b in store.list_blobs(cp.run_prefix(i))] \
+        if store.exists() else []
     if blobs:
         store.delete_blobs(blobs)
-        record.note(f"removed {len(blobs)} blob(s) of replaced runs and of the old merged result")
-        ctx.ui.info(f"removed the old merged result and replaced runs from storage ({len(blobs)} file(s))")
+        record.note(f"removed {len(blobs)} blob(s) of replaced runs")
+        ctx.ui.info(f"removed the replaced runs from storage ({len(blobs)} file(s))")
     local = ctx.settings.sim.local_results_path
-    old = [local / "results"] + [local / f"run{i}" for i in replaced]
-    old = [p for p in old if p.exists()]
+    old = [p for p in (local / f"run{i}" for i in replaced) if p.exists()]
     if old:
-        aside = local / f"replaced-{ctx.ids.stamp}"
-        aside.mkdir(parents=True, exist_ok=True)
+        aside = _aside(ctx)
         for path in old:
             shutil.move(str(path), str(aside / path.name))
         ctx.ui.info(f"moved the earlier local copies aside: {aside}")
+
+
+def set_aside_merged_result(ctx: Context, store: BlobStore, record: ManifestFile) -> None:
+    """An earlier merged result describes the runs as they were, and a new merge writes file
+    by file: whatever the new one does not write would stay beside it and pass for part of
+    it. So it leaves storage and the local results/ folder before anything new is made —
+    kept in replaced-<time>/results/, from a verified download, before any blob is deleted."""
+    blobs = store.list_blobs(cp.RESULTS_PREFIX) if store.exists() else []
+    local = ctx.settings.sim.local_results_path / "results"
+    if not blobs and not local.exists():
+        return
+    aside = _aside(ctx)
+    if local.exists():
+        shutil.move(str(local), str(aside / "results"))
+    if blobs:
+        report = download_prefix(store, cp.RESULTS_PREFIX, aside, cp.OUTPUT_PREFIX)
+        if not report.ok:
+            name, why = report.failed[0]
+            raise ToolError(f"could not keep a copy of the earlier merged result ({name}: {why}); "
+                            f"it stays in storage and nothing was deleted")
+        store.delete_blobs([b.name for b in blobs])
+        record.note(f"moved the earlier merged result ({len(blobs)} blob(s)) out of storage "
+                    f"to {aside}")
+    ctx.ui.info(f"the earlier merged result was moved aside (a new one replaces it): {aside}")
+
+
+def _aside(ctx: Context) -> Path:
+    aside = ctx.settings.sim.local_results_path / f"replaced-{ctx.ids.stamp}"
+    aside.mkdir(parents=True, exist_ok=True)
+    return aside
 
 
 # ---------------------------------------------------------------------------- --rerun-failed
