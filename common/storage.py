@@ -31,6 +31,7 @@ from common.errors import ToolError
 from common.model import BlobInfo
 from common.network import ReportingStorageRetry, RequestLog
 
+STORAGE_RETRIES = 6  # per request, whatever failed: a 503, a dropped connection, a cut read
 BLOCK_SIZE = 8 * 1024 * 1024
 TRANSFER_CONCURRENCY = 8
 CONNECTIONS = 48  # room for 32 parallel blob downloads (common/transfer.py) and then some
@@ -73,7 +74,8 @@ def service_client(account: StorageAccount, say: Callable[[str], None] | None = 
     return BlobServiceClient(
         account.url,
         credential=_credential(account),
-        retry_policy=ReportingStorageRetry(say, initial_backoff=1, increment_base=2, retry_total=6),
+        retry_policy=ReportingStorageRetry(say, initial_backoff=1, increment_base=2,
+                                           retry_total=STORAGE_RETRIES),
         **(log.hooks() if log else {}),
         transport=RequestsTransport(session=session, session_owner=True),
         max_single_put_size=BLOCK_SIZE, max_block_size=BLOCK_SIZE,

@@ -166,3 +166,31 @@ def test_wrong_key_is_refused(azurite):
     with pytest.raises(HttpResponseError) as refused:
         st.AzureBlobStore(st.service_client(bad), bad, "anything").create()
     assert refused.value.status_code == 403
+
+
+def test_a_burst_of_busy_answers_is_retried_as_often_as_said(azurite, tmp_path, monkeypatch):
+    """Storage throttles with 503 ServerBusy. The policy's own cap of 3 retries per kind
+    used to end a download at the fourth 503 in a row while the log said "retry 3 of 6"."""
+    from common.network import ReportingStorageRetry
+    from tests.support.proxy import DelayProxy
+    monkeypatch.setattr(ReportingStorageRetry, "get_backoff_time", lambda self, settings: 0)
+    proxy = DelayProxy(azurite.url).start()
+    try:
+        app = AppConfig(path=Path("appconfig.json"), backend="azure", local_storage_path=Path("."),
+                        storage_account_name=AZURITE_ACCOUNT, storage_account_key=Secret(AZURITE_KEY),
+                        storage_account_url=proxy.url)
+        account = st.account_from(app)
+        said: list[str] = []
+        store = st.AzureBlobStore(st.service_client(account, said.append), account,
+                                  f"c{uuid.uuid4().hex[:12]}")
+        store.create()
+        (tmp_path / "a.txt").write_bytes(b"dose")
+        upload_if_changed(store, tmp_path / "a.txt", "a.txt")
+        blob = next(b for b in store.list_blobs() if b.name == "a.txt")
+        proxy.fail_next = st.STORAGE_RETRIES - 1
+        store.download_blob(blob, tmp_path / "back.txt")
+        assert (tmp_path / "back.txt").read_bytes() == b"dose"
+        assert [line.split("; ")[1] for line in said] == [
+            f"retry {n} of {st.STORAGE_RETRIES}, in 0 s" for n in range(1, st.STORAGE_RETRIES)]
+    finally:
+        proxy.stop()

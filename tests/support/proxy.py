@@ -27,6 +27,7 @@ class DelayProxy:
         self.upstream_path = parts.path.rstrip("/")
         self.delay = delay
         self.fail_fraction = fail_fraction
+        self.fail_next = 0  # answer this many of the next requests 503, then pass them on
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests = 0
@@ -57,6 +58,9 @@ class DelayProxy:
         with self.lock:
             self.requests += 1
             fail = self.fail_fraction > 0 and self.random.random() < self.fail_fraction
+            if self.fail_next > 0:  # a burst: the next N requests, whatever they are
+                self.fail_next -= 1
+                fail = True
             self.failed += fail
             return fail
 
