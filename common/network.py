@@ -65,11 +65,12 @@ class ReportingStorageRetry(ExponentialRetry):
     """azure-storage-blob's exponential retry, saying each retry before it waits."""
 
     def __init__(self, say: Say | None = None, **kwargs: Any) -> None:
-        # The policy also caps retries per kind (status, connection, read) at 3 by default,
-        # below the total: a fourth 503 (ServerBusy, storage's throttling) in a row then
-        # failed a download while the log still said "retry 3 of 6". Each kind gets the total.
+        # The policy also caps retries per kind at 3 by default, below the total: a fourth
+        # 503 (ServerBusy, storage's throttling) in a row then failed a download while the
+        # log still said "retry 3 of 6". Busy answers and cut reads get the total; a
+        # connection that cannot be made (wrong URL, DNS) keeps 3, so it fails in ~17 s.
         total = kwargs.get("retry_total", 10)
-        for kind in ("retry_status", "retry_connect", "retry_read"):
+        for kind in ("retry_status", "retry_read"):
             kwargs.setdefault(kind, total)
         super().__init__(**kwargs)
         self.say = say

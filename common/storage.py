@@ -31,7 +31,7 @@ from common.errors import ToolError
 from common.model import BlobInfo
 from common.network import ReportingStorageRetry, RequestLog
 
-STORAGE_RETRIES = 6  # per request, whatever failed: a 503, a dropped connection, a cut read
+STORAGE_RETRIES = 6  # per request, for a 503 or a cut read (a connection not made: 3)
 BLOCK_SIZE = 8 * 1024 * 1024
 TRANSFER_CONCURRENCY = 8
 CONNECTIONS = 48  # room for 32 parallel blob downloads (common/transfer.py) and then some
