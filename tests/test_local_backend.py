@@ -325,3 +325,31 @@ def test_tasks_of_an_agent_killed_with_its_reaper_die_before_being_reported_lost
         assert time.monotonic() < deadline
         time.sleep(0.05)
     _wait_dead(pids)  # the new agent killed them (before reporting the task lost)
+
+
+def test_an_agent_starting_while_the_client_probes_the_lock_still_starts(backend, tmp_path):
+    """The client's liveness probe holds the pool's lock shared for an instant; an agent
+    starting in that instant took it for another agent and quit (seen in CI under load)."""
+    import fcntl
+    import json
+    import os
+    import subprocess
+    import sys
+    pool = tmp_path / "probe-pool"
+    pool.mkdir()
+    (pool / "pool.json").write_text(json.dumps({"pool_id": "probe-pool", "slots": 1, "node_count": 1,
+                                                "storage_root": str(tmp_path / "storage")}))
+    with (pool / "agent.lock").open("a") as probe:
+        fcntl.flock(probe, fcntl.LOCK_SH)
+        agent = subprocess.Popen([sys.executable, "-m", "common.backends.local_agent", str(pool)],
+                                 cwd=pool, start_new_session=True,
+                                 env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+        time.sleep(0.3)  # the agent is up and trying
+        fcntl.flock(probe, fcntl.LOCK_UN)
+    deadline = time.monotonic() + 20
+    while not backend._agent_alive(pool):
+        assert agent.poll() is None, "the agent gave up: it took the probe for another agent"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    agent.terminate()
+    agent.wait(timeout=20)

@@ -31,6 +31,7 @@ from common.model import TaskSpec
 
 POLL_SECONDS = 0.05
 KILL_GRACE_SECONDS = 3.0
+LOCK_TRIES, LOCK_TRY_SECONDS = 50, 0.02
 RECENT_NS = 2_000_000_000
 IDLE_SECONDS = float(os.environ.get("LOCALBATCH_AGENT_IDLE_SECONDS", "600"))
 
@@ -325,12 +326,24 @@ def _last_line(path: Path, default: str) -> str:
     return lines[-1] if lines else default
 
 
+def _take_lock(handle) -> bool:
+    """The pool's lock, unless another agent holds it. A client asking whether an agent is
+    alive holds it shared for an instant: an agent starting in that instant used to take
+    that for another agent and quit, and the client then waited for it in vain. A real
+    agent holds it for good, so a second of trying tells the two apart."""
+    for _ in range(LOCK_TRIES):
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            time.sleep(LOCK_TRY_SECONDS)
+    return False
+
+
 def main(argv: list[str]) -> int:
     pool = Path(argv[0]).resolve()
     lock_handle = (pool / "agent.lock").open("a")
-    try:
-        fcntl.flock(lock_handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    if not _take_lock(lock_handle):
         return 0  # another agent serves this pool
     (pool / "agent.pid").write_text(str(os.getpid()))
     agent = Agent(pool)
