@@ -71,8 +71,9 @@ def build_parser(script: str) -> argparse.ArgumentParser:
                             "as they would be sent (secrets and SAS signatures hidden), with the "
                             "number of requests; create, upload and delete nothing")
     modes.add_argument("--attach", action="store_true",
-                       help="pick up the campaign's running job from its manifest (no new pool, "
-                            "job or tasks): wait, report, then the cleanup questions")
+                       help="pick up the campaign's running job from its manifest (no new pool or "
+                            "job; only tasks a stopped runner recorded but never added): wait, "
+                            "report, then the cleanup questions")
     modes.add_argument("--cleanup", action="store_true",
                        help="only the cleanup questions (delete job/pool, download, delete "
                             "container) for a campaign started earlier, from its manifest")

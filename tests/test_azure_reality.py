@@ -211,6 +211,12 @@ def test_dry_run_shows_container_options_user_and_full_image_names(topas, azure_
     assert topas.fake.request_count == 0
 
 
+def in_this_process(env: dict[str, str], monkeypatch) -> None:
+    """The scripts' environment for a main() run here (to stop it at a chosen call)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_attach_adds_the_tasks_a_stopped_runner_never_added_and_ends_the_job(
         topas, azure_env, monkeypatch):
     """SIGTERM while the tasks were being added (one of three in): the job had two tasks
@@ -222,8 +228,7 @@ def test_attach_adds_the_tasks_a_stopped_runner_never_added_and_ends_the_job(
     def stopped_while_adding(client, job_id, tasks, sleep):
         real_add(client, job_id, tasks[:1], sleep=sleep)
         raise Terminated(signal.SIGTERM)
-    for name, value in azure_env.items():
-        monkeypatch.setenv(name, value)
+    in_this_process(azure_env, monkeypatch)
     monkeypatch.setattr(azure_backend, "add_tasks", stopped_while_adding)
     assert batch_simulation_runner.main([str(topas.simconfig), "--no-input"]) == 128 + 15
     monkeypatch.undo()
@@ -244,8 +249,7 @@ def test_attach_to_a_reducer_job_without_its_task_says_so_instead_of_waiting(
     def stopped_before_adding(client, job_id, tasks, sleep):
         raise Terminated(signal.SIGTERM)
     assert topas.run(RUNNER, "--no-input", env=azure_env).returncode == 0
-    for name, value in azure_env.items():
-        monkeypatch.setenv(name, value)
+    in_this_process(azure_env, monkeypatch)
     monkeypatch.setattr(azure_backend, "add_tasks", stopped_before_adding)
     assert batch_data_reducer.main([str(topas.simconfig), "--no-input"]) == 128 + 15
     monkeypatch.undo()

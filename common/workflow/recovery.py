@@ -26,7 +26,8 @@ def attach(ctx: Context, kind: str) -> Outcome:
     if job is None or job.job_deleted:
         raise ToolError(f"campaign {ctx.settings.sim.sim_id} has no {kind} job to attach to "
                         f"(manifest {record.path})")
-    if ctx.backend.job_state(job.job_id) is None:
+    state = ctx.backend.job_state(job.job_id)
+    if state is None:
         raise ToolError(f"job {job.job_id} no longer exists on the {ctx.backend.name} backend; "
                         "run --cleanup to settle the rest")
     ctx.ui.step(f"Attaching to job {job.job_id} ({len(job.task_ids)} task(s))")
@@ -34,7 +35,7 @@ def attach(ctx: Context, kind: str) -> Outcome:
     adaptive = kind == WORKERS and ctx.settings.sim.goals.adaptive
     if kind == WORKERS:
         spec = cp.worker_job(ctx.settings, ctx.ids, indices=job.task_indices, job_id=job.job_id)
-        _add_what_the_job_lacks(ctx, replace(spec, seal=not adaptive))
+        _add_what_the_job_lacks(ctx, replace(spec, seal=not adaptive), state)
     elif set(job.task_ids) - set(ctx.backend.task_ids(job.job_id)):
         # Its task is built from the runs found at the time: not to be guessed again here.
         raise ToolError(f"job {job.job_id} lacks its task (the reducer was stopped while "
@@ -52,7 +53,7 @@ def attach(ctx: Context, kind: str) -> Outcome:
         return finish(ctx, store, record, job, counts)
 
 
-def _add_what_the_job_lacks(ctx: Context, spec: JobSpec) -> None:
+def _add_what_the_job_lacks(ctx: Context, spec: JobSpec, state: str) -> None:
     """Tasks the manifest records but the job does not have: the runner was stopped after
     recording them and before (or while) adding them — it records first, so that no task
     ever runs unrecorded. Without them the wait would never end; they are added with the
@@ -65,7 +66,7 @@ def _add_what_the_job_lacks(ctx: Context, spec: JobSpec) -> None:
         ctx.ui.info(f"{len(missing)} task(s) recorded but not in job {spec.job_id} (the runner "
                     f"was stopped while adding them): adding them now")
         ctx.backend.add_tasks(replace(spec, tasks=missing))
-    if spec.seal and ctx.backend.job_state(spec.job_id) == "active":
+    if spec.seal and state == "active":
         ctx.backend.seal_job(spec.job_id)
 
 
