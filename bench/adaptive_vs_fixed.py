@@ -7,7 +7,7 @@ count before, and a campaign that falls short must be run again). What to read a
 ratios — tasks and node-hours (busy task time, which is what a pool bills) of the adaptive
 campaign over the fixed one — and whether both met the target; not the seconds.
 
-    python bench/adaptive_vs_fixed.py [--histories 750000] [--target 0.8] [--first-wave 2]
+    python -m bench.adaptive_vs_fixed [--histories 750000] [--target 0.8] [--first-wave 2]
 """
 from __future__ import annotations
 
@@ -22,10 +22,9 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from common.topas import ScorerAccumulator, read_scorer  # noqa: E402
-from common.workflow.adaptive import measure  # noqa: E402
+from common.topas import ScorerAccumulator, read_scorer
+from common.workflow.adaptive import measure
 
 
 def campaign(root: Path, name: str, **sim: object) -> Path:

@@ -1,8 +1,8 @@
 """Benchmark: submitting and watching tasks on the fake Batch service, 20 ms per request.
 
-    python bench/batch_submit.py [--tasks 1000] [--latency-ms 20] [--poll-tasks 10000]
+    python -m bench.batch_submit [--tasks 1000] [--latency-ms 20] [--poll-tasks 10000]
 
-1. Submitting N tasks: this backend (common.backends.azure.add_tasks: 100 tasks a request,
+1. Submitting N tasks: this backend (common.backends.azure.calls.add_tasks: 100 tasks a request,
    4 requests in flight, bounded retries) against one create_task request per task, the
    original scripts' way. Requests and wall time; the ratio is what to read.
 2. One wait poll on a job of M tasks: get_job_task_counts (what the workflow polls) against
@@ -20,15 +20,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import azure.batch.models as bm  # noqa: E402
-from azure.core.pipeline.policies import SansIOHTTPPolicy  # noqa: E402
+import azure.batch.models as bm
+from azure.core.pipeline.policies import SansIOHTTPPolicy
 
-from azure.batch import BatchClient  # noqa: E402
-from azure.core.credentials import AzureNamedKeyCredential  # noqa: E402
+from azure.batch import BatchClient
+from azure.core.credentials import AzureNamedKeyCredential
 
-from common.backends.azure import add_tasks  # noqa: E402
+from common.backends.azure.calls import add_tasks
 
 ROUNDS = 5
 ACCOUNT = "benchbatch"

@@ -7,7 +7,7 @@ so the ratio (local backend wall time / xargs wall time) is what to read, not th
 the machines here are shared and noisy. Two sizes by default: 64 tasks x 1 s (the CPU is
 the work) and 500 tasks x 0.05 s (the backend's own cost per task shows). Aim: <= 1.05.
 
-    python bench/local_vs_xargs.py [--sizes 64x1,500x0.05] [--repeat 1]
+    python -m bench.local_vs_xargs [--sizes 64x1,500x0.05] [--repeat 1]
 """
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common.backends.local import LocalBackend, usable_cpus  # noqa: E402
-from common.model import JobSpec, PoolSpec, TaskSpec  # noqa: E402
+from common.backends.local.backend import LocalBackend, usable_cpus
+from common.model import JobSpec, PoolSpec, TaskSpec
 
 BURN = "import time\nend = time.process_time() + {s}\nwhile time.process_time() < end: pass\n"
 PYTHON = sys.executable  # the same interpreter on both sides

@@ -4,7 +4,7 @@ Azurite on loopback has no latency, so the many-small-files case also runs throu
 that adds 20 ms to every request, as a storage account 20 ms away would. Every comparison
 runs in this process against a baseline measured right beside it; read the ratios.
 
-    python bench/storage_transfer.py [--files 1000] [--file-kb 100] [--big-mb 200] [--delay-ms 20]
+    python -m bench.storage_transfer [--files 1000] [--file-kb 100] [--big-mb 200] [--delay-ms 20]
 
 1. 1,000 result blobs of 100 KB: common.transfer.download_prefix (16 threads, verified) vs a
    sequential one-blob-at-a-time loop (the original scripts' way), through the proxy and direct.
@@ -24,16 +24,15 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from azure.storage.blob import BlobServiceClient  # noqa: E402
+from azure.storage.blob import BlobServiceClient
 
-from common.config import Secret  # noqa: E402
-from common.packaging import build_archive  # noqa: E402
-from common.storage import AzureBlobStore, StorageAccount, service_client  # noqa: E402
-from common.transfer import download_prefix, upload_if_changed  # noqa: E402
-from tests.support.azurite import ACCOUNT, KEY, start_azurite  # noqa: E402
-from tests.support.proxy import DelayProxy, start_in_subprocess  # noqa: E402
+from common.config import Secret
+from common.packaging import build_archive
+from common.backends.azure.storage import AzureBlobStore, StorageAccount, service_client
+from common.transfer import download_prefix, upload_if_changed
+from tests.support.azurite import ACCOUNT, KEY, start_azurite
+from tests.support.proxy import DelayProxy, start_in_subprocess
 
 
 def timed(action) -> float:

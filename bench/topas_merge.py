@@ -23,8 +23,8 @@ histories) c ~ Binomial(N_r, p_v) histories score a_v and d ~ Binomial(N_r, p_v 
 score b_v. Each run's TOPAS statistics follow exactly; so do those of all histories
 together (computed directly from the pooled counts, not with the merge's formulas).
 
-    python bench/topas_merge.py [--runs 100] [--shape 100,100,10] [--data DIR] [--repeat 3]
-    python bench/topas_merge.py --consistency [--campaigns 1000]
+    python -m bench.topas_merge [--runs 100] [--shape 100,100,10] [--data DIR] [--repeat 3]
+    python -m bench.topas_merge --consistency [--campaigns 1000]
     pip install -r bench/requirements.txt   # pandas, for the comparison only
 """
 from __future__ import annotations
@@ -46,7 +46,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 STATS = ("Sum", "Mean", "Count_in_Bin", "Second_Moment", "Variance", "Standard_Deviation",
          "Histories_with_Scorer_Active")
@@ -341,8 +340,8 @@ def measure(name: str, approach: str, setup: Setup, folder: Path, out: Path,
     env = dict(os.environ)
     if engine:
         env["TOPAS_MERGE_ENGINE"] = engine
-    if tree:
-        command += ["--tree", str(tree)]
+    # the child imports `common` from this clone, or from the tree whose merge it times
+    env["PYTHONPATH"] = str(tree or ROOT)
     idle = min(run_sampled(command + ["--idle"], env)[1] for _ in range(2))
     results, peaks = [], []
     for _ in range(repeat):
@@ -508,13 +507,10 @@ def main() -> int:
                         help="also time the merge of this source tree (e.g. `git archive "
                              "REV common | tar -x -C DIR`): the merge before a change")
     parser.add_argument("--idle", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--tree", help=argparse.SUPPRESS)
     parser.add_argument("--child", dest="approach", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--workers", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.tree:
-        sys.path.insert(0, args.tree)  # before anything imports common
     if args.approach:
         child(args)
         return 0

@@ -15,22 +15,18 @@ from typing import Callable, Sequence
 
 from rich.console import Console
 
-from azure.core.exceptions import ServiceRequestError, ServiceResponseError
-
 from common.backends import get_backend
 from common.config import BACKENDS, Settings, load_settings
 from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, ToolError, usage_error
 from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
-from common.network import network_failure
 from common.redaction import redact
 from common.signals import Terminated, signals_as_interrupts
 from common.ui import Ui
-from common.manifest import REDUCER as REDUCER_JOBS
-from common.manifest import WORKERS
+from common.model import Script
 from common.workflow import (Context, Options, Outcome, attach, cleanup, plan, rerun_failed,
                              run_reducer, run_simulation, status)
 
-RUNNER, REDUCER = "runner", "reducer"
+RUNNER, REDUCER = Script.RUNNER, Script.REDUCER
 _DESCRIPTIONS = {
     RUNNER: "Run a simulation campaign: zip and upload the simulation folder, run one task per "
             "index on a pool, collect every task's output files, then offer to delete the "
@@ -46,9 +42,8 @@ class _Parser(argparse.ArgumentParser):
         raise usage_error(f"{self.prog}: {message} (see --help)")
 
 
-def build_parser(script: str) -> argparse.ArgumentParser:
-    prog = "batch_simulation_runner.py" if script == RUNNER else "batch_data_reducer.py"
-    parser = _Parser(prog=prog, description=_DESCRIPTIONS[script],
+def build_parser(script: Script, prog: str | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog or script.file, description=_DESCRIPTIONS[script],
                      epilog="Exit codes: 0 done, 1 the campaign failed (tasks failed, timeout, "
                             "download not verified), 2 bad configuration or usage, 130 interrupted.")
     parser.add_argument("simconfig", nargs="?", default="simconfig.json", type=Path,
@@ -118,12 +113,10 @@ def _prompter(args: argparse.Namespace, ui: Ui) -> Prompter:
     return Prompter(mode=mode, ask=_ask, say=ui.say, is_terminal=is_terminal)
 
 
-def _run(script: str, argv: Sequence[str], console: Console) -> Outcome:
-    args = build_parser(script).parse_args(list(argv))
+def _run(script: Script, argv: Sequence[str], console: Console, prog: str | None) -> Outcome:
+    args = build_parser(script, prog).parse_args(list(argv))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:  # the SDKs log handled conditions (a 404 they recover from) as warnings
-        logging.getLogger("azure").setLevel(logging.ERROR)
     settings = load_settings(args.simconfig, args.appconfig, backend=args.backend,
                              for_reducer=script == REDUCER)
     ui = Ui(console, verbose=args.verbose, secrets=settings.app.secrets())
@@ -136,7 +129,7 @@ def _run(script: str, argv: Sequence[str], console: Console) -> Outcome:
                           script=script)
         ctx = Context(settings=settings, backend=backend, prompter=_prompter(args, ui), ui=ui,
                       poll_seconds=backend.poll_seconds, options=options)
-        kind = REDUCER_JOBS if script == REDUCER else WORKERS
+        kind = script.job_kind
         if args.dry_run:
             return plan(ctx, reducer=script == REDUCER)
         if args.attach:
@@ -148,27 +141,18 @@ def _run(script: str, argv: Sequence[str], console: Console) -> Outcome:
         if getattr(args, "rerun_failed", False):
             return rerun_failed(ctx)
         return workflow(ctx)
-    except (ServiceRequestError, ServiceResponseError) as error:
-        raise network_failure(error, _endpoints(settings)) from None
     finally:
         backend.close()
         ui.timings()
 
 
-def _endpoints(settings: Settings) -> dict[str, str]:
-    app = settings.app
-    storage = app.storage_account_url or (f"https://{app.storage_account_name}.blob."
-                                          f"{app.storage_account_domain}" if app.storage_account_name else "")
-    key = "STORAGE_ACCOUNT_URL" if app.storage_account_url else "STORAGE_ACCOUNT_NAME"
-    return {"BATCH_ACCOUNT_URL": app.batch_account_url or "", key: storage}
-
-
-def main(script: str, argv: Sequence[str]) -> int:
+def main(script: Script, argv: Sequence[str], prog: str | None = None) -> int:
+    """The whole program of one script; `prog` names it in messages (default: its file)."""
     console = Console(stderr=True)
     verbose = "-v" in argv or "--verbose" in argv
     try:
         with signals_as_interrupts():
-            outcome = _run(script, argv, console)
+            outcome = _run(script, argv, console, prog)
     except ToolError as exc:
         for line in exc.lines:
             console.print(f"error: {redact(line)}", markup=False, highlight=False, soft_wrap=True)
@@ -191,3 +175,13 @@ def main(script: str, argv: Sequence[str]) -> int:
     for line in outcome.summary:
         print(line)
     return outcome.exit_code
+
+
+def runner() -> int:
+    """The `batch-simulation-runner` command (pyproject.toml)."""
+    return main(RUNNER, sys.argv[1:], prog=RUNNER.command)
+
+
+def reducer() -> int:
+    """The `batch-data-reducer` command (pyproject.toml)."""
+    return main(REDUCER, sys.argv[1:], prog=REDUCER.command)

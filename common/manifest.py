@@ -28,8 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from common.errors import ToolError
-
-WORKERS, REDUCER = "workers", "reducer"
+from common.model import JobKind
 MAX_BYTES = 16 * 1024 * 1024  # a manifest is a few KB; anything this big is not one
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
@@ -42,7 +41,7 @@ def _now() -> str:
 @dataclass(frozen=True)
 class JobRecord:
     job_id: str
-    kind: str  # WORKERS or REDUCER
+    kind: JobKind
     pool_id: str | None  # None until an auto pool has been given its id by the service
     task_ids: tuple[str, ...]
     task_indices: tuple[int, ...]
@@ -96,7 +95,7 @@ class Manifest:
     events: tuple[str, ...] = ()
     claims: tuple[RunClaim, ...] = ()
 
-    def latest(self, kind: str) -> JobRecord | None:
+    def latest(self, kind: JobKind) -> JobRecord | None:
         found = [j for j in self.jobs if j.kind == kind]
         return found[-1] if found else None
 
@@ -147,8 +146,8 @@ def _batch_id(value: Any, where: str) -> str:
 def _job(data: Any, index: int) -> JobRecord:
     where = f"jobs[{index}]."
     kind = _typed(data, "kind", str, where)
-    if kind not in (WORKERS, REDUCER):
-        raise _Bad(f"{where}kind", f"{kind[:40]!r} is neither {WORKERS!r} nor {REDUCER!r}")
+    if kind not in tuple(JobKind):
+        raise _Bad(f"{where}kind", f"{kind[:40]!r} is not one of: {', '.join(map(repr, map(str, JobKind)))}")
     pool = data.get("pool_id")
     indices = _typed(data, "task_indices", list, where)
     failed = data.get("failed_indices", [])
@@ -164,7 +163,7 @@ def _job(data: Any, index: int) -> JobRecord:
     flags = {k: data.get(k, False) for k in ("auto_pool", "job_deleted", "pool_deleted", "succeeded")}
     if not all(isinstance(v, bool) for v in flags.values()):
         raise _Bad(where.rstrip("."), f"{', '.join(flags)} must be true or false")
-    return JobRecord(job_id=_batch_id(data.get("job_id"), f"{where}job_id"), kind=kind,
+    return JobRecord(job_id=_batch_id(data.get("job_id"), f"{where}job_id"), kind=JobKind(kind),
                      pool_id=None if pool is None else _batch_id(pool, f"{where}pool_id"),
                      task_ids=task_ids, task_indices=tuple(indices),
                      created=str(data.get("created", "")), failed_indices=tuple(failed),

@@ -6,9 +6,44 @@ translates them (to azure.batch models, or to local processes). No behaviour liv
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 SUCCESS = "success"  # upload condition: only when the task succeeded
 COMPLETION = "completion"  # upload condition: whatever the exit code
+
+
+class JobKind(StrEnum):
+    """What a job of the campaign does (the value is what the manifest stores)."""
+
+    WORKERS = "workers"  # the simulation's tasks, one per run
+    REDUCER = "reducer"  # the merge of the runs
+
+    @property
+    def script(self) -> "Script":
+        """The script that makes and picks up jobs of this kind."""
+        return Script.REDUCER if self is JobKind.REDUCER else Script.RUNNER
+
+
+class Script(StrEnum):
+    """Which of the two scripts runs (the value is what a manifest claim stores)."""
+
+    RUNNER = "runner"
+    REDUCER = "reducer"
+
+    @property
+    def job_kind(self) -> JobKind:
+        """The kind of job this script makes."""
+        return JobKind.REDUCER if self is Script.REDUCER else JobKind.WORKERS
+
+    @property
+    def file(self) -> str:
+        """The script as it lies beside common/ in a clone."""
+        return "batch_data_reducer.py" if self is Script.REDUCER else "batch_simulation_runner.py"
+
+    @property
+    def command(self) -> str:
+        """The command `pip install .` makes for it."""
+        return "batch-data-reducer" if self is Script.REDUCER else "batch-simulation-runner"
 
 
 @dataclass(frozen=True)

@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-from common.backends.local import LocalBackend  # noqa: E402
+from common.backends.local.backend import LocalBackend
 
 
 def write_json(path: Path, data: object) -> Path:
@@ -84,9 +82,9 @@ def script_env(tmp_path: Path) -> dict[str, str]:
 
 # ---------------------------------------------------------------------------- Azurite
 
-from tests.support.azurite import ACCOUNT as AZURITE_ACCOUNT  # noqa: E402
-from tests.support.azurite import KEY as AZURITE_KEY  # noqa: E402,F401
-from tests.support.azurite import start_azurite  # noqa: E402
+from tests.support.azurite import ACCOUNT as AZURITE_ACCOUNT
+from tests.support.azurite import KEY as AZURITE_KEY  # noqa: F401
+from tests.support.azurite import start_azurite
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +96,7 @@ def azurite():
 
 # ---------------------------------------------------------------------------- fake Batch
 
-from tests.fake_batch import FakeBatch  # noqa: E402
+from tests.fake_batch import FakeBatch
 
 FAKE_BATCH_ACCOUNT = "fakebatch"
 # A made-up base64 key for the fake account (not a secret: nothing real accepts it).

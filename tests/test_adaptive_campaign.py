@@ -21,7 +21,7 @@ import pytest
 
 from rich.console import Console
 
-from common.backends.local import LocalBackend
+from common.backends.local.backend import LocalBackend
 from common.config import load_settings
 from common.manifest import load, manifest_path
 from common.prompts import NO_INPUT, Prompter

@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from common.entra import CLOUDS, batch_credential, cloud_of
+from common.backends.azure.entra import CLOUDS, batch_credential, cloud_of
 from conftest import AZURITE_ACCOUNT, AZURITE_KEY, FAKE_BATCH_ACCOUNT, REPO, write_json
 from test_azure_e2e import REDUCER, RUNNER, AzureCampaign
 from tests.fake_batch import FakeBatch

@@ -9,9 +9,9 @@ import azure.batch.models as bm
 import pytest
 from azure.core.exceptions import HttpResponseError
 
-from common.backends import azure as az
-from common.backends import azure_calls as calls
-from common.backends import azure_checks as ac
+from common.backends.azure import backend as az
+from common.backends.azure import calls
+from common.backends.azure import checks as ac
 from common.errors import ToolError
 from tests.azure_settings import azure_settings
 

@@ -18,7 +18,7 @@ import pytest
 
 import batch_data_reducer
 import batch_simulation_runner
-from common.backends import azure as azure_backend
+from common.backends.azure import backend as azure_backend
 from common.signals import Terminated
 from conftest import AZURITE_ACCOUNT, AZURITE_KEY, write_json
 from test_azure_e2e import REDUCER, RUNNER, CampaignOnFake, azure_env  # noqa: F401

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common import batch_builders as bb
+from common.backends.azure import builders as bb
 from common import campaign as cp
 from common.config import PoolImage, Secret
 from tests.azure_settings import FAKE_DOCKER_TOKEN, azure_settings

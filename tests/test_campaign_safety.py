@@ -18,7 +18,7 @@ import pexpect
 import pytest
 from rich.console import Console
 
-from common.backends.local import LocalBackend
+from common.backends.local.backend import LocalBackend
 from common.config import load_settings
 from common.errors import ToolError
 from common.manifest import JobRecord, Manifest, ManifestFile, load
@@ -290,7 +290,7 @@ def test_ctrl_c_then_no_names_attach_and_cleanup_and_a_second_ctrl_c_says_what_i
 def test_ctrl_c_during_a_big_download_drops_what_is_queued(tmp_path):
     """A real SIGINT while 4,000 files download: it stops within a second or two, keeping
     the files that were verified."""
-    from common.backends.local import LocalBlobStore
+    from common.backends.local.backend import LocalBlobStore
     from common.transfer import download_prefix
 
     started = []
@@ -334,7 +334,7 @@ def test_sigterm_and_sighup_stop_the_wait_delete_nothing_and_note_it(slow, scrip
 def test_an_interrupt_python_swallowed_still_stops_the_download(tmp_path):
     """Ctrl-C landing in a weakref callback or __del__ is printed and ignored by Python; the
     download must still stop at once rather than fetch all 4,000 files."""
-    from common.backends.local import LocalBlobStore
+    from common.backends.local.backend import LocalBlobStore
     from common.transfer import download_prefix
 
     class SlowStore(LocalBlobStore):

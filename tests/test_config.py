@@ -20,12 +20,11 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
-import batch_data_reducer  # noqa: E402
-import batch_simulation_runner  # noqa: E402
-from common.config import MAX_SIM_ID, SECRET_KEYS, Secret, load_settings  # noqa: E402
-from common.errors import EXIT_USAGE, ToolError  # noqa: E402
+import batch_data_reducer
+import batch_simulation_runner
+from common.config import MAX_SIM_ID, SECRET_KEYS, Secret, load_settings
+from common.errors import EXIT_USAGE, ToolError
 
 SEED = Path(__file__).resolve().parent / "data" / "seed_example"
 DELETE = object()  # as a mutation value: remove the key

@@ -8,10 +8,11 @@ import io
 import pytest
 from rich.console import Console
 
-from common.backends.local import LocalBackend
+from common.backends.local.backend import LocalBackend
 from common.config import load_settings
 from common.errors import EXIT_INTERRUPTED, ToolError
-from common.manifest import WORKERS, load, manifest_path
+from common.manifest import load, manifest_path
+from common.model import JobKind
 from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
 from common.ui import Ui
 from common.workflow import Context, cleanup, run_simulation
@@ -47,7 +48,7 @@ def pools(campaign) -> list[str]:
 
 def settle_with_cleanup(campaign) -> None:
     ctx = context(campaign)
-    outcome = cleanup(ctx, WORKERS)
+    outcome = cleanup(ctx, JobKind.WORKERS)
     assert "nothing left that bills" in outcome.summary[0]
     assert pools(campaign) == []
     manifest = load(manifest_path(campaign.simconfig, "tiny-campaign"))
@@ -138,7 +139,7 @@ def test_every_container_deletion_is_refused_without_verified_copies(campaign, p
         questions = _asked(campaign, refuse, run_simulation)
     else:
         _asked(campaign, ["y", "n", "n"], run_simulation)
-        action = run_reducer if path == "reducer" else (lambda ctx: cleanup(ctx, WORKERS))
+        action = run_reducer if path == "reducer" else (lambda ctx: cleanup(ctx, JobKind.WORKERS))
         questions = _asked(campaign, refuse if path == "reducer" else refuse[1:], action)
     assert questions[-1].startswith("Delete the container anyway and lose ")
     assert campaign.container.exists()  # refused: nothing was downloaded and verified
@@ -149,7 +150,8 @@ def test_every_container_deletion_is_refused_without_verified_copies(campaign, p
 
 def _delete_container_confirmed(ctx) -> None:
     from common.manifest import ManifestFile
-    from common.workflow import offer_container_deletion
+    from common.workflow import Run, offer_container_deletion
     store = ctx.backend.blob_store("tiny-campaign")
     record = ManifestFile(ctx.manifest_path, load(ctx.manifest_path))
-    assert offer_container_deletion(ctx, store, record, "Delete storage container?")
+    run = Run(ctx, store, record, JobKind.WORKERS)
+    assert offer_container_deletion(run, "Delete storage container?")

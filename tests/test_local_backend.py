@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common import campaign as cp
-from common.backends.local import LocalBackend
+from common.backends.local.backend import LocalBackend
 from common.model import COMPLETION, SUCCESS, InputFile, JobSpec, OutputFile, PoolSpec, TaskSpec
 from conftest import stop_local_pools
 
@@ -341,7 +341,7 @@ def test_an_agent_starting_while_the_client_probes_the_lock_still_starts(backend
                                                 "storage_root": str(tmp_path / "storage")}))
     with (pool / "agent.lock").open("a") as probe:
         fcntl.flock(probe, fcntl.LOCK_SH)
-        agent = subprocess.Popen([sys.executable, "-m", "common.backends.local_agent", str(pool)],
+        agent = subprocess.Popen([sys.executable, "-m", "common.backends.local.agent", str(pool)],
                                  cwd=pool, start_new_session=True,
                                  env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
         time.sleep(0.3)  # the agent is up and trying

@@ -9,7 +9,8 @@ import pytest
 from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobClient, ContainerClient, ContentSettings
 
-from common import storage as st
+from common.backends.azure import storage as st
+from common.errors import ToolError
 from common.config import AppConfig, Secret
 from common.transfer import download_prefix, unverified_blobs, upload_if_changed
 from common.redaction import redact
@@ -161,17 +162,20 @@ def test_delete_removes_only_named_blobs_and_then_the_container(store, tmp_path)
     assert not store.exists()
 
 
-def test_wrong_key_is_refused(azurite):
+def test_wrong_key_is_refused_as_one_line_naming_the_keys(azurite):
+    """The BlobStore contract: a refusal leaves as a ToolError, never the SDK's exception."""
     bad = st.StorageAccount(AZURITE_ACCOUNT, azurite.url, Secret("d3Jvbmcga2V5"))
-    with pytest.raises(HttpResponseError) as refused:
+    with pytest.raises(ToolError) as refused:
         st.AzureBlobStore(st.service_client(bad), bad, "anything").create()
-    assert refused.value.status_code == 403
+    (line,) = refused.value.lines
+    assert "AuthorizationFailure" in line and "STORAGE_ACCOUNT_KEY" in line
+    assert "d3Jvbmcga2V5" not in line
 
 
 def test_a_burst_of_busy_answers_is_retried_as_often_as_said(azurite, tmp_path, monkeypatch):
     """Storage throttles with 503 ServerBusy. The policy's own cap of 3 retries per kind
     used to end a download at the fourth 503 in a row while the log said "retry 3 of 6"."""
-    from common.network import ReportingStorageRetry
+    from common.backends.azure.network import ReportingStorageRetry
     from tests.support.proxy import DelayProxy
     monkeypatch.setattr(ReportingStorageRetry, "get_backoff_time", lambda self, settings: 0)
     proxy = DelayProxy(azurite.url).start()

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from common.backends.local import LocalBlobStore
+from common.backends.local.backend import LocalBlobStore
 from common.transfer import (download_prefix, local_path, md5_of, unverified_blobs,
                              upload_if_changed)
 

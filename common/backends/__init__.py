@@ -14,11 +14,11 @@ def get_backend(settings: Settings, say: Callable[[str], None] | None = None,
     retries as they happen; `debug` (only with -v) receives one line per request."""
     name = settings.backend
     if name == "local":
-        from common.backends.local import LocalBackend
+        from common.backends.local.backend import LocalBackend
         return LocalBackend(settings.app.local_storage_path)
     if name == "azure":
-        from common.backends.azure import AzureBackend
-        from common.network import RequestLog
+        from common.backends.azure.backend import AzureBackend
+        from common.backends.azure.network import RequestLog
         log = RequestLog(debug, settings.app.secrets()) if debug else None
         return AzureBackend(settings, say=say, log=log)
     raise usage_error(f"--backend: {name!r} is not a backend: use one of: {', '.join(BACKENDS)}")

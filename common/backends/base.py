@@ -1,14 +1,18 @@
 """The contract every backend honours: a blob container and a Batch-like compute service.
 
-The workflow (common/workflow.py) talks only to these two abstract classes, so a campaign
+The workflow (common/workflow/) talks only to these two abstract classes, so a campaign
 runs the same on Azure Batch and on the local machine. Each method's docstring is its
-promise; a backend that cannot keep one raises ToolError with the service's own words.
+promise; a backend that cannot keep one raises ToolError with the service's own words —
+never an SDK's exception. Every method is abstract, or has a default stated in its
+docstring (and tested in tests/test_backend_contract.py). What differs between backends
+in behaviour (billing, ...) is stated by `capabilities`, never guessed from `name`.
+See docs/BACKENDS.md for how to add one.
 """
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable
 
@@ -16,6 +20,14 @@ from common.model import (BlobInfo, JobSpec, PoolHealth, PoolSpec, TaskCounts, T
                           TaskStats)
 
 StatusCallback = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend does, for the questions the workflow asks of it."""
+
+    bills: bool  # its pools cost money: prices, cost meter, MAX_COST, "delete the pool?"
+    spot: bool = False  # Spot nodes are real (preempted, requeued); else SPOT_NODE_COUNT is a node count
 
 
 class BlobStore(ABC):
@@ -72,9 +84,14 @@ class BlobStore(ABC):
 class Backend(ABC):
     """A compute service with pools of nodes that run jobs of tasks, Azure Batch style."""
 
-    name: str
+    name: str  # for messages and the manifest, never for decisions (see `capabilities`)
     poll_seconds: float = 5.0  # how often the workflow asks for task counts while waiting
     health_seconds: float = 30.0  # how often it also looks at the pool's nodes
+
+    @property
+    @abstractmethod
+    def capabilities(self) -> Capabilities:
+        """What this backend does (bills, Spot)."""
 
     @abstractmethod
     def blob_store(self, container: str) -> BlobStore:
@@ -99,27 +116,30 @@ class Backend(ABC):
         exists never creates a second task.
         """
 
+    @abstractmethod
     def add_tasks(self, job: JobSpec) -> None:
-        """Add job.tasks to the job, which runs (an adaptive campaign's next wave): same pool,
-        same preparation; ids that exist are not added twice."""
-        raise NotImplementedError
+        """Add job.tasks to the job, which runs (an adaptive campaign's next wave, or tasks a
+        stopped runner recorded but never added): same pool, same preparation; ids that
+        exist are not added twice."""
 
+    @abstractmethod
     def seal_job(self, job_id: str) -> None:
         """From now on the job ends by itself when its last task has completed (and its auto
         pool with it). A job submitted with seal=False waits for more tasks until this."""
 
+    @abstractmethod
     def active_task_ids(self, job_id: str) -> list[str]:
         """The tasks that wait for a node (not started yet)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def task_ids(self, job_id: str) -> list[str]:
-        """Every task the job has, in any state."""
-        raise NotImplementedError
+        """Every task the job has, in any state; ToolError when the job does not exist."""
 
+    @abstractmethod
     def delete_tasks(self, job_id: str, task_ids: list[str]) -> None:
         """Remove tasks that have not started (no longer needed): they never run and leave
-        the job's counts. A task that started meanwhile may still run or be stopped."""
-        raise NotImplementedError
+        the job's counts. A task that started meanwhile may still run or be stopped. Ids
+        (or a job) that do not exist are not an error."""
 
     @abstractmethod
     def job_state(self, job_id: str) -> str | None:
@@ -142,15 +162,23 @@ class Backend(ABC):
         """Every failed task with its exit code and failure info (its stderr is in storage)."""
 
     def preparation_failures(self, job_id: str) -> list[TaskFailure]:
-        """Job preparation tasks that failed on a node (their job's tasks never start there)."""
+        """Job preparation tasks that failed on a node (their job's tasks never start there).
+
+        Default: none — for a backend that prepares nothing per node, or whose preparation
+        failures already show as task failures."""
         return []
 
     def task_stats(self, job_id: str) -> TaskStats:
-        """How long the job's tasks took, and how often they were requeued (Spot preemption)."""
+        """How long the job's tasks took, and how often they were requeued (Spot preemption).
+
+        Default: nothing known (no durations, no requeues): --dry-run then gives no expected
+        cost, only the upper bound."""
         return TaskStats()
 
     def pool_health(self, pool_id: str) -> PoolHealth | None:
-        """The pool's nodes by state; None when the backend has no such notion or no pool."""
+        """The pool's nodes by state; None when the backend has no such notion or no pool.
+
+        Default: None — the wait then relies on the task counts and the timeout alone."""
         return None
 
     @abstractmethod
@@ -174,4 +202,4 @@ class Backend(ABC):
                [(f"task {t.task_id}", json.dumps(asdict(t), indent=2)) for t in job.tasks[:shown_tasks]]
 
     def close(self) -> None:
-        """Release clients and connections."""
+        """Release clients and connections. Default: nothing to release."""

@@ -12,12 +12,12 @@ collisions refused), compute (jobs, waiting, failure reports), safety (the way o
 with effects), ending (cleanup questions, downloads, summary), runner, reducer, recovery
 (--attach, --cleanup, --status), dryrun.
 """
-from common.workflow.context import Context, Options, Outcome
+from common.workflow.context import Context, Options, Outcome, Run
 from common.workflow.dryrun import plan
 from common.workflow.ending import offer_container_deletion
 from common.workflow.recovery import attach, cleanup, status
 from common.workflow.reducer import run_reducer
 from common.workflow.runner import rerun_failed, run_simulation
 
-__all__ = ["Context", "Options", "Outcome", "attach", "cleanup", "offer_container_deletion",
+__all__ = ["Context", "Options", "Outcome", "Run", "attach", "cleanup", "offer_container_deletion",
            "plan", "rerun_failed", "run_reducer", "run_simulation", "status"]

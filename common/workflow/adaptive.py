@@ -22,14 +22,12 @@ import numpy as np
 from common import campaign as cp
 from common.adaptive import (BATCH, HISTORY, Measure, Target, decide, law_curve,
                              too_many_failures)
-from common.backends.base import BlobStore
 from common.errors import ToolError
-from common.manifest import ManifestFile
 from common.model import BlobInfo, JobSpec, TaskCounts
 from common.topas import ScorerAccumulator, read_scorer
 from common.topas.header import SECOND_MOMENT, STANDARD_DEVIATION, VARIANCE
 from common.workflow.compute import LOG_NAMES
-from common.workflow.context import Context
+from common.workflow.context import Context, Run
 
 SCORER_SUFFIXES = (".csv", ".binheader")
 SPREAD = (SECOND_MOMENT, VARIANCE, STANDARD_DEVIATION)
@@ -68,9 +66,7 @@ def measure(accumulator: ScorerAccumulator, region_fraction: float) -> Measure:
 class AdaptiveSteering:
     """Steers one job toward the target (the wait's Steering: after_poll, text)."""
 
-    ctx: Context
-    store: BlobStore
-    record: ManifestFile
+    run: Run
     job: JobSpec  # its tasks: every one submitted so far
     target: Target
     first_wave: int
@@ -85,6 +81,10 @@ class AdaptiveSteering:
     capped: bool = False
     sealed: bool = False
     _seen: tuple[int, int] = (-1, -1)
+
+    @property
+    def ctx(self) -> Context:
+        return self.run.ctx
 
     @property
     def submitted(self) -> int:
@@ -131,7 +131,7 @@ class AdaptiveSteering:
         if not waiting:
             return {}
         found: dict[int, list[BlobInfo]] = {}
-        for blob in self.store.list_blobs(cp.OUTPUT_PREFIX + "run"):
+        for blob in self.run.store.list_blobs(cp.OUTPUT_PREFIX + "run"):
             head, _, rest = blob.name[len(cp.OUTPUT_PREFIX):].partition("/")
             if head[3:].isdigit() and int(head[3:]) in waiting and rest not in LOG_NAMES:
                 found.setdefault(int(head[3:]), []).append(blob)
@@ -155,10 +155,10 @@ class AdaptiveSteering:
         assert scorer is not None
         with tempfile.TemporaryDirectory(prefix="batch-fold-") as folder:
             local = Path(folder) / Path(scorer.name).name
-            self.store.download_blob(scorer, local)
+            self.run.store.download_blob(scorer, local)
             if scorer.name.endswith(".binheader"):
                 data = next(b for b in blobs if b.name == scorer.name[:-6])
-                self.store.download_blob(data, Path(folder) / Path(data.name).name)
+                self.run.store.download_blob(data, Path(folder) / Path(data.name).name)
             self.accumulator.add(read_scorer(local), scorer.name)
         self.folded.add(index)
 
@@ -187,10 +187,10 @@ class AdaptiveSteering:
         new = tuple(cp.worker_task(self.ctx.settings, i) for i in range(start, start + count))
         self.ctx.ui.info(f"adding {count} task(s) (task-{start}..task-{start + count - 1}): "
                          f"{self.text()}")
-        self.record.change_job(self.job.job_id,
-                               task_ids=self.record.manifest.job(self.job.job_id).task_ids
+        self.run.record.change_job(self.job.job_id,
+                               task_ids=self.run.record.manifest.job(self.job.job_id).task_ids
                                + tuple(t.task_id for t in new),
-                               task_indices=self.record.manifest.job(self.job.job_id).task_indices
+                               task_indices=self.run.record.manifest.job(self.job.job_id).task_indices
                                + tuple(t.index for t in new))
         # Recorded first, so a runner stopped here leaves no task unrecorded; --attach
         # adds what the job lacks.
@@ -211,7 +211,7 @@ class AdaptiveSteering:
             self.ctx.backend.delete_tasks(self.job.job_id, [t.task_id for t in idle])
             self.removed |= {t.index for t in idle}
             kept = [t for t in self.job.tasks if t.index not in self.removed]
-            self.record.change_job(self.job.job_id, task_ids=tuple(t.task_id for t in kept),
+            self.run.record.change_job(self.job.job_id, task_ids=tuple(t.task_id for t in kept),
                                    task_indices=tuple(t.index for t in kept))
             self.ctx.ui.info(f"target met: {len(idle)} task(s) not started were removed")
         self._seal()

@@ -15,19 +15,20 @@ from typing import Protocol
 from common import campaign as cp
 from common.backends.base import BlobStore
 from common.errors import ToolError
-from common.manifest import REDUCER, JobRecord, ManifestFile
-from common.model import JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure
+from common.manifest import JobRecord
+from common.model import JobKind, JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure
 from common.ui import counts_text
-from common.workflow.context import Context, billing_mode
+from common.workflow.context import Context, Run, billing_mode
 from common.workflow.metering import BudgetReached, Metering
 
 STDERR_TAIL_LINES = 10
 LOG_NAMES = ("stdout.txt", "stderr.txt")
 
 
-def start_job(ctx: Context, record: ManifestFile, pool: PoolSpec, job: JobSpec, kind: str) -> None:
+def start_job(run: Run, pool: PoolSpec, job: JobSpec) -> None:
     """Create (or reuse) the pool, submit the job; the manifest knows each before it exists."""
-    entry = JobRecord(job_id=job.job_id, kind=kind, pool_id=None if job.auto_pool else pool.pool_id,
+    ctx, record = run.ctx, run.record
+    entry = JobRecord(job_id=job.job_id, kind=run.kind, pool_id=None if job.auto_pool else pool.pool_id,
                       task_ids=tuple(t.task_id for t in job.tasks),
                       task_indices=tuple(t.index for t in job.tasks), auto_pool=bool(job.auto_pool))
     record.add_job(entry)
@@ -128,11 +129,11 @@ def failure_text(failure: TaskFailure) -> str:
     return code + info
 
 
-def report_failures(ctx: Context, store: BlobStore, job: JobRecord,
-                    counts: TaskCounts) -> list[TaskFailure]:
+def report_failures(run: Run, job: JobRecord, counts: TaskCounts) -> list[TaskFailure]:
     """Each failed task with the end of its stderr, read from the output blobs."""
     if not counts.failed:
         return []
+    ctx, store = run.ctx, run.store
     failures = ctx.backend.task_failures(job.job_id)
     index_of = dict(zip(job.task_ids, job.task_indices))
     ctx.ui.error(f"{len(failures)} of {len(job.task_ids)} task(s) failed:")
@@ -145,7 +146,7 @@ def report_failures(ctx: Context, store: BlobStore, job: JobRecord,
 
 
 def stderr_tail(store: BlobStore, job: JobRecord, index: int | None) -> list[str]:
-    if job.kind == REDUCER:
+    if job.kind is JobKind.REDUCER:
         blob = f"{cp.RESULTS_PREFIX}reducer_stderr.txt"
     elif index is None:
         return []

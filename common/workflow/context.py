@@ -1,5 +1,6 @@
-"""What every step of a workflow gets (Context), what it ends with (Outcome), and the few
-facts about the run that several steps word alike: billing, the commands to run next."""
+"""What every step of a workflow gets (Context; Run once a campaign's container and manifest
+are open), what it ends with (Outcome), and the few facts several steps word alike: billing,
+the commands to run next."""
 from __future__ import annotations
 
 import os
@@ -12,10 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 from common import campaign as cp
-from common.backends.base import Backend
+from common.backends.base import Backend, BlobStore
 from common.config import Settings
-from common.manifest import JobRecord, manifest_path
-from common.model import JobSpec
+from common.manifest import JobRecord, ManifestFile, manifest_path
+from common.model import JobKind, JobSpec, Script
 from common.prompts import Prompter
 from common.ui import Ui
 
@@ -29,7 +30,7 @@ class Options:
     overwrite: bool = False  # runner: replace runs that exist (old merged result set aside)
     allow_partial: bool = False  # reducer: merge the runs that are there, name the others
     allow_inconsistent: bool = False  # reducer: merge runs that disagree, and record it
-    script: str = "runner"  # which script runs: "runner" or "reducer"
+    script: Script = Script.RUNNER  # which script runs
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,29 @@ class Context:
 
 
 @dataclass(frozen=True)
+class Run:
+    """One script's work on one campaign, once its container and manifest are open: what
+    every step with effects needs together, and the kind of job it makes."""
+
+    ctx: Context
+    store: BlobStore
+    record: ManifestFile
+    kind: JobKind
+
+    @property
+    def script(self) -> Script:
+        return self.kind.script
+
+
+@dataclass(frozen=True)
 class Outcome:
     exit_code: int
     summary: tuple[str, ...]
 
 
 def billing_mode(ctx: Context, job: JobSpec | JobRecord) -> str:
-    if ctx.backend.name == "local":
-        return "billing: none (local backend)"
+    if not ctx.backend.capabilities.bills:
+        return f"billing: none ({ctx.backend.name} backend)"
     if job.auto_pool:
         return "billing safety: on — Batch deletes the pool when the job ends, even if this script dies"
     return "billing safety: off (AUTO_DELETE_POOL false) — the pool bills until it is deleted"
@@ -86,10 +102,12 @@ def _shortest(path: Path) -> str:
     return relative if len(relative) < len(absolute) else absolute
 
 
-def command(ctx: Context, script: str, *arguments: str) -> str:
-    """A command line that runs here: this interpreter (the venv's), the script, the simconfig
-    — so "Next:" lines work when pasted, outside an activated venv too."""
-    name = "batch_simulation_runner.py" if script == "runner" else "batch_data_reducer.py"
-    parts = [_shortest(Path(sys.executable)), _shortest(_SCRIPTS / name),
-             _shortest(ctx.settings.sim.path), *arguments]
+def command(ctx: Context, script: Script, *arguments: str) -> str:
+    """A command line that runs here: this interpreter (the venv's) and the script of a clone,
+    or the installed command (`pip install .`), then the simconfig — so "Next:" lines work
+    when pasted, outside an activated venv too."""
+    clone = _SCRIPTS / script.file
+    program = ([_shortest(Path(sys.executable)), _shortest(clone)] if clone.is_file()
+               else [script.command])
+    parts = [*program, _shortest(ctx.settings.sim.path), *arguments]
     return " ".join(f"'{p}'" if " " in p else p for p in parts)

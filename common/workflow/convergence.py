@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import campaign as cp
-from common.backends.base import BlobStore
 from common.transfer import upload_if_changed
 from common.workflow.adaptive import AdaptiveSteering, law_points
-from common.workflow.context import Context
+from common.workflow.context import Run
 
 FOLDER = "convergence"
 
@@ -75,8 +74,9 @@ def _plot(steering: AdaptiveSteering, law: list[float], path: Path) -> Path | No
     return path
 
 
-def conclude(ctx: Context, store: BlobStore, steering: AdaptiveSteering) -> Verdict:
+def conclude(run: Run, steering: AdaptiveSteering) -> Verdict:
     """Write and store the report; say whether the target was met and what it took."""
+    ctx, store = run.ctx, run.store
     local = ctx.settings.sim.local_results_path / FOLDER
     for path in write_report(steering, local):
         upload_if_changed(store, path, f"{cp.OUTPUT_PREFIX}{FOLDER}/{path.name}")

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import campaign as cp
-from common.backends.base import BlobStore
 from common.errors import EXIT_FAILED, EXIT_OK
-from common.manifest import REDUCER, WORKERS, JobRecord, ManifestFile
-from common.model import TaskCounts
+from common.manifest import JobRecord
+from common.model import JobKind, Script, TaskCounts
 from common.transfer import download_prefix, unverified_blobs
 from common.workflow.compute import (missing_outputs, report_failures,
                                          report_missing_outputs)
-from common.workflow.context import Context, Outcome, billing_mode, command
+from common.workflow.context import Outcome, Run, billing_mode, command
 from common.workflow.metering import Metering
 from common.workflow.records import active_jobs, reducer_has_run
 from common.workflow.safety import costly, guarded, offer_compute_deletion
@@ -36,7 +35,8 @@ class Ending:
     container_kept_for_reducer: bool = False
 
 
-def download(ctx: Context, store: BlobStore, record: ManifestFile, prefix: str) -> tuple[Path, bool]:
+def download(run: Run, prefix: str) -> tuple[Path, bool]:
+    ctx, store, record = run.ctx, run.store, run.record
     dest = ctx.settings.sim.local_results_path
     blobs = store.list_blobs(prefix)
     size = sum(b.size for b in blobs)
@@ -51,10 +51,10 @@ def download(ctx: Context, store: BlobStore, record: ManifestFile, prefix: str) 
     return dest, report.ok
 
 
-def offer_container_deletion(ctx: Context, store: BlobStore, record: ManifestFile,
-                             question: str, needed_later: bool = False) -> bool:
+def offer_container_deletion(run: Run, question: str, needed_later: bool = False) -> bool:
     """Delete the container only if asked, nothing of the campaign runs, and every result
     has a verified copy here (or a person at a terminal accepts the loss)."""
+    ctx, store, record = run.ctx, run.store, run.record
     if not store.exists():
         return False
     running = active_jobs(ctx, record.manifest)
@@ -80,33 +80,35 @@ def offer_container_deletion(ctx: Context, store: BlobStore, record: ManifestFil
     return True
 
 
-def cleanup_questions(ctx: Context, store: BlobStore, record: ManifestFile, kind: str,
-                      only: set[str] | None) -> Ending:
+def cleanup_questions(run: Run, only: set[str] | None) -> Ending:
+    ctx, store, record, kind = run.ctx, run.store, run.record, run.kind
+    reducing = kind is JobKind.REDUCER
     ctx.step("cleanup", "Cleaning up")
-    offer_compute_deletion(ctx, record, costly(record, kind, only))
+    offer_compute_deletion(run, costly(record, kind, only))
     compute_deleted = not costly(record, kind, only)
-    if kind == REDUCER:
-        remove_reducer_code(ctx, store, record)
-    prefix = cp.RESULTS_PREFIX if kind == REDUCER else cp.OUTPUT_PREFIX
+    if reducing:
+        remove_reducer_code(run)
+    prefix = cp.RESULTS_PREFIX if reducing else cp.OUTPUT_PREFIX
     dest, ok = None, True
-    where = ctx.settings.sim.local_results_path / ("results" if kind == REDUCER else "")
-    what = "the merged result" if kind == REDUCER else "results"
+    where = ctx.settings.sim.local_results_path / ("results" if reducing else "")
+    what = "the merged result" if reducing else "results"
     if store.exists() and store.list_blobs(prefix) and ctx.prompter.confirm(
             f"Download {what} ({prefix}) to {where}?", True):
-        dest, ok = download(ctx, store, record, prefix)
+        dest, ok = download(run, prefix)
     merged = reducer_has_run(record.manifest)
-    if kind == REDUCER or merged:
+    if reducing or merged:
         question = (f"Delete storage container {store.container} with all task outputs and "
                     "the merged result?")
     else:
         question = (f"Delete storage container {store.container}? The reducer "
                     "(batch_data_reducer.py) still needs the task outputs in it.")
-    needed_later = kind == WORKERS and not merged
-    deleted = offer_container_deletion(ctx, store, record, question, needed_later=needed_later)
+    needed_later = kind is JobKind.WORKERS and not merged
+    deleted = offer_container_deletion(run, question, needed_later=needed_later)
     return Ending(compute_deleted, dest, ok, deleted, needed_later and not deleted)
 
 
-def remove_reducer_code(ctx: Context, store: BlobStore, record: ManifestFile) -> None:
+def remove_reducer_code(run: Run) -> None:
+    ctx, store, record = run.ctx, run.store, run.record
     ours = [b for b in record.manifest.uploaded if b == cp.REDUCER_ARCHIVE_BLOB]
     if ours and store.exists():
         store.delete_blobs(ours)
@@ -114,21 +116,21 @@ def remove_reducer_code(ctx: Context, store: BlobStore, record: ManifestFile) ->
         ctx.ui.info(f"removed the reducer code this tool uploaded ({', '.join(ours)})")
 
 
-def finish(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
-           counts: TaskCounts | None, show_log=None, extra: tuple[str, ...] = (),
-           metering: Metering | None = None, verdict=None) -> Outcome:
+def finish(run: Run, job: JobRecord, counts: TaskCounts | None, show_log=None,
+           extra: tuple[str, ...] = (), metering: Metering | None = None, verdict=None) -> Outcome:
     """Report, ask the cleanup questions, sum up. The exit code is 0 only when every task
     submitted succeeded and produced its outputs, and every download was verified — or, in
     an adaptive campaign (`verdict`), when the target was met (failed tasks were replaced)."""
+    ctx, store, record = run.ctx, run.store, run.record
     job = record.manifest.job(job.job_id)  # an adaptive campaign added tasks to it
-    usage = guarded(ctx, record, job.kind, {job.job_id}, lambda: record_usage(ctx, record, job, metering))
-    failures = guarded(ctx, record, job.kind, {job.job_id},
-                       lambda: report_failures(ctx, store, job, counts) if counts else [])
+    workers = job.kind is JobKind.WORKERS
+    usage = guarded(run, {job.job_id}, lambda: record_usage(run, job, metering))
+    failures = guarded(run, {job.job_id}, lambda: report_failures(run, job, counts) if counts else [])
     index_of = dict(zip(job.task_ids, job.task_indices))
     failed = {index_of[f.task_id] for f in failures if f.task_id in index_of}
     missing = {}
-    if job.kind == WORKERS and counts is not None:
-        missing = guarded(ctx, record, job.kind, {job.job_id}, lambda: missing_outputs(
+    if workers and counts is not None:
+        missing = guarded(run, {job.job_id}, lambda: missing_outputs(
             store, job, ctx.settings.sim.output_file_patterns, failed))
         report_missing_outputs(ctx, missing)
     all_succeeded = counts is not None and counts.succeeded >= len(job.task_ids)
@@ -136,24 +138,23 @@ def finish(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
                       succeeded=all_succeeded and not failures and not missing)
     if show_log is not None and counts and not failures:
         show_log()
-    ending = guarded(ctx, record, job.kind, {job.job_id},
-                     lambda: cleanup_questions(ctx, store, record, job.kind, {job.job_id}))
-    results = job.kind != REDUCER or bool(ending.container_deleted or store.list_blobs(cp.RESULTS_PREFIX))
+    ending = guarded(run, {job.job_id}, lambda: cleanup_questions(run, {job.job_id}))
+    results = workers or bool(ending.container_deleted or store.list_blobs(cp.RESULTS_PREFIX))
     ok = all_succeeded and not failures and not missing and ending.download_ok and results
     if verdict is not None:
         ok = verdict.met and counts is not None and ending.download_ok
         extra = verdict.lines + extra
-    lines = summary(ctx, store, record, job, counts, ending, missing)
+    lines = summary(run, job, counts, ending, missing)
     # what the run used and reached, before the command to run next
     cut = len(lines) - 1 if lines and lines[-1].startswith(("Next:", "Rerun")) else len(lines)
     lines = lines[:cut] + usage + extra + lines[cut:]
     return Outcome(EXIT_OK if ok else EXIT_FAILED, lines)
 
 
-def record_usage(ctx: Context, record: ManifestFile, job: JobRecord,
-                 metering: Metering | None) -> tuple[str, ...]:
+def record_usage(run: Run, job: JobRecord, metering: Metering | None) -> tuple[str, ...]:
     """Node-hours and cost (Azure), task durations (for later estimates) and Spot requeues:
     into the manifest, and lines for the summary."""
+    ctx, record = run.ctx, run.record
     stats = ctx.backend.task_stats(job.job_id) if ctx.backend.job_state(job.job_id) else None
     changes: dict = {}
     lines = []
@@ -172,9 +173,10 @@ def record_usage(ctx: Context, record: ManifestFile, job: JobRecord,
     return tuple(lines)
 
 
-def summary(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord,
-            counts: TaskCounts | None, ending: Ending,
+def summary(run: Run, job: JobRecord, counts: TaskCounts | None, ending: Ending,
             missing: dict[int, list[str]] | None = None) -> tuple[str, ...]:
+    ctx, store, record = run.ctx, run.store, run.record
+    workers = job.kind is JobKind.WORKERS
     sim = ctx.settings.sim
     total = len(job.task_ids)
     state = ("timed out" if counts is None else
@@ -182,25 +184,25 @@ def summary(ctx: Context, store: BlobStore, record: ManifestFile, job: JobRecord
              + (f", {counts.failed} failed" if counts.failed else "")
              + (f", {total - counts.completed} not accounted for" if counts.completed < total else "")
              + (f", {len(missing)} wrote no file for an output pattern" if missing else ""))
-    title = "Campaign" if job.kind == WORKERS else "Reducer of"
+    title = "Campaign" if workers else "Reducer of"
     pool = job.pool_id or "(auto pool)"
     lines = [f"{title} {sim.sim_id}: {state} ({ctx.settings.backend} backend).",
              f"  job {job.job_id}, pool {pool}: "
              + ("deleted" if ending.compute_deleted else "still exist (delete with --cleanup)"),
              f"  {billing_mode(ctx, job)}"]
     runs = (f"{cp.OUTPUT_PREFIX}run{min(job.task_indices)}..run{max(job.task_indices)}/"
-            if job.kind == WORKERS else cp.RESULTS_PREFIX)
-    lines.append(f"  {'task outputs' if job.kind == WORKERS else 'merged result'}: container "
+            if workers else cp.RESULTS_PREFIX)
+    lines.append(f"  {'task outputs' if workers else 'merged result'}: container "
                  f"{store.container}, {runs}"
                  + (" (container deleted)" if ending.container_deleted else f" ({store.location})"))
     if ending.container_kept_for_reducer:
         lines.append("  container kept: the reducer reads the task outputs from it")
     if ending.downloaded_to is not None:
-        where = ending.downloaded_to / ("results" if job.kind == REDUCER else "")
+        where = ending.downloaded_to / ("" if workers else "results")
         lines.append(f"  downloaded to: {where}")
     lines.append(f"  manifest: {record.path}")
-    if counts is not None and (counts.failed or missing) and job.kind == WORKERS:
-        lines.append(f"Rerun the failed tasks: {command(ctx, 'runner', '--rerun-failed')}")
-    elif job.kind == WORKERS and not ending.container_deleted:
-        lines.append(f"Next: {command(ctx, 'reducer')}")
+    if counts is not None and (counts.failed or missing) and workers:
+        lines.append(f"Rerun the failed tasks: {command(ctx, Script.RUNNER, '--rerun-failed')}")
+    elif workers and not ending.container_deleted:
+        lines.append(f"Next: {command(ctx, Script.REDUCER)}")
     return tuple(lines)

@@ -61,8 +61,8 @@ class Metering:
 
 
 def campaign_prices(ctx: Context) -> Prices | PriceUnknown | None:
-    """None on the local backend (nothing bills); else the prices to use, or why unknown."""
-    if ctx.backend.name == "local":
+    """None on a backend that does not bill (local); else the prices to use, or why unknown."""
+    if not ctx.backend.capabilities.bills:
         return None
     goals, sim = ctx.settings.sim.goals, ctx.settings.sim
     return prices_for_campaign(sim.pool_vm_size, ctx.settings.app.batch_account_url,
@@ -91,7 +91,7 @@ def estimate_lines(ctx: Context, task_seconds: tuple[float, ...] = ()) -> list[s
     from common.cost import expected
     prices = campaign_prices(ctx)
     if prices is None:
-        return ["  cost: none (local backend)"]
+        return [f"  cost: none ({ctx.backend.name} backend)"]
     sim = ctx.settings.sim
     nodes = NodeCounts(sim.pool_node_count, sim.goals.spot_nodes)
     minutes = sim.timeout_minutes + WALL_CLOCK_MARGIN_MINUTES

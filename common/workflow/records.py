@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from common.errors import ToolError
-from common.manifest import (REDUCER, WORKERS, JobRecord, Manifest, ManifestFile, RunClaim,
-                             check_belongs, load)
+from common.manifest import JobRecord, Manifest, ManifestFile, RunClaim, check_belongs, load
+from common.model import JobKind, Script
 from common.workflow.context import Context, command
 
 ACTIVE = "active"
@@ -30,39 +30,41 @@ def existing(ctx: Context) -> ManifestFile:
     return ManifestFile(ctx.manifest_path, found)
 
 
-def active_jobs(ctx: Context, manifest: Manifest, kind: str | None = None) -> list[JobRecord]:
+def active_jobs(ctx: Context, manifest: Manifest, kind: JobKind | None = None) -> list[JobRecord]:
     """Jobs of the campaign (of `kind`) the service still runs: asked, not assumed."""
     return [job for job in manifest.jobs if (kind is None or job.kind == kind)
             and not job.job_deleted and ctx.backend.job_state(job.job_id) == ACTIVE]
 
 
-def refuse_if_busy(ctx: Context, kind: str) -> None:
+def refuse_if_busy(ctx: Context, kind: JobKind) -> None:
     """Exit 2, before anything is created, when another script works on the campaign or a job
     of this kind still runs."""
     found = load(ctx.manifest_path)
     if found is None:
         return
     check_belongs(found, ctx.manifest_path, ctx.settings.sim.sim_id, ctx.settings.backend)
-    running = active_jobs(ctx, found, WORKERS if kind == WORKERS else None)
+    # a runner waits only for the workers; a reducer for anything (the runs must be done)
+    running = active_jobs(ctx, found, JobKind.WORKERS if kind is JobKind.WORKERS else None)
     if running:
         job = running[0]
-        script = "runner" if job.kind == WORKERS else "reducer"
+        script = job.kind.script
         raise ToolError(
             f"campaign {found.sim_id}: job {job.job_id} is still running: wait for it with "
             f"`{command(ctx, script, '--attach')}`, or stop it and settle with "
             f"`{command(ctx, script, '--cleanup')}`", exit_code=2)
-    busy = [c for c in found.claims if c.script in ("runner", "reducer") and c.alive()]
+    busy = [c for c in found.claims if c.script in tuple(Script) and c.alive()]
     if busy:
         claim = busy[0]
         raise ToolError(f"campaign {found.sim_id} is in use by another {claim.script} "
                         f"(pid {claim.pid} on {claim.host}, since {claim.started}): let it "
-                        f"finish (`{command(ctx, claim.script, '--status')}` shows where it is), "
+                        f"finish (`{command(ctx, Script(claim.script), '--status')}` shows where it is), "
                         f"or stop it first", exit_code=2)
 
 
 @contextmanager
 def claimed(ctx: Context, record: ManifestFile, script: str) -> Iterator[None]:
-    """This script's claim on the manifest, for as long as it runs."""
+    """This script's claim on the manifest, for as long as it runs (`script`: a Script, or
+    what else holds it: "attach", "cleanup")."""
     record.claim(RunClaim(ctx.run_token, os.getpid(), socket.gethostname(), script))
     try:
         yield
@@ -88,4 +90,4 @@ def open_for_run(ctx: Context) -> ManifestFile:
 
 def reducer_has_run(manifest: Manifest) -> bool:
     """Whether a reducer job of the campaign succeeded (its merged result exists)."""
-    return any(j.kind == REDUCER and j.succeeded for j in manifest.jobs)
+    return any(j.kind is JobKind.REDUCER and j.succeeded for j in manifest.jobs)

@@ -9,17 +9,17 @@ from dataclasses import replace
 
 from common import campaign as cp
 from common.errors import EXIT_FAILED, EXIT_OK, ToolError
-from common.manifest import WORKERS, JobRecord, Manifest
-from common.model import JobSpec
+from common.manifest import JobRecord, Manifest
+from common.model import JobKind, JobSpec, Script
 from common.ui import counts_text
 from common.workflow.compute import LOG_NAMES, wait
-from common.workflow.context import Context, Outcome, command
+from common.workflow.context import Context, Outcome, Run, command
 from common.workflow.ending import cleanup_questions, finish
 from common.workflow.records import claimed, existing
 from common.workflow.safety import costly, guarded
 
 
-def attach(ctx: Context, kind: str) -> Outcome:
+def attach(ctx: Context, kind: JobKind) -> Outcome:
     """Wait for a campaign started earlier (no new pool, job or tasks), then the questions."""
     record = existing(ctx)
     job = record.manifest.latest(kind)
@@ -31,26 +31,26 @@ def attach(ctx: Context, kind: str) -> Outcome:
         raise ToolError(f"job {job.job_id} no longer exists on the {ctx.backend.name} backend; "
                         "run --cleanup to settle the rest")
     ctx.ui.step(f"Attaching to job {job.job_id} ({len(job.task_ids)} task(s))")
-    store = ctx.backend.blob_store(record.manifest.container)
-    adaptive = kind == WORKERS and ctx.settings.sim.goals.adaptive
-    if kind == WORKERS:
+    run = Run(ctx, ctx.backend.blob_store(record.manifest.container), record, kind)
+    adaptive = kind is JobKind.WORKERS and ctx.settings.sim.goals.adaptive
+    if kind is JobKind.WORKERS:
         spec = cp.worker_job(ctx.settings, ctx.ids, indices=job.task_indices, job_id=job.job_id)
         _add_what_the_job_lacks(ctx, replace(spec, seal=not adaptive), state)
     elif set(job.task_ids) - set(ctx.backend.task_ids(job.job_id)):
         # Its task is built from the runs found at the time: not to be guessed again here.
         raise ToolError(f"job {job.job_id} lacks its task (the reducer was stopped while "
                         f"submitting it): remove the job with "
-                        f"`{command(ctx, 'reducer', '--cleanup')}`, then run the reducer again")
+                        f"`{command(ctx, Script.REDUCER, '--cleanup')}`, then run the reducer again")
     if adaptive:  # pick the waves up where they were
         from common.workflow.metering import start_metering
         from common.workflow.runner import run_adaptive_job
         with claimed(ctx, record, "attach"):
-            return run_adaptive_job(ctx, store, record, replace(spec, seal=False),
-                                    start_metering(ctx), started=True)
+            return run_adaptive_job(run, replace(spec, seal=False), start_metering(ctx),
+                                    started=True)
     with claimed(ctx, record, "attach"):
-        counts = guarded(ctx, record, kind, {job.job_id},
+        counts = guarded(run, {job.job_id},
                          lambda: wait(ctx, job.job_id, len(job.task_ids), job.pool_id))
-        return finish(ctx, store, record, job, counts)
+        return finish(run, job, counts)
 
 
 def _add_what_the_job_lacks(ctx: Context, spec: JobSpec, state: str) -> None:
@@ -70,16 +70,17 @@ def _add_what_the_job_lacks(ctx: Context, spec: JobSpec, state: str) -> None:
         ctx.backend.seal_job(spec.job_id)
 
 
-def cleanup(ctx: Context, kind: str) -> Outcome:
+def cleanup(ctx: Context, kind: JobKind) -> Outcome:
     """Only the cleanup questions, for a campaign of any age, from its manifest."""
     record = existing(ctx)
     for job in costly(record, kind):  # what is already gone needs no question
         if ctx.backend.job_state(job.job_id) is None:
             gone = job.auto_pool or not job.pool_id or not ctx.backend.pool_exists(job.pool_id)
             record.change_job(job.job_id, job_deleted=True, pool_deleted=gone or job.pool_deleted)
-    store = ctx.backend.blob_store(record.manifest.container)
+    run = Run(ctx, ctx.backend.blob_store(record.manifest.container), record, kind)
+    store = run.store
     with claimed(ctx, record, "cleanup"):
-        ending = cleanup_questions(ctx, store, record, kind, None)
+        ending = cleanup_questions(run, None)
     left = costly(record, kind)
     lines = [f"Cleanup of {ctx.settings.sim.sim_id} ({kind}): "
              + ("nothing left that bills." if not left else

@@ -15,11 +15,11 @@ from pathlib import Path
 from common import campaign as cp
 from common.backends.base import BlobStore
 from common.errors import ToolError
-from common.manifest import REDUCER, WORKERS, Manifest, ManifestFile, load
-from common.model import TaskCounts
+from common.manifest import Manifest, load
+from common.model import JobKind, Script, TaskCounts
 from common.reducer_source import build_reducer_archive, describe
 from common.workflow.compute import LOG_NAMES, start_job, wait
-from common.workflow.context import Context, Outcome, command
+from common.workflow.context import Context, Outcome, Run, command
 from common.workflow.ending import finish
 from common.workflow.records import claimed, open_for_run, refuse_if_busy
 from common.workflow.runner import runs_text, set_aside_merged_result, upload
@@ -42,7 +42,7 @@ def survey(store: BlobStore, manifest: Manifest | None) -> Runs:
         if head.startswith("run") and head[3:].isdigit():
             index = int(head[3:])
             outputs[index] = outputs.get(index, False) or rest not in LOG_NAMES
-    expected = {i for j in (manifest.jobs if manifest else ()) if j.kind == WORKERS
+    expected = {i for j in (manifest.jobs if manifest else ()) if j.kind is JobKind.WORKERS
                 for i in j.task_indices}
     return Runs(complete=tuple(sorted(i for i, has in outputs.items() if has)),
                 incomplete=tuple(sorted(i for i, has in outputs.items() if not has)),
@@ -53,10 +53,10 @@ def check_runs(ctx: Context, store: BlobStore, runs: Runs) -> None:
     name = ctx.settings.sim.sim_id
     if not store.exists():
         raise ToolError(f"container {store.container} does not exist on the {ctx.backend.name} "
-                        f"backend: run `{command(ctx, 'runner')}` first")
+                        f"backend: run `{command(ctx, Script.RUNNER)}` first")
     if not runs.complete:
         raise ToolError(f"container {store.container} holds no task outputs under "
-                        f"{cp.OUTPUT_PREFIX}run*/: run `{command(ctx, 'runner')}` for {name} first")
+                        f"{cp.OUTPUT_PREFIX}run*/: run `{command(ctx, Script.RUNNER)}` for {name} first")
     absent = sorted(set(runs.incomplete) | set(runs.missing))
     if absent and not ctx.options.allow_partial:
         why = []
@@ -65,13 +65,13 @@ def check_runs(ctx: Context, store: BlobStore, runs: Runs) -> None:
         if runs.missing:
             why.append(f"never stored: {runs_text(runs.missing)}")
         raise ToolError(f"campaign {name}: {len(absent)} run(s) have no outputs — "
-                        f"{'; '.join(why)}: rerun them with `{command(ctx, 'runner', '--rerun-failed')}`, "
+                        f"{'; '.join(why)}: rerun them with `{command(ctx, Script.RUNNER, '--rerun-failed')}`, "
                         "or merge the others with --allow-partial")
 
 
 def run_reducer(ctx: Context) -> Outcome:
     settings, ids = ctx.settings, ctx.ids
-    refuse_if_busy(ctx, REDUCER)
+    refuse_if_busy(ctx, JobKind.REDUCER)
     store = ctx.backend.blob_store(ids.container)
     runs = survey(store, load(ctx.manifest_path))
     check_runs(ctx, store, runs)
@@ -79,32 +79,34 @@ def run_reducer(ctx: Context) -> Outcome:
                 f"with {describe(settings)}")
     options = ("--allow-inconsistent",) if ctx.options.allow_inconsistent else ()
     job = cp.reducer_job(settings, ids, leave_out=runs.incomplete, merge_options=options)
-    record = open_for_run(ctx)
-    with claimed(ctx, record, "reducer"):
-        set_aside_merged_result(ctx, store, record)
+    run = Run(ctx, store, open_for_run(ctx), JobKind.REDUCER)
+    record = run.record
+    with claimed(ctx, record, Script.REDUCER):
+        set_aside_merged_result(run)
 
         def compute() -> TaskCounts | None:
-            upload_reducer(ctx, store, record)
-            start_job(ctx, record, cp.reducer_pool(settings, ids), job, REDUCER)
+            upload_reducer(run)
+            start_job(run, cp.reducer_pool(settings, ids), job)
             return wait(ctx, job.job_id, len(job.tasks), record.manifest.job(job.job_id).pool_id)
-        counts = guarded(ctx, record, REDUCER, {job.job_id}, compute)
+        counts = guarded(run, {job.job_id}, compute)
         left_out = sorted(set(runs.incomplete) | set(runs.missing))
         extra = (f"  runs merged: {runs_text(runs.complete)}"
                  + (f"; left out (--allow-partial): {runs_text(left_out)}" if left_out else ""),)
-        return finish(ctx, store, record, record.manifest.job(job.job_id), counts,
-                      show_log=lambda: show_reducer_log(ctx, store), extra=extra)
+        return finish(run, record.manifest.job(job.job_id), counts,
+                      show_log=lambda: show_reducer_log(run), extra=extra)
 
 
-def upload_reducer(ctx: Context, store: BlobStore, record: ManifestFile) -> None:
+def upload_reducer(run: Run) -> None:
+    ctx, store = run.ctx, run.store
     with tempfile.TemporaryDirectory(prefix="batch-reducer-") as tmp:
         archive = build_reducer_archive(ctx.settings, Path(tmp))
         ctx.step("upload", f"Uploading the reducer ({archive.files} file(s)) to container {store.container}")
         assert archive.path is not None
-        upload(ctx, store, record, archive.path, cp.REDUCER_ARCHIVE_BLOB)
-    upload(ctx, store, record, ctx.settings.sim.path, cp.SIMCONFIG_BLOB)
+        upload(run, archive.path, cp.REDUCER_ARCHIVE_BLOB)
+    upload(run, ctx.settings.sim.path, cp.SIMCONFIG_BLOB)
 
 
-def show_reducer_log(ctx: Context, store: BlobStore) -> None:
-    text = store.read_tail(f"{cp.RESULTS_PREFIX}reducer_stdout.txt").strip()
+def show_reducer_log(run: Run) -> None:
+    text = run.store.read_tail(f"{cp.RESULTS_PREFIX}reducer_stdout.txt").strip()
     for line in text.splitlines()[-20:]:
-        ctx.ui.info(f"| {line}")
+        run.ctx.ui.info(f"| {line}")

@@ -18,12 +18,11 @@ from typing import BinaryIO
 from common import campaign as cp
 from common.backends.base import BlobStore
 from common.errors import EXIT_OK, ToolError
-from common.manifest import WORKERS, ManifestFile
-from common.model import JobSpec, TaskCounts
+from common.model import JobKind, JobSpec, Script, TaskCounts
 from common.packaging import Archive, build_archive
 from common.transfer import download_prefix, upload_if_changed
 from common.workflow.compute import start_job, wait
-from common.workflow.context import Context, Outcome
+from common.workflow.context import Context, Outcome, Run
 from common.workflow.ending import finish
 from common.workflow.metering import Metering, start_metering
 from common.workflow.records import claimed, existing, open_for_run, refuse_if_busy
@@ -34,64 +33,64 @@ def run_simulation(ctx: Context) -> Outcome:
     settings, ids, sim = ctx.settings, ctx.ids, ctx.settings.sim
     ctx.ui.step(f"Campaign {sim.sim_id}: {sim.task_count} task(s) on {sim.pool_node_count} "
                 f"node(s), {settings.backend} backend")
-    refuse_if_busy(ctx, WORKERS)
+    refuse_if_busy(ctx, JobKind.WORKERS)
     store = ctx.backend.blob_store(ids.container)
     replaced = runs_in_the_way(ctx, store, tuple(sim.task_indices))
     metering = start_metering(ctx)  # a budget it could not enforce is refused here
     with tempfile.TemporaryFile(prefix="batch-sim-") as handle:
         archive = pack(ctx, handle)  # refuses (exit 2) before the manifest or anything exists
-        record = open_for_run(ctx)
-        with claimed(ctx, record, "runner"):
-            guarded(ctx, record, WORKERS, set(), lambda: upload_simulation(ctx, store, record, handle, archive))
-            set_aside_old_results(ctx, store, record, replaced)
+        run = Run(ctx, store, open_for_run(ctx), JobKind.WORKERS)
+        with claimed(ctx, run.record, Script.RUNNER):
+            guarded(run, set(), lambda: upload_simulation(run, handle, archive))
+            set_aside_old_results(run, replaced)
             job = cp.worker_job(settings, ids)
             if sim.goals.adaptive:
-                return run_adaptive_job(ctx, store, record, replace(job, seal=False), metering)
-            return run_worker_job(ctx, store, record, job, metering)
+                return run_adaptive_job(run, replace(job, seal=False), metering)
+            return run_worker_job(run, job, metering)
 
 
-def run_worker_job(ctx: Context, store: BlobStore, record: ManifestFile, job: JobSpec,
-                   metering: Metering | None = None) -> Outcome:
+def run_worker_job(run: Run, job: JobSpec, metering: Metering | None = None) -> Outcome:
+    ctx, record = run.ctx, run.record
     pool = cp.worker_pool(ctx.settings, ctx.ids)
 
-    _keep_usage(record, job.job_id, metering)
+    _keep_usage(run, job.job_id, metering)
 
     def compute() -> TaskCounts | None:
-        start_job(ctx, record, pool, job, WORKERS)
+        start_job(run, pool, job)
         return wait(ctx, job.job_id, len(job.tasks), record.manifest.job(job.job_id).pool_id,
                     metering=metering)
-    counts = guarded(ctx, record, WORKERS, {job.job_id}, compute)
-    return finish(ctx, store, record, record.manifest.job(job.job_id), counts, metering=metering)
+    counts = guarded(run, {job.job_id}, compute)
+    return finish(run, record.manifest.job(job.job_id), counts, metering=metering)
 
 
-def run_adaptive_job(ctx: Context, store: BlobStore, record: ManifestFile, job: JobSpec,
-                     metering: Metering | None = None, started: bool = False) -> Outcome:
+def run_adaptive_job(run: Run, job: JobSpec, metering: Metering | None = None,
+                     started: bool = False) -> Outcome:
     """The first wave, then waves until the target uncertainty (common/workflow/adaptive.py);
     `started`: the job exists already (--attach picks it up)."""
     from common.workflow.adaptive import AdaptiveSteering, target_of
     from common.workflow.convergence import conclude
+    ctx, record = run.ctx, run.record
     goals = ctx.settings.sim.goals
-    steering = AdaptiveSteering(ctx, store, record, job, target_of(ctx), ctx.settings.sim.task_count,
+    steering = AdaptiveSteering(run, job, target_of(ctx), ctx.settings.sim.task_count,
                                 goals.target_scorer)
-    _keep_usage(record, job.job_id, metering)
+    _keep_usage(run, job.job_id, metering)
 
     def compute() -> TaskCounts | None:
         if not started:
-            start_job(ctx, record, cp.worker_pool(ctx.settings, ctx.ids), job, WORKERS)
+            start_job(run, cp.worker_pool(ctx.settings, ctx.ids), job)
         counts = wait(ctx, job.job_id, len(job.tasks), record.manifest.job(job.job_id).pool_id,
                       metering=metering, steering=steering)
         steering.seal()  # nothing more will come: the job (and its auto pool) may end
         return counts
-    counts = guarded(ctx, record, WORKERS, {job.job_id}, compute)
-    verdict = guarded(ctx, record, WORKERS, {job.job_id}, lambda: conclude(ctx, store, steering))
-    return finish(ctx, store, record, record.manifest.job(job.job_id), counts, metering=metering,
-                  verdict=verdict)
+    counts = guarded(run, {job.job_id}, compute)
+    verdict = guarded(run, {job.job_id}, lambda: conclude(run, steering))
+    return finish(run, record.manifest.job(job.job_id), counts, metering=metering, verdict=verdict)
 
 
-def _keep_usage(record: ManifestFile, job_id: str, metering: Metering | None) -> None:
+def _keep_usage(run: Run, job_id: str, metering: Metering | None) -> None:
     """While the job runs, the manifest holds its node-hours and cost (for --status)."""
     if metering is not None:
-        metering.on_sample = lambda m: record.change_job(
+        metering.on_sample = lambda m: run.record.change_job(
             job_id, node_hours=(round(m.hours().dedicated, 6), round(m.hours().spot, 6)),
             cost=m.meter.cost(), currency=m.currency)
 
@@ -108,18 +107,18 @@ def pack(ctx: Context, handle: BinaryIO) -> Archive:
     return archive
 
 
-def upload_simulation(ctx: Context, store: BlobStore, record: ManifestFile, handle: BinaryIO,
-                      archive: Archive) -> None:
+def upload_simulation(run: Run, handle: BinaryIO, archive: Archive) -> None:
+    ctx, store = run.ctx, run.store
     ctx.step("upload", f"Uploading to container {store.container} ({store.location})")
     if store.create():
         ctx.ui.info(f"created container {store.container}")
-    upload(ctx, store, record, handle, cp.SIM_ARCHIVE_BLOB, archive.size)
-    upload(ctx, store, record, ctx.settings.sim.path, cp.SIMCONFIG_BLOB)
+    upload(run, handle, cp.SIM_ARCHIVE_BLOB, archive.size)
+    upload(run, ctx.settings.sim.path, cp.SIMCONFIG_BLOB)
 
 
-def upload(ctx: Context, store: BlobStore, record: ManifestFile, source: Path | BinaryIO,
-           blob: str, size: int | None = None) -> None:
-    record.uploaded(blob)  # before the effect: a crash mid-upload still leaves it on record
+def upload(run: Run, source: Path | BinaryIO, blob: str, size: int | None = None) -> None:
+    ctx, store = run.ctx, run.store
+    run.record.uploaded(blob)  # before the effect: a crash mid-upload still leaves it on record
     if size is None and isinstance(source, Path):
         size = source.stat().st_size
     if upload_if_changed(store, source, blob):
@@ -173,11 +172,11 @@ def runs_in_the_way(ctx: Context, store: BlobStore, indices: tuple[int, ...]) ->
     return colliding if existing_runs else []
 
 
-def set_aside_old_results(ctx: Context, store: BlobStore, record: ManifestFile,
-                          replaced: list[int]) -> None:
+def set_aside_old_results(run: Run, replaced: list[int]) -> None:
     """Runs replaced (--overwrite) go; a merged result of the earlier runs no longer describes
     the campaign: both leave storage and are moved aside here (never deleted locally)."""
-    set_aside_merged_result(ctx, store, record)
+    ctx, store, record = run.ctx, run.store, run.record
+    set_aside_merged_result(run)
     blobs = [b.name for i in replaced for b in store.list_blobs(cp.run_prefix(i))] \
         if store.exists() else []
     if blobs:
@@ -193,11 +192,12 @@ def set_aside_old_results(ctx: Context, store: BlobStore, record: ManifestFile,
         ctx.ui.info(f"moved the earlier local copies aside: {aside}")
 
 
-def set_aside_merged_result(ctx: Context, store: BlobStore, record: ManifestFile) -> None:
+def set_aside_merged_result(run: Run) -> None:
     """An earlier merged result describes the runs as they were, and a new merge writes file
     by file: whatever the new one does not write would stay beside it and pass for part of
     it. So it leaves storage and the local results/ folder before anything new is made —
     kept in replaced-<time>/results/, from a verified download, before any blob is deleted."""
+    ctx, store, record = run.ctx, run.store, run.record
     blobs = store.list_blobs(cp.RESULTS_PREFIX) if store.exists() else []
     local = ctx.settings.sim.local_results_path / "results"
     if not blobs and not local.exists():
@@ -230,10 +230,10 @@ def rerun_failed(ctx: Context) -> Outcome:
     """Resubmit only the failed tasks of the latest worker job (failed, or succeeded without
     their outputs): same index and seed, new task ids."""
     record = existing(ctx)
-    last = record.manifest.latest(WORKERS)
+    last = record.manifest.latest(JobKind.WORKERS)
     if last is None:
         raise ToolError(f"campaign {ctx.settings.sim.sim_id} has no worker job to rerun")
-    refuse_if_busy(ctx, WORKERS)
+    refuse_if_busy(ctx, JobKind.WORKERS)
     failed = set(last.failed_indices)
     if ctx.backend.job_state(last.job_id) is not None:  # the live answer, if the job is still there
         live = {f.task_id for f in ctx.backend.task_failures(last.job_id)}
@@ -241,7 +241,7 @@ def rerun_failed(ctx: Context) -> Outcome:
     indices = tuple(sorted(failed))
     if not indices:
         return Outcome(EXIT_OK, (f"Job {last.job_id} has no failed task: nothing to rerun.",))
-    retry = sum(1 for j in record.manifest.jobs if j.kind == WORKERS)  # the first job was 0
+    retry = sum(1 for j in record.manifest.jobs if j.kind is JobKind.WORKERS)  # the first was 0
     ctx.ui.step(f"Rerunning {len(indices)} failed task(s) of {last.job_id}: "
                 + ", ".join(f"task-{i}" for i in indices))
     job = cp.worker_job(ctx.settings, ctx.ids, indices=indices, retry=retry)
@@ -249,6 +249,7 @@ def rerun_failed(ctx: Context) -> Outcome:
     if not store.exists():
         raise ToolError(f"container {store.container} is gone: run the campaign again")
     metering = start_metering(ctx)
-    with claimed(ctx, record, "runner"):
-        set_aside_old_results(ctx, store, record, [])
-        return run_worker_job(ctx, store, record, job, metering)
+    run = Run(ctx, store, record, JobKind.WORKERS)
+    with claimed(ctx, record, Script.RUNNER):
+        set_aside_old_results(run, [])
+        return run_worker_job(run, job, metering)

@@ -1,6 +1,6 @@
 """The local backend's "Batch service": one detached process per pool that runs its tasks.
 
-Started by common/backends/local.py as `python -m common.backends.local_agent POOL_DIR`, it
+Started by backend.py as `python -m common.backends.local.agent POOL_DIR`, it
 outlives the script that started it, as an Azure pool does: a closed terminal or Ctrl-C
 does not stop the tasks, and a later run can read their states from disk. Each task gets
 its own working directory with its inputs copied from the storage folder, runs with /bin/sh
@@ -24,9 +24,9 @@ import time
 import uuid
 from pathlib import Path
 
-from common.backends import local_layout as lay
-from common.backends.local_reaper import MARK_VARIABLE, agent_mark, kill_marked, start_reaper
-from common.backends.local_files import collect_outputs, stage_inputs
+from common.backends.local import layout as lay
+from common.backends.local.reaper import MARK_VARIABLE, agent_mark, kill_marked, start_reaper
+from common.backends.local.files import collect_outputs, stage_inputs
 from common.model import TaskSpec
 
 POLL_SECONDS = 0.05
@@ -257,7 +257,7 @@ class Agent:
             "AZ_BATCH_JOB_PREP_WORKING_DIR": str(job / "prep" / "wd"),
         })
         env.update(dict(task.environment))
-        env[MARK_VARIABLE] = self.mark  # inherited by all it starts: see local_reaper.py
+        env[MARK_VARIABLE] = self.mark  # inherited by all it starts: see reaper.py
         # Tasks call `python3`: make it the interpreter (and venv) the tool itself runs in.
         env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
         env.pop("PYTHONPATH", None)

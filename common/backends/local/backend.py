@@ -1,8 +1,8 @@
 """The local backend: the Batch contract honoured on one machine, with a folder as storage.
 
-A pool is a detached agent process (common/backends/local_agent.py) running at most
+A pool is a detached agent process (agent.py) running at most
 min(nodes x slots, CPUs) tasks at once; jobs and tasks are folders it watches (layout in
-local_layout.py). The blob container is a folder with the same blob names as on Azure.
+layout.py). The blob container is a folder with the same blob names as on Azure.
 """
 from __future__ import annotations
 
@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from common.backends import local_layout as lay
-from common.backends.base import Backend, BlobStore, StatusCallback
-from common.backends.local_reaper import kill_marked
+from common.backends.local import layout as lay
+from common.backends.base import Backend, BlobStore, Capabilities, StatusCallback
+from common.backends.local.reaper import kill_marked
 from common.config import SECRET_KEYS
 from common.errors import ToolError
 from common.model import BlobInfo, JobSpec, PoolSpec, TaskCounts, TaskFailure, TaskStats
 from common.transfer import md5_of
 
 STOP_TIMEOUT_SECONDS = 15.0
-_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGE_ROOT = Path(__file__).resolve().parents[3]  # the folder holding common/
 
 
 class LocalBlobStore(BlobStore):
@@ -99,6 +99,7 @@ def usable_cpus() -> int:
 class LocalBackend(Backend):
     name = "local"
     poll_seconds = 0.25  # reading a few small files: cheap, so progress stays live
+    capabilities = Capabilities(bills=False, spot=False)  # type: ignore[assignment]
 
     def __init__(self, root: Path, cpus: int | None = None) -> None:
         self.root = root
@@ -152,7 +153,7 @@ class LocalBackend(Backend):
         env = {k: v for k, v in os.environ.items() if k not in SECRET_KEYS}
         env["PYTHONPATH"] = str(_PACKAGE_ROOT)
         with (pool / "agent.log").open("ab") as log:
-            subprocess.Popen([sys.executable, "-m", "common.backends.local_agent", str(pool)],
+            subprocess.Popen([sys.executable, "-m", "common.backends.local.agent", str(pool)],
                              cwd=pool, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                              start_new_session=True, close_fds=True)
         deadline = time.monotonic() + 10
@@ -210,6 +211,10 @@ class LocalBackend(Backend):
 
     def add_tasks(self, job: JobSpec) -> None:
         self.submit_job(job, lambda _: None)  # new task ids go into the job's next queue batch
+
+    def seal_job(self, job_id: str) -> None:
+        """Nothing to do: a local job's state follows its tasks (completed once none waits or
+        runs), and its pool bills nothing while it waits for more."""
 
     def active_task_ids(self, job_id: str) -> list[str]:
         _, states = self._states(job_id)

@@ -10,16 +10,18 @@ tokens are user-delegation SAS, signed with a key the service lends to that iden
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, TypeVar
 from urllib.parse import quote
 
 import requests
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError, ResourceExistsError,
+                                   ResourceNotFoundError, ServiceRequestError, ServiceResponseError)
 from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import (BlobSasPermissions, BlobServiceClient, ContainerSasPermissions,
                                 ContentSettings, UserDelegationKey,
@@ -29,7 +31,8 @@ from common.backends.base import BlobStore
 from common.config import AppConfig, Secret
 from common.errors import ToolError
 from common.model import BlobInfo
-from common.network import ReportingStorageRetry, RequestLog
+from common.redaction import redact
+from common.backends.azure.network import ReportingStorageRetry, RequestLog, network_failure
 
 STORAGE_RETRIES = 6  # per request, for a 503 or a cut read (a connection not made: 3)
 BLOCK_SIZE = 8 * 1024 * 1024
@@ -45,6 +48,7 @@ class StorageAccount:
     url: str  # the blob endpoint, without a trailing slash
     key: Secret | None  # None: Entra ID sign-in and user-delegation SAS
     authority: str | None = None  # where an Entra ID sign-in goes (the Batch account's cloud)
+    url_given: bool = False  # from STORAGE_ACCOUNT_URL (else made from the name), for messages
 
     def container_url(self, container: str) -> str:
         return f"{self.url}/{container}"
@@ -58,9 +62,9 @@ def account_from(app: AppConfig) -> StorageAccount:
     if app.storage_account_name is None:
         raise ValueError("the storage account name is required")
     url = app.storage_account_url or f"https://{app.storage_account_name}.blob.{app.storage_account_domain}"
-    from common.entra import cloud_of
+    from common.backends.azure.entra import cloud_of
     return StorageAccount(app.storage_account_name, url.rstrip("/"), app.storage_account_key,
-                          cloud_of(app.batch_account_url).authority)
+                          cloud_of(app.batch_account_url).authority, bool(app.storage_account_url))
 
 
 def service_client(account: StorageAccount, say: Callable[[str], None] | None = None,
@@ -85,8 +89,50 @@ def service_client(account: StorageAccount, say: Callable[[str], None] | None = 
 def _credential(account: StorageAccount) -> Any:
     if account.key is not None:
         return {"account_name": account.name, "account_key": account.key.reveal()}
-    from common.entra import entra_credential
+    from common.backends.azure.entra import entra_credential
     return entra_credential(account.authority or "")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def storage_error(account: StorageAccount, what: str, error: Exception) -> ToolError:
+    """An SDK error as the one line a user can act on (as the Batch calls do): where, what
+    was being done, the service's own words and the key to check."""
+    if isinstance(error, (ServiceRequestError, ServiceResponseError)):
+        key = "STORAGE_ACCOUNT_URL" if account.url_given else "STORAGE_ACCOUNT_NAME"
+        return network_failure(error, {key: account.url}, tried=what)
+    status = getattr(error, "status_code", None)
+    code = getattr(error, "error_code", None)
+    code = getattr(code, "value", code) or (f"HTTP {status}" if status else type(error).__name__)
+    words = _first_line(getattr(error, "message", None) or str(error))
+    if isinstance(error, ClientAuthenticationError) and status is None:
+        return ToolError(f"storage account {account.name}: {what}: could not sign in with Entra "
+                         f"ID ({words}): sign in with `az login`, use a managed identity, or set "
+                         "STORAGE_ACCOUNT_KEY")
+    if status in (401, 403):
+        fix = ("check STORAGE_ACCOUNT_NAME and STORAGE_ACCOUNT_KEY" if account.key is not None else
+               "the signed-in identity needs the 'Storage Blob Data Contributor' role on the "
+               "account, or set STORAGE_ACCOUNT_KEY")
+        return ToolError(f"storage account {account.name}: {what}: refused ({code}: {words}): {fix}")
+    return ToolError(f"storage account {account.name}: {what}: {code}: {words}")
+
+
+def _first_line(text: str) -> str:
+    return redact((text.strip().splitlines() or [""])[0])[:200]
+
+
+def _translated(what: str) -> Callable[[F], F]:
+    """Every failure of a blob store method leaves it as a ToolError (the BlobStore contract)."""
+    def decorate(method: F) -> F:
+        @functools.wraps(method)
+        def wrapper(self: "AzureBlobStore", *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            except (HttpResponseError, ServiceRequestError, ServiceResponseError) as error:
+                raise storage_error(self.account, f"{what} ({self.container})", error) from None
+        return wrapper  # type: ignore[return-value]
+    return decorate
 
 
 class AzureBlobStore(BlobStore):
@@ -99,9 +145,11 @@ class AzureBlobStore(BlobStore):
     def location(self) -> str:
         return self.account.container_url(self.container)
 
+    @_translated("looking for the container")
     def exists(self) -> bool:
         return self.client.exists()
 
+    @_translated("creating the container")
     def create(self) -> bool:
         try:
             self.client.create_container()
@@ -109,10 +157,12 @@ class AzureBlobStore(BlobStore):
             return False
         return True
 
+    @_translated("listing blobs")
     def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
         return [BlobInfo(b.name, b.size, _md5(b.content_settings.content_md5))
                 for b in self.client.list_blobs(name_starts_with=prefix or None)]
 
+    @_translated("uploading")
     def upload_file(self, source, blob: str, md5: bytes) -> None:  # source: BinaryIO, as in base.py
         # Block-list uploads get no service-side MD5: set it, so downloads can be verified.
         start = source.tell()
@@ -122,6 +172,7 @@ class AzureBlobStore(BlobStore):
                                 max_concurrency=TRANSFER_CONCURRENCY,
                                 content_settings=ContentSettings(content_md5=bytearray(md5)))
 
+    @_translated("downloading")
     def download_blob(self, blob: BlobInfo, dest: Path) -> bytes | None:
         if blob.size <= BLOCK_SIZE:  # one request: hash in memory, no second read of the file
             data = self.client.download_blob(blob.name).readall()
@@ -131,6 +182,7 @@ class AzureBlobStore(BlobStore):
             self.client.download_blob(blob.name, max_concurrency=TRANSFER_CONCURRENCY).readinto(handle)
         return None
 
+    @_translated("reading a log")
     def read_tail(self, blob: str, max_bytes: int = 4096) -> str:
         client = self.client.get_blob_client(blob)
         try:
@@ -141,6 +193,7 @@ class AzureBlobStore(BlobStore):
             return ""
         return data.decode("utf-8", errors="replace")
 
+    @_translated("deleting blobs")
     def delete_blobs(self, names: Iterable[str]) -> None:
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(self._delete_one, names))
@@ -151,6 +204,7 @@ class AzureBlobStore(BlobStore):
         except ResourceNotFoundError:
             pass
 
+    @_translated("deleting the container")
     def delete_container(self) -> None:
         try:
             self.client.delete_container()
@@ -203,11 +257,9 @@ def signing_key(service: BlobServiceClient, account: StorageAccount, expiry: dat
     start = _start(now)
     try:
         key = service.get_user_delegation_key(start, min(expiry, start + MAX_DELEGATION))
-    except HttpResponseError as error:
-        code = getattr(error, "error_code", None) or error.status_code
-        raise ToolError(f"storage account {account.name}: no user delegation key for SAS URLs "
-                        f"({code}): the signed-in identity needs the 'Storage Blob Data "
-                        "Contributor' role on the account, or set STORAGE_ACCOUNT_KEY") from None
+    except (HttpResponseError, ServiceRequestError, ServiceResponseError) as error:
+        raise storage_error(account, "asking for a user delegation key (to sign SAS URLs)",
+                            error) from None
     return SigningKey(delegation=key)
 
 

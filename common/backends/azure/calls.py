@@ -18,8 +18,8 @@ from azure.batch import BatchClient
 from azure.core.exceptions import (HttpResponseError, ServiceRequestError,
                                    ServiceResponseError)
 
-from common import batch_builders as bb
-from common.backends.azure_checks import error_code, service_words, value_of
+from common.backends.azure import builders as bb
+from common.backends.azure.checks import error_code, service_words, value_of
 from common.errors import ToolError
 
 ATTEMPTS = 5

@@ -1,13 +1,14 @@
 """The Azure Batch backend (azure-batch 15, API 2025-06-01) with Azure Blob Storage.
 
-Requests are built by common/batch_builders.py and sent with bounded resends
-(azure_calls.py); answers are judged by pure functions (azure_checks.py). This module ties
+Requests are built by builders.py and sent with bounded resends
+(calls.py); answers are judged by pure functions (checks.py). This module ties
 them to the Backend contract. Waiting is injectable (clock, sleep) so its logic is tested
 without sleeping. What a real node leaves behind is not relied on: with an auto pool the node
 and its files are gone when the job ends, so logs are read from the output blobs.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from datetime import datetime, timezone
@@ -19,17 +20,17 @@ from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError,
                                    ResourceExistsError, ResourceNotFoundError, ServiceRequestError,
                                    ServiceResponseError)
 
-from common import batch_builders as bb
-from common import storage as st
-from common.backends.azure_calls import add_tasks, create_job, end_with_last_task, send
-from common.backends.azure_checks import (error_code, failure_words, image_problem, pool_health,
+from common.backends.azure import builders as bb
+from common.backends.azure import storage as st
+from common.backends.azure.calls import add_tasks, create_job, end_with_last_task, send
+from common.backends.azure.checks import (error_code, failure_words, image_problem, pool_health,
                                           pool_mismatch, pool_state, service_words, value_of)
-from common.backends.base import Backend, BlobStore, StatusCallback
+from common.backends.base import Backend, BlobStore, Capabilities, StatusCallback
 from common.config import Settings
-from common.entra import batch_credential
+from common.backends.azure.entra import batch_credential
 from common.errors import ToolError
 from common.model import JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure, TaskStats
-from common.network import ReportingRetry, RequestLog
+from common.backends.azure.network import ReportingRetry, RequestLog
 
 POOL_READY_TIMEOUT_SECONDS = 30 * 60
 DELETE_WAIT_SECONDS = 120
@@ -38,11 +39,14 @@ STDERR_TAIL_BYTES = 4096
 
 class AzureBackend(Backend):
     name = "azure"
+    capabilities = Capabilities(bills=True, spot=True)  # type: ignore[assignment]
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] | None = None,
                  log: RequestLog | None = None) -> None:
         """`say` tells the user of each SDK retry as it happens; `log` (-v) logs each request."""
+        if log is None:  # the SDKs log handled conditions (a 404 they recover from) as warnings
+            logging.getLogger("azure").setLevel(logging.ERROR)
         app = settings.app
         self.settings = settings
         self.clock, self.sleep = clock, sleep

@@ -68,7 +68,7 @@ def start_reaper(pool: Path, mark: str) -> int:
     """Start the reaper of the calling agent; returns the pipe's write end, which the agent
     keeps open (never writing to it) for as long as it lives."""
     read_end, write_end = os.pipe()  # neither is inherited by tasks (close_fds, O_CLOEXEC)
-    proc = subprocess.Popen([sys.executable, "-m", "common.backends.local_reaper", str(pool), mark],
+    proc = subprocess.Popen([sys.executable, "-m", "common.backends.local.reaper", str(pool), mark],
                             stdin=read_end, stdout=subprocess.DEVNULL, cwd=pool,
                             start_new_session=True)  # survives a kill of the agent's group
     os.close(read_end)
