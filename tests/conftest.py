@@ -139,3 +139,16 @@ def fake_batch(test_images):
     assert not fake.server_errors, "fake Batch crashed:\n" + "\n".join(fake.server_errors)
     assert not fake.response_problems, "fake Batch answered off-spec: " + "; ".join(
         fake.response_problems[:5])
+
+
+# ---------------------------------------------------------------------------- test tiers
+
+# A test that uses one of these runs processes, servers or containers: the full tier only.
+# Others that do so without them say `pytest.mark.slow` themselves.
+SLOW_FIXTURES = frozenset({"azurite", "fake_batch", "test_images", "script_env", "campaign"})
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -76,7 +76,8 @@ def azure_env(script_env) -> dict[str, str]:
     # The example's image runs EXAMPLE_HISTORIES histories (tests/support/images.py): the local
     # backend, which runs on this machine, gets the same number from the script environment.
     assert script_env["EXAMPLE_HISTORIES"] == EXAMPLE_HISTORIES
-    return {**script_env, "BATCH_TOOL_POLL_SECONDS": "0.2"}
+    # Faults are injected on purpose: the same retries, a fraction of their back-off.
+    return {**script_env, "BATCH_TOOL_POLL_SECONDS": "0.2", "BATCH_TOOL_RETRY_SCALE": "0.05"}
 
 
 @pytest.fixture

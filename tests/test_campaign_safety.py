@@ -29,6 +29,8 @@ from common.workflow import Context, runner
 from common.workflow.records import existing
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # real processes racing, signals, big downloads
+
 RUNNER = str(REPO / "batch_simulation_runner.py")
 REDUCER = str(REPO / "batch_data_reducer.py")
 SLOW = """#!/bin/bash

@@ -11,6 +11,8 @@ from common.backends.local.backend import LocalBackend
 from common.model import COMPLETION, SUCCESS, InputFile, JobSpec, OutputFile, PoolSpec, TaskSpec
 from conftest import stop_local_pools
 
+pytestmark = pytest.mark.slow  # pool agents are real processes
+
 
 @pytest.fixture
 def backend(tmp_path: Path):

@@ -190,6 +190,7 @@ def test_unreadable_files_and_folders_are_refused_by_name(campaign, script_env):
 # ---------------------------------------------------------------------------- large files
 
 
+@pytest.mark.slow  # writes and zips 2 GiB
 def test_a_file_of_2_gib_and_more_is_zipped_with_zip64(tmp_path):
     folder = tmp_path / "sim"
     folder.mkdir()

@@ -11,6 +11,8 @@ import pytest
 from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter, parse_answer
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # prompts in a real terminal (pexpect)
+
 DRIVER = textwrap.dedent("""
     import sys
     from common.cli import _ask

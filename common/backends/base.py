@@ -50,7 +50,8 @@ class BlobStore(ABC):
 
     @abstractmethod
     def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
-        """Every blob whose name starts with `prefix`, with its size and MD5 when known."""
+        """Every blob whose name starts with `prefix`, with its size and MD5 when known;
+        none when the container does not exist."""
 
     @abstractmethod
     def upload_file(self, source: BinaryIO, blob: str, md5: bytes) -> None:

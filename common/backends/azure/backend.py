@@ -12,7 +12,7 @@ import logging
 import os
 import time
 from datetime import datetime, timezone
-from typing import Callable
+from typing import Any, Callable
 
 import azure.batch.models as bm
 from azure.batch import BatchClient
@@ -30,8 +30,9 @@ from common.config import Settings
 from common.backends.azure.entra import batch_credential
 from common.errors import ToolError
 from common.model import JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure, TaskStats
-from common.backends.azure.network import ReportingRetry, RequestLog
+from common.backends.azure.network import ReportingRetry, RequestLog, retry_scale
 
+_RAISE = object()  # _call: no answer stands for a missing resource
 POOL_READY_TIMEOUT_SECONDS = 30 * 60
 DELETE_WAIT_SECONDS = 120
 STDERR_TAIL_BYTES = 4096
@@ -50,13 +51,15 @@ class AzureBackend(Backend):
         app = settings.app
         self.settings = settings
         self.clock, self.sleep = clock, sleep
+        scale = retry_scale()
+        self.backoff = (lambda seconds: sleep(seconds * scale)) if scale != 1 else sleep
         self.poll_seconds = float(os.environ.get("BATCH_TOOL_POLL_SECONDS", "5"))
         self.health_seconds = float(os.environ.get("BATCH_TOOL_HEALTH_SECONDS", "30"))
         self.account = st.account_from(app)
         self.storage = st.service_client(self.account, say, log)
         credential, scopes = batch_credential(app)
         self.client = BatchClient(app.batch_account_url, credential, credential_scopes=scopes,
-                                  retry_policy=ReportingRetry(say, retry_total=3),
+                                  retry_policy=ReportingRetry(say, retry_total=3, scale=scale),
                                   **(log.hooks() if log else {}))
 
     def close(self) -> None:
@@ -72,13 +75,17 @@ class AzureBackend(Backend):
 
     # -- requests ----------------------------------------------------------------------
 
-    def _call(self, what: str, action: Callable):
+    def _call(self, what: str, action: Callable, if_missing: Any = _RAISE):
         """Run one request (resent when that is safe); a failure becomes a ToolError in the
-        service's words. ResourceNotFoundError reaches the caller, who knows what it means."""
+        service's words. A 404 gives `if_missing` when the caller says what it means (a
+        job that is gone: None), else a ToolError that it does not exist."""
         try:
-            return send(what, action, self.sleep)
-        except ResourceNotFoundError:
-            raise
+            return send(what, action, self.backoff)
+        except ResourceNotFoundError as error:
+            if if_missing is _RAISE:
+                raise ToolError(f"{what} does not exist on the Batch account "
+                                f"({service_words(error)})") from None
+            return if_missing
         except (HttpResponseError, ServiceRequestError, ServiceResponseError) as error:
             raise self._error(what, error) from None
 
@@ -129,10 +136,7 @@ class AzureBackend(Backend):
         return pool
 
     def _lookup_pool(self, pool_id: str) -> bm.BatchPool | None:
-        try:
-            return self._call(f"pool {pool_id}", lambda: self.client.get_pool(pool_id))
-        except ResourceNotFoundError:
-            return None
+        return self._call(f"pool {pool_id}", lambda: self.client.get_pool(pool_id), if_missing=None)
 
     def _check_image(self, on_status: StatusCallback) -> None:
         images = self._call("listing supported images", lambda: list(self.client.list_supported_images()))
@@ -237,11 +241,11 @@ class AzureBackend(Backend):
             self._check_image(on_status)
         urls = self.task_urls(job)
         options = bb.job_options(job, self.node_setup(job.image), urls)
-        create_job(self.client, options, job.owner, self.sleep)
+        create_job(self.client, options, job.owner, self.backoff)
         add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls) for t in job.tasks],
-                  sleep=self.sleep)
+                  sleep=self.backoff)
         if job.seal:
-            end_with_last_task(self.client, job.job_id, self.sleep)
+            end_with_last_task(self.client, job.job_id, self.backoff)
         if job.auto_pool is None:
             return job.pool_id
         pool_id = self._auto_pool_id(job.job_id)
@@ -253,10 +257,10 @@ class AzureBackend(Backend):
     def add_tasks(self, job: JobSpec) -> None:
         urls = self.task_urls(job)
         add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls) for t in job.tasks],
-                  sleep=self.sleep)
+                  sleep=self.backoff)
 
     def seal_job(self, job_id: str) -> None:
-        end_with_last_task(self.client, job_id, self.sleep)
+        end_with_last_task(self.client, job_id, self.backoff)
 
     def active_task_ids(self, job_id: str) -> list[str]:
         tasks = self._call(f"job {job_id}", lambda: list(self.client.list_tasks(
@@ -270,10 +274,8 @@ class AzureBackend(Backend):
 
     def delete_tasks(self, job_id: str, task_ids: list[str]) -> None:
         for task_id in task_ids:
-            try:
-                self._call(f"task {task_id}", lambda: self.client.delete_task(job_id, task_id))
-            except ResourceNotFoundError:
-                pass
+            self._call(f"task {task_id}", lambda: self.client.delete_task(job_id, task_id),
+                       if_missing=None)
 
     def _auto_pool_id(self, job_id: str) -> str:
         deadline = self.clock() + POOL_READY_TIMEOUT_SECONDS
@@ -290,10 +292,8 @@ class AzureBackend(Backend):
             self.sleep(self.poll_seconds)
 
     def job_state(self, job_id: str) -> str | None:
-        try:
-            return value_of(self._call(f"job {job_id}", lambda: self.client.get_job(job_id)).state)
-        except ResourceNotFoundError:
-            return None
+        job = self._call(f"job {job_id}", lambda: self.client.get_job(job_id), if_missing=None)
+        return None if job is None else value_of(job.state)
 
     def pool_exists(self, pool_id: str) -> bool:
         return self._lookup_pool(pool_id) is not None
@@ -378,7 +378,7 @@ class AzureBackend(Backend):
 
     def _delete(self, what: str, begin: Callable) -> None:
         try:
-            poller = send(f"deleting {what}", begin, self.sleep)
+            poller = send(f"deleting {what}", begin, self.backoff)
         except ResourceNotFoundError:
             return
         except HttpResponseError as error:

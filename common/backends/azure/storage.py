@@ -32,7 +32,8 @@ from common.config import AppConfig, Secret
 from common.errors import ToolError
 from common.model import BlobInfo
 from common.redaction import redact
-from common.backends.azure.network import ReportingStorageRetry, RequestLog, network_failure
+from common.backends.azure.network import (ReportingStorageRetry, RequestLog, network_failure,
+                                          retry_scale)
 
 STORAGE_RETRIES = 6  # per request, for a 503 or a cut read (a connection not made: 3)
 BLOCK_SIZE = 8 * 1024 * 1024
@@ -78,8 +79,8 @@ def service_client(account: StorageAccount, say: Callable[[str], None] | None = 
     return BlobServiceClient(
         account.url,
         credential=_credential(account),
-        retry_policy=ReportingStorageRetry(say, initial_backoff=1, increment_base=2,
-                                           retry_total=STORAGE_RETRIES),
+        retry_policy=ReportingStorageRetry(say, scale=retry_scale(), initial_backoff=1,
+                                           increment_base=2, retry_total=STORAGE_RETRIES),
         **(log.hooks() if log else {}),
         transport=RequestsTransport(session=session, session_owner=True),
         max_single_put_size=BLOCK_SIZE, max_block_size=BLOCK_SIZE,
@@ -159,8 +160,11 @@ class AzureBlobStore(BlobStore):
 
     @_translated("listing blobs")
     def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
-        return [BlobInfo(b.name, b.size, _md5(b.content_settings.content_md5))
-                for b in self.client.list_blobs(name_starts_with=prefix or None)]
+        try:
+            return [BlobInfo(b.name, b.size, _md5(b.content_settings.content_md5))
+                    for b in self.client.list_blobs(name_starts_with=prefix or None)]
+        except ResourceNotFoundError:  # no container: nothing in it (the contract)
+            return []
 
     @_translated("uploading")
     def upload_file(self, source, blob: str, md5: bytes) -> None:  # source: BinaryIO, as in base.py

@@ -194,7 +194,8 @@ class LocalBackend(Backend):
         if not (pool / "pool.json").exists():
             raise ToolError(f"local pool {job.pool_id} does not exist: create it before the job")
         jdir = lay.job_dir(pool, job.job_id)
-        known = (lay.read_json(jdir / "job.json") or {}).get("tasks", [])
+        existing = lay.read_json(jdir / "job.json") or {}
+        known = existing.get("tasks", [])
         new = [t for t in job.tasks if t.task_id not in known]
         for task in new:
             lay.write_json(lay.task_dir(jdir, task.task_id) / "task.json", lay.task_to_json(task))
@@ -203,6 +204,8 @@ class LocalBackend(Backend):
                                            "container": job.container,
                                            "auto_pool": job.auto_pool is not None,
                                            "preparation": prep,
+                                           # tasks added later leave it as it was
+                                           "sealed": existing.get("sealed", job.seal),
                                            "tasks": known + [t.task_id for t in new]})
         batch = len(list((jdir / "queue").glob("*.json")))
         lay.write_json(jdir / "queue" / f"{batch:06d}.json", [t.task_id for t in new])
@@ -213,8 +216,13 @@ class LocalBackend(Backend):
         self.submit_job(job, lambda _: None)  # new task ids go into the job's next queue batch
 
     def seal_job(self, job_id: str) -> None:
-        """Nothing to do: a local job's state follows its tasks (completed once none waits or
-        runs), and its pool bills nothing while it waits for more."""
+        """From now on the job is completed once none of its tasks waits or runs."""
+        jdir = self._job(job_id)
+        if jdir is None:
+            raise ToolError(f"local job {job_id} does not exist")
+        spec = lay.read_json(jdir / "job.json") or {}
+        spec["sealed"] = True
+        lay.write_json(jdir / "job.json", spec)
 
     def active_task_ids(self, job_id: str) -> list[str]:
         _, states = self._states(job_id)
@@ -242,7 +250,8 @@ class LocalBackend(Backend):
         if self._job(job_id) is None:
             return None
         counts = self.task_counts(job_id)
-        return "active" if counts.active or counts.running else "completed"
+        sealed = (lay.read_json(self._job(job_id) / "job.json") or {}).get("sealed", True)
+        return "active" if counts.active or counts.running or not sealed else "completed"
 
     def pool_exists(self, pool_id: str) -> bool:
         return (lay.pool_dir(self.root, pool_id) / "pool.json").exists()
