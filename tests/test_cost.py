@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.cost import (CostMeter, NodeCounts, NodeHours, PriceUnknown, Prices, Unknown,
+from common.billing.cost import (CostMeter, NodeCounts, NodeHours, PriceUnknown, Prices, Unknown,
                          cost_of, expected, format_estimate, format_money, format_price,
                          format_prices, format_usage, makespan_seconds, missing_price,
                          upper_bound)

@@ -178,6 +178,28 @@ def test_campaign_survives_busy_batch_and_throttled_storage(az, azure_env, azuri
     assert az.leftovers() == ([], [])
 
 
+def test_a_storage_refusal_mid_run_is_one_line_and_nothing_bills(az, azure_env, azurite):
+    """The blob store keeps the backend contract: a 403 after the job ran (a rotated key, a
+    removed role) reaches the user as one line with exit 1 — never "internal error" — and the
+    guard deletes what bills first."""
+    # listing the task outputs, which happens once the tasks are done (not the merged result)
+    proxy, url = start_in_subprocess(azurite.url, forbid=r"prefix=nodes_output%2F(&|$)")
+    try:
+        az.app["STORAGE_ACCOUNT_URL"] = url
+        write_json(az.root / "appconfig.json", az.app)
+        az.update(TASK_COUNT=1, POOL_NODE_COUNT=1)
+        runner = az.run(RUNNER, "--no-input", env=azure_env)
+    finally:
+        proxy.terminate()
+    assert runner.returncode == 1, runner.stderr
+    assert "internal error" not in runner.stderr and "Traceback" not in runner.stderr
+    last = runner.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: storage account {AZURITE_ACCOUNT}: listing blobs ({az.sim_id})")
+    assert "AuthorizationPermissionMismatch" in last and "STORAGE_ACCOUNT_KEY" in last
+    assert "The campaign stopped with an error. Delete job" in runner.stderr, runner.stderr
+    assert az.leftovers() == ([], [])
+
+
 # ---------------------------------------------------------------------------- Ctrl-C, for real
 
 

@@ -8,10 +8,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from common.cost import PriceUnknown, Prices, Unknown
-from common.price_list import (BadAnswer, Meter, PriceKey, canonical_vm_size, choose_prices,
+from common.billing.cost import PriceUnknown, Prices, Unknown
+from common.billing.price_list import (BadAnswer, Meter, PriceKey, canonical_vm_size, choose_prices,
                                parse_page, query_url, region_from_batch_url, same_origin)
-from common.pricing import (CACHE_FORMAT, PRICES_URL_ENV, LookupOptions, cache_path, lookup,
+from common.billing.pricing import (CACHE_FORMAT, PRICES_URL_ENV, LookupOptions, cache_path, lookup,
                             prices_for_campaign)
 from tests.support.price_server import PriceServer, vm_item
 

@@ -1,8 +1,8 @@
 """What a campaign costs: prices at the start, node-hours while it runs, the budget.
 
-Prices come from the simconfig or the Azure Retail Prices API (common/pricing.py, cached a
+Prices come from the simconfig or the Azure Retail Prices API (common/billing/pricing.py, cached a
 day); node-hours are integrated from what the pool reports — dedicated and Spot apart, from
-allocation on, preempted Spot nodes not counted (common/cost.py). With MAX_COST set, the
+allocation on, preempted Spot nodes not counted (common/billing/cost.py). With MAX_COST set, the
 wait stops as soon as the cost so far reaches it, within one poll, and the job and pool are
 deleted as after Ctrl-C; the data is kept. On the local backend nothing bills.
 """
@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from common.cost import (CostMeter, NodeCounts, NodeHours, Prices, PriceUnknown, format_estimate,
+from common.billing.cost import (CostMeter, NodeCounts, NodeHours, Prices, PriceUnknown, format_estimate,
                          format_money, format_prices, format_usage, missing_price, upper_bound)
 from common.errors import ToolError
 from common.model import PoolHealth
-from common.pricing import prices_for_campaign
+from common.billing.pricing import prices_for_campaign
 from common.workflow.context import Context
 
 # The job's own wall clock ends it after TIMEOUT_MINUTES plus this (common/campaign.py).
@@ -88,7 +88,7 @@ def start_metering(ctx: Context) -> Metering | None:
 def estimate_lines(ctx: Context, task_seconds: tuple[float, ...] = ()) -> list[str]:
     """For --dry-run: the most the campaign can cost (every node for the job's longest life)
     and, from an earlier campaign's task durations, what it is expected to cost."""
-    from common.cost import expected
+    from common.billing.cost import expected
     prices = campaign_prices(ctx)
     if prices is None:
         return [f"  cost: none ({ctx.backend.name} backend)"]

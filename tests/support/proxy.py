@@ -3,12 +3,15 @@
 Azurite on loopback answers in well under a millisecond; a real storage account is 10-50 ms
 away. Put this in front of it to see what parallel transfers buy (`delay`), to count what
 an upload really sent (`bytes_in`), or to answer a fraction of requests with 503 Server
-Busy as a throttled account does (`fail_fraction`).
+Busy as a throttled account does (`fail_fraction`), or to refuse every request whose path
+matches a pattern with 403, as an account does once a key is rotated or a role removed
+(`forbid`).
 """
 from __future__ import annotations
 
 import http.client
 import random
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,7 +23,7 @@ _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authoriz
 
 class DelayProxy:
     def __init__(self, upstream: str, delay: float = 0.0, fail_fraction: float = 0.0,
-                 seed: int = 1) -> None:
+                 seed: int = 1, forbid: str = "") -> None:
         parts = urlsplit(upstream)
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
@@ -28,6 +31,7 @@ class DelayProxy:
         self.delay = delay
         self.fail_fraction = fail_fraction
         self.fail_next = 0  # answer this many of the next requests 503, then pass them on
+        self.forbid = forbid  # a regex: answer 403 to every request whose path and query match
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests = 0
@@ -85,6 +89,9 @@ class DelayProxy:
                 body = self.rfile.read(length) if length else b""
                 if proxy.delay:
                     time.sleep(proxy.delay)
+                if proxy.forbid and re.search(proxy.forbid, self.path):
+                    self._refuse()
+                    return
                 if proxy._should_fail():
                     self._busy()
                     return
@@ -119,12 +126,26 @@ class DelayProxy:
                 self.wfile.write(body)
                 self.wfile.flush()
 
+            def _refuse(self) -> None:
+                body = (b'<?xml version="1.0" encoding="utf-8"?><Error><Code>'
+                        b"AuthorizationPermissionMismatch</Code><Message>This request is not "
+                        b"authorized to perform this operation using this permission (injected "
+                        b"by the test proxy).</Message></Error>")
+                self.send_response(403, "Forbidden")
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("x-ms-error-code", "AuthorizationPermissionMismatch")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = do_PATCH = _forward
 
         return Handler
 
 
-def start_in_subprocess(upstream: str, delay: float = 0.0, fail_fraction: float = 0.0):
+def start_in_subprocess(upstream: str, delay: float = 0.0, fail_fraction: float = 0.0,
+                        forbid: str = ""):
     """The proxy in its own process, so its threads do not share the caller's GIL.
 
     Returns (process, url). Stop it with process.terminate().
@@ -134,7 +155,7 @@ def start_in_subprocess(upstream: str, delay: float = 0.0, fail_fraction: float 
     from pathlib import Path
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-m", "tests.support.proxy", upstream, str(delay),
-                             str(fail_fraction)], cwd=repo, stdout=subprocess.PIPE, text=True)
+                             str(fail_fraction), forbid], cwd=repo, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     url = proc.stdout.readline().strip()
     if not url.startswith("http://"):
@@ -145,6 +166,7 @@ def start_in_subprocess(upstream: str, delay: float = 0.0, fail_fraction: float 
 
 if __name__ == "__main__":
     import sys
-    server = DelayProxy(sys.argv[1], delay=float(sys.argv[2]), fail_fraction=float(sys.argv[3]))
+    server = DelayProxy(sys.argv[1], delay=float(sys.argv[2]), fail_fraction=float(sys.argv[3]),
+                        forbid=sys.argv[4] if len(sys.argv) > 4 else "")
     print(server.url, flush=True)
     server.server.serve_forever()

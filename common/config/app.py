@@ -7,10 +7,10 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from common.config_files import Problems
-from common.config_model import (APP_KEYS, BACKENDS, DEFAULT_NODE_AGENT_SKU_ID,
+from common.config.files import Problems
+from common.config.model import (APP_KEYS, BACKENDS, DEFAULT_NODE_AGENT_SKU_ID,
                                  DEFAULT_POOL_IMAGE, SIM_KEYS, AppConfig, PoolImage, Secret)
-from common.config_reader import PLACEHOLDER, Reader
+from common.config.reader import PLACEHOLDER, Reader
 from common.redaction import mask_url_credentials
 
 _STORAGE_NAME_RE = re.compile(r"^[a-z0-9]{3,24}$")

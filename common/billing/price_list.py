@@ -3,7 +3,7 @@
 Owns: the region of a Batch account URL (and whether its cloud has a public price list),
 the spelling of VM sizes the price list uses, the query URL, parsing a page of the answer,
 and the choice of meters: Linux pay-as-you-go for dedicated nodes, Spot for Spot nodes.
-No I/O here; common/pricing.py asks the API, pages, caches and bounds the time.
+No I/O here; pricing.py asks the API, pages, caches and bounds the time.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote, urlsplit
 
-from common.cost import PriceUnknown, Prices, Unknown
+from common.billing.cost import PriceUnknown, Prices, Unknown
 
 
 class BadAnswer(ValueError):

@@ -1,16 +1,16 @@
 """What the two config files hold once read and checked: frozen dataclasses and limits.
 
 The keys each file may hold, the ranges checked, `Secret` (a value that never shows itself)
-and the Settings the scripts run on. Reading and checking live in config_reader.py (typed
-access to one file), config_app.py (appconfig.json), config_sim.py (simconfig.json) and
-config.py (both files together).
+and the Settings the scripts run on. Reading and checking live in reader.py (typed
+access to one file), app.py (appconfig.json), sim.py (simconfig.json) and
+__init__.py (both files together).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from common.config_goals import GOAL_KEYS, Goals
+from common.config.goals import GOAL_KEYS, Goals
 
 BACKENDS = ("local", "azure")
 BUILTIN_TOPAS = "builtin:topas"

@@ -1,7 +1,7 @@
 """Typed access to one config file's keys, recording every problem instead of stopping.
 
 A Reader gives strings, numbers, paths and secrets with their checks done, and turns each
-problem into one line `<file>: <KEY>: <what is wrong>: <how to fix it>` (config_files.py
+problem into one line `<file>: <KEY>: <what is wrong>: <how to fix it>` (files.py
 collects them), so a user fixes a config in one go.
 """
 from __future__ import annotations
@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from common.config_files import Problems
-from common.config_files import display
-from common.config_model import Secret
+from common.config.files import Problems
+from common.config.files import display
+from common.config.model import Secret
 
 # A template's placeholder: "<storage account name>", "https://<account>.<region>.batch.azure.com"
 PLACEHOLDER = re.compile(r"<[^<>]+>")

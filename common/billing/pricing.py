@@ -1,6 +1,6 @@
 """VM prices per node-hour from the Azure Retail Prices API, cached on disk for a day.
 
-Owns the effects around common/price_list.py: the HTTP GETs with their paging and time
+Owns the effects around price_list.py: the HTTP GETs with their paging and time
 limit, the one-day disk cache, and `prices_for_campaign`, where prices from the
 configuration win. HTTP, the cache folder and the clock are injected (`LookupOptions`).
 A lookup never raises: an offline machine gets a `PriceUnknown` with the reason within
@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
-from common.cost import PriceUnknown, Prices, Unknown
-from common.price_list import (BadAnswer, Meter, PriceKey, choose_prices, parse_page, price_key,
+from common.billing.cost import PriceUnknown, Prices, Unknown
+from common.billing.price_list import (BadAnswer, Meter, PriceKey, choose_prices, parse_page, price_key,
                                query_url, region_from_batch_url, same_origin)
 
 DEFAULT_PRICES_URL = "https://prices.azure.com/api/retail/prices"

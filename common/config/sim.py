@@ -5,11 +5,11 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from common.config_files import Problems, display
-from common.config_goals import read_goals
-from common.config_model import (APP_KEYS, BUILTIN_TOPAS, DEFAULT_TIMEOUT_MINUTES, MAX_NODES,
+from common.config.files import Problems, display
+from common.config.goals import read_goals
+from common.config.model import (APP_KEYS, BUILTIN_TOPAS, DEFAULT_TIMEOUT_MINUTES, MAX_NODES,
                                  MAX_SIM_ID, MAX_TASKS, MAX_TIMEOUT_MINUTES, SIM_KEYS, SimConfig)
-from common.config_reader import Reader, json_type
+from common.config.reader import Reader, json_type
 
 _SIM_ID_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?!-))*[A-Za-z0-9]$")
 

@@ -1,7 +1,7 @@
 """What a campaign's nodes cost: prices, node-hours, the running meter, estimates, summaries.
 
 Owns the arithmetic only: no network, no disk, no clock of its own (the meter is given one).
-Where prices come from is common/pricing.py; this module takes them as `Prices` (or
+Where prices come from is pricing.py; this module takes them as `Prices` (or
 `PriceUnknown`, which every function here accepts and reports instead of a cost).
 
 Counts are what a pool reports (Batch: currentDedicatedNodes and currentLowPriorityNodes,

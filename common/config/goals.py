@@ -2,7 +2,7 @@
 adaptive campaign, Spot nodes, prices and the budget. All optional: without them a campaign
 runs its TASK_COUNT tasks on dedicated nodes, as before.
 
-Read with the same reader as the rest of the simconfig (common/config_reader.py), so every problem
+Read with the same reader as the rest of the simconfig (common/config/reader.py), so every problem
 is one line naming the file, the key and the fix.
 """
 from __future__ import annotations

@@ -11,13 +11,13 @@ import os
 from pathlib import Path
 from typing import Mapping
 
-from common.config_app import read_app
-from common.config_files import Problems, display, read_json_object
-from common.config_model import (APP_KEYS, BACKENDS, BUILTIN_TOPAS, MAX_SIM_ID,
+from common.config.app import read_app
+from common.config.files import Problems, display, read_json_object
+from common.config.model import (APP_KEYS, BACKENDS, BUILTIN_TOPAS, MAX_SIM_ID,
                                  SECRET_KEYS, SIM_KEYS, AppConfig, PoolImage, Secret, SimConfig,
                                  Settings)
-from common.config_reader import Reader
-from common.config_sim import read_sim
+from common.config.reader import Reader
+from common.config.sim import read_sim
 
 # The names the rest of the tool takes from here.
 __all__ = ["APP_KEYS", "BACKENDS", "BUILTIN_TOPAS", "MAX_SIM_ID", "SECRET_KEYS", "SIM_KEYS",
