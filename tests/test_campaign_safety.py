@@ -22,10 +22,11 @@ from common.backends.local.backend import LocalBackend
 from common.config import load_settings
 from common.errors import ToolError
 from common.manifest import JobRecord, Manifest, ManifestFile, load
+from common.model import JobKind
 from common.prompts import NO_INPUT, Prompter
 from common.transfer import DownloadReport
 from common.ui import Ui
-from common.workflow import Context, runner
+from common.workflow import Context, Run, runner
 from common.workflow.records import existing
 from conftest import REPO
 
@@ -212,8 +213,8 @@ def test_the_earlier_merged_result_stays_in_storage_when_no_copy_could_be_made(
                   ui=Ui(Console(file=io.StringIO())))
     with pytest.raises(ToolError, match=r"could not keep a copy of the earlier merged result "
                                         r"\(nodes_output/results/runs.txt: disk full\); it stays"):
-        runner.set_aside_merged_result(ctx, ctx.backend.blob_store(ctx.ids.container),
-                                       existing(ctx))
+        runner.set_aside_merged_result(Run(ctx, ctx.backend.blob_store(ctx.ids.container),
+                                           existing(ctx), JobKind.REDUCER))
     assert sorted(campaign.container.glob("nodes_output/results/*")) == stored
 
 

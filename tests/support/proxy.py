@@ -116,24 +116,20 @@ class DelayProxy:
                 proxy._count(len(body), len(data))
 
             def _busy(self) -> None:
-                body = (b'<?xml version="1.0" encoding="utf-8"?><Error><Code>ServerBusy</Code>'
-                        b"<Message>The server is busy (injected by the test proxy).</Message></Error>")
-                self.send_response(503, "Server Busy")
-                self.send_header("Content-Type", "application/xml")
-                self.send_header("x-ms-error-code", "ServerBusy")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-                self.wfile.flush()
+                self._error(503, "Server Busy", "ServerBusy", "The server is busy")
 
             def _refuse(self) -> None:
-                body = (b'<?xml version="1.0" encoding="utf-8"?><Error><Code>'
-                        b"AuthorizationPermissionMismatch</Code><Message>This request is not "
-                        b"authorized to perform this operation using this permission (injected "
-                        b"by the test proxy).</Message></Error>")
-                self.send_response(403, "Forbidden")
+                self._error(403, "Forbidden", "AuthorizationPermissionMismatch",
+                            "This request is not authorized to perform this operation using "
+                            "this permission")
+
+            def _error(self, status: int, reason: str, code: str, message: str) -> None:
+                """An error as Azure Storage answers it (XML body, x-ms-error-code)."""
+                body = (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
+                        f"<Message>{message} (injected by the test proxy).</Message></Error>").encode()
+                self.send_response(status, reason)
                 self.send_header("Content-Type", "application/xml")
-                self.send_header("x-ms-error-code", "AuthorizationPermissionMismatch")
+                self.send_header("x-ms-error-code", code)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
