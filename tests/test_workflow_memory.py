@@ -111,3 +111,17 @@ def test_status_reads_the_manifest_and_asks_the_service(tiny):
     text = "\n".join(outcome.summary)
     assert "workers job tiny-campaign-workers-" in text and "deleted by this tool" in text
     assert "3 output file(s) in 3 run folder(s) (and 6 log file(s))" in text
+
+
+def test_a_backend_that_cannot_add_tasks_refuses_an_adaptive_campaign_before_anything(tiny):
+    from dataclasses import replace
+    backend = MemoryBackend()
+    backend.capabilities = replace(backend.capabilities, adds_tasks=False)
+    tiny.update(TARGET_UNCERTAINTY_PERCENT=1.0, TARGET_SCORER="Dose.csv")
+    run = Run(tiny, backend)
+    with pytest.raises(ToolError) as refused:
+        run_simulation(run.ctx)
+    assert refused.value.exit_code == 2
+    assert "TARGET_UNCERTAINTY_PERCENT: the memory backend cannot add tasks" in refused.value.lines[0]
+    assert backend.calls == [] and backend.containers == {}
+    assert not run.ctx.manifest_path.exists()

@@ -28,6 +28,9 @@ class Capabilities:
 
     bills: bool  # its pools cost money: prices, cost meter, MAX_COST, "delete the pool?"
     spot: bool = False  # Spot nodes are real (preempted, requeued); else SPOT_NODE_COUNT is a node count
+    # Tasks can be added to a job that runs (an adaptive campaign's waves). Without it,
+    # add_tasks raises ToolError and adaptive campaigns are refused before anything exists.
+    adds_tasks: bool = True
 
 
 class BlobStore(ABC):

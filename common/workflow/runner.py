@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 from common import campaign as cp
 from common.backends.base import BlobStore
-from common.errors import EXIT_OK, ToolError
+from common.errors import EXIT_OK, ToolError, usage_error
 from common.model import JobKind, JobSpec, Script, TaskCounts
 from common.packaging import Archive, build_archive
 from common.transfer import download_prefix, upload_if_changed
@@ -33,6 +33,11 @@ def run_simulation(ctx: Context) -> Outcome:
     settings, ids, sim = ctx.settings, ctx.ids, ctx.settings.sim
     ctx.ui.step(f"Campaign {sim.sim_id}: {sim.task_count} task(s) on {sim.pool_node_count} "
                 f"node(s), {settings.backend} backend")
+    if sim.goals.adaptive and not ctx.backend.capabilities.adds_tasks:
+        raise usage_error(f"{sim.path.name}: TARGET_UNCERTAINTY_PERCENT: the {ctx.backend.name} "
+                          "backend cannot add tasks to a running job, which a campaign aimed at "
+                          "an uncertainty needs: remove the key and set TASK_COUNT, or use "
+                          "another backend")
     refuse_if_busy(ctx, JobKind.WORKERS)
     store = ctx.backend.blob_store(ids.container)
     replaced = runs_in_the_way(ctx, store, tuple(sim.task_indices))
