@@ -169,8 +169,12 @@ def container_argv(image: ContainerImage, options: RunOptions, command_line: str
 
 
 def user_for(identity: dict[str, Any] | None, serial: int) -> int:
-    """The uid Batch maps the task's user to: root only for an admin auto-user."""
-    auto = (identity or {}).get("autoUser") or {}
+    """The uid Batch maps the task's user to: root only for an admin auto-user. Without a
+    userIdentity the spec says "the Task runs as a non-administrative user unique to the
+    Task": not the pool's auto-user, whom another task could share files with."""
+    if identity is None:
+        return TASK_USER_UID_BASE + serial % 1000
+    auto = identity.get("autoUser") or {}
     if str(auto.get("elevationLevel", "nonadmin")).lower() == "admin":
         return ROOT_UID
     if str(auto.get("scope", "pool")).lower() == "task":
@@ -200,6 +204,7 @@ class Launch:
     env: dict[str, str]
     working_dir: Path
     mounts: tuple[Path, ...] = field(default=())  # read-write, at the same path (node root)
+    read_only: tuple[Path, ...] = field(default=())  # read-only, at the same path
 
 
 def _image_tree(rootfs: Path) -> list[str]:
@@ -231,6 +236,12 @@ def bwrap_command(launch: Launch) -> list[str]:
             args += ["--ro-bind", host, host]
     for mount in launch.mounts:
         args += ["--bind", str(mount), str(mount)]
+    for mount in launch.read_only:
+        args += ["--ro-bind", str(mount), str(mount)]
+    inside_image = (image.rootfs / str(launch.working_dir).lstrip("/")).exists()
+    if not inside_image and not any(m == launch.working_dir or m in launch.working_dir.parents
+                                    for m in launch.mounts + launch.read_only):
+        args += ["--dir", str(launch.working_dir)]  # as `docker create -w` makes a missing one
     args += ["--uid", str(launch.uid), "--gid", str(launch.uid), "--chdir", str(launch.working_dir),
              "--clearenv"]
     for key, value in launch.env.items():

@@ -38,7 +38,7 @@ from .auth import Credentials, authenticate
 from .knobs import Knobs
 from .runner import Engine
 from .spec import API_VERSION, INVALID_BODY, MISSING, Problem, load_spec
-from .state import Store, Task
+from .state import PreparationRun, Store, Task
 
 JSON_TYPE = "application/json;odata=minimalmetadata"
 
@@ -173,6 +173,13 @@ class FakeBatch:
         """Every task ever added (also of deleted jobs), in order. Treat as read-only."""
         with self.store.lock:
             return list(self.store.all_tasks)
+
+    @property
+    def preparation_runs(self) -> list[PreparationRun]:
+        """Every job preparation task that finished on a node, in order (a re-created Spot
+        node adds one more). Treat as read-only."""
+        with self.store.lock:
+            return list(self.store.preparation_runs)
 
     @property
     def server_errors(self) -> list[str]:

@@ -71,6 +71,10 @@ class Node(Versioned):
     process: subprocess.Popen | None = field(default=None, repr=False, compare=False)  # start task
     root: Path | None = None  # AZ_BATCH_NODE_ROOT_DIR: gone with the node
     preparations: dict[str, "Preparation"] = field(default_factory=dict)  # job key -> its run here
+    # Each time Azure re-creates the VM (a preempted Spot node coming back) its disk and job
+    # preparation state start anew; the node keeps its id.
+    incarnation: int = 1
+    boot_time: datetime = field(default_factory=utcnow)
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -99,7 +103,7 @@ class Node(Versioned):
             "state": self.state,
             "schedulingState": "enabled",
             "stateTransitionTime": iso(self.state_time),
-            "lastBootTime": iso(self.allocation_time),
+            "lastBootTime": iso(self.boot_time),
             "allocationTime": iso(self.allocation_time),
             "ipAddress": self.ip,
             "ipv6Address": "fd00::" + self.ip.replace(".", ":"),
@@ -138,6 +142,19 @@ class Preparation:
             "taskRootDirectory": relative_dir, "taskRootDirectoryUrl": f"{root_url}/{relative_dir}",
             "exitCode": self.exit_code, "failureInfo": self.failure_info,
             "retryCount": self.retry_count, "result": self.result})
+
+
+@dataclass(frozen=True)
+class PreparationRun:
+    """One finished run of a job preparation task, kept after its node is gone (the records
+    tests read: a re-created Spot node runs the preparation task again)."""
+
+    job_id: str
+    pool_id: str
+    node_id: str
+    incarnation: int  # of the node: 2 = the first VM after a preemption
+    result: str  # success / failure
+    exit_code: int | None
 
 
 @dataclass
@@ -389,6 +406,7 @@ class Store:
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
         self.all_tasks: list[Task] = []  # every task ever added, also of deleted jobs
+        self.preparation_runs: list[PreparationRun] = []  # every job preparation that finished
         self._serial = 0
 
     def next_serial(self) -> int:

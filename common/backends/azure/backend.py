@@ -168,6 +168,10 @@ class AzureBackend(Backend):
                 if warning not in said:
                     on_status(f"warning: {warning} (the campaign goes on with the other nodes)")
                     said.add(warning)
+            for note in state.notes:
+                if note not in said:
+                    on_status(note)
+                    said.add(note)
             if state.ready:
                 return
             if self.clock() > deadline:

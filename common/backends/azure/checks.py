@@ -19,9 +19,10 @@ from common.redaction import redact
 
 BROKEN_NODE_STATES = {"starttaskfailed", "unusable"}
 READY_NODE_STATES = {"idle", "running"}
-# Nodes on their way to running tasks: not a reason to give up on a pool.
+# Nodes on their way to running tasks: not a reason to give up on a pool. A preempted Spot
+# node is one too: it still counts in the pool and Batch re-creates it when capacity returns.
 COMING_NODE_STATES = {"creating", "starting", "waitingforstarttask", "rebooting", "reimaging",
-                      "upgradingos"}
+                      "upgradingos", "preempted"}
 
 
 def value_of(state: object) -> str:
@@ -59,6 +60,7 @@ class PoolState:
     summary: str
     error: str | None = None  # no node can run tasks, and none is on its way
     warnings: tuple[str, ...] = ()  # problems that leave the pool usable
+    notes: tuple[str, ...] = ()  # what the service does by itself (preempted Spot nodes)
 
 
 def pool_state(pool: bm.BatchPool, nodes: list[bm.BatchNode]) -> PoolState:
@@ -74,11 +76,14 @@ def pool_state(pool: bm.BatchPool, nodes: list[bm.BatchNode]) -> PoolState:
     resize = [f"{e.code}: {e.message}" for e in pool.resize_errors or []]
     broken = [node_problem(pool.id, n) for n in nodes if value_of(n.state) in BROKEN_NODE_STATES]
     warnings = tuple([f"pool {pool.id} did not get all its nodes: {w}" for w in resize] + broken)
+    preempted = counts.get("preempted", 0)
+    notes = (f"pool {pool.id}: {preempted} Spot node(s) preempted: Batch replaces them when "
+             "capacity returns",) if preempted else ()
     usable = sum(counts.get(s, 0) for s in READY_NODE_STATES)
     coming = sum(counts.get(s, 0) for s in COMING_NODE_STATES)
     steady = value_of(pool.allocation_state) == "steady"
     if usable:
-        return PoolState(True, summary, warnings=warnings)
+        return PoolState(True, summary, warnings=warnings, notes=notes)
     if nodes and counts.get("leavingpool", 0) == len(nodes):
         return PoolState(False, summary)  # the pool is going (its job ended): not a failure
     if steady and not coming:
@@ -86,7 +91,7 @@ def pool_state(pool: bm.BatchPool, nodes: list[bm.BatchNode]) -> PoolState:
             return PoolState(False, summary, f"pool {pool.id} cannot get its nodes: {'; '.join(resize)}")
         why = broken[0] if broken else f"pool {pool.id} has no nodes"
         return PoolState(False, summary, why)
-    return PoolState(False, summary, warnings=warnings)
+    return PoolState(False, summary, warnings=warnings, notes=notes)
 
 
 def node_problem(pool_id: str, node: bm.BatchNode) -> str:
