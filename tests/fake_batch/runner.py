@@ -175,7 +175,8 @@ class Engine:
         for index in range(count):
             suffix = "d" if index < dedicated else "p"
             node_id = f"tvmps_{pool.serial:04d}{index:04d}{uuid.uuid4().hex[:24]}_{suffix}"
-            pool.nodes.append(Node(
+            allocated = utcnow()
+            pool.nodes.append(Node(allocation_time=allocated, boot_time=allocated,
                 id=node_id, pool_id=pool.id, dedicated=index < dedicated, slots=pool.slots_per_node,
                 ip=f"10.{pool.serial % 250}.{index // 250}.{index % 250 + 4}",
                 ready_at=now + self.knobs.node_start_delay,
