@@ -102,12 +102,91 @@ def test_dry_run_without_keys_sends_nothing(tmp_path, azurite_https, fake_https,
     assert fake_https.request_count == 0 and tokens.resources == []
 
 
+# The Batch service's resource ID in each cloud, as Microsoft documents it:
+# - Azure: "Batch resource endpoint https://batch.core.windows.net/" — learn.microsoft.com,
+#   azure/batch/batch-aad-auth ("Authenticate Azure Batch services with Microsoft Entra ID");
+# - Azure China: "https://batch.chinacloudapi.cn/" — the same page on docs.azure.cn
+#   (docs.azure.cn/zh-cn/batch/batch-aad-auth);
+# - all three, Azure Government's "https://batch.core.usgovcloudapi.net/" included: the Azure
+#   CLI's cloud table, Azure/azure-cli src/azure-cli-core/azure/cli/core/cloud.py
+#   (batch_resource_id of AZURE_PUBLIC_CLOUD, AZURE_CHINA_CLOUD, AZURE_US_GOV_CLOUD).
+# The service takes a token only when its audience "should exactly match (including forward
+# slash)" the resource ID (its error, quoted in Azure/azure-sdk-for-net#8026); azure-identity
+# asks a managed identity or `az` for the scope minus "/.default" (_scopes_to_resource).
+DOCUMENTED_BATCH_RESOURCES = {
+    "https://acct.westeurope.batch.azure.com": ("https://batch.core.windows.net/",
+                                                "login.microsoftonline.com"),
+    "https://acct.chinanorth2.batch.chinacloudapi.cn": ("https://batch.chinacloudapi.cn/",
+                                                        "login.chinacloudapi.cn"),
+    "https://acct.usgovvirginia.batch.usgovcloudapi.net": ("https://batch.core.usgovcloudapi.net/",
+                                                           "login.microsoftonline.us"),
+}
+
+
 def test_sovereign_clouds_get_their_own_scope_and_authority():
-    china = cloud_of("https://acct.chinanorth2.batch.chinacloudapi.cn")
-    assert china.batch_scope == "https://batch.chinacloudapi.cn/.default"
-    assert china.authority == "login.chinacloudapi.cn"
-    gov = cloud_of("https://acct.usgovvirginia.batch.usgovcloudapi.net")
-    assert gov.batch_scope == "https://batch.core.usgovcloudapi.net/.default"
-    assert gov.authority == "login.microsoftonline.us"
+    from azure.identity._internal import _scopes_to_resource
+    for url, (resource, authority) in DOCUMENTED_BATCH_RESOURCES.items():
+        cloud = cloud_of(url)
+        assert cloud.batch_resource == resource and cloud.authority == authority
+        assert cloud.batch_scope == resource + "/.default"
+        assert _scopes_to_resource(cloud.batch_scope) == resource  # what azure-identity asks
     assert cloud_of("https://acct.westeurope.batch.azure.com") is CLOUDS[0]
     assert cloud_of("http://127.0.0.1:1234") is CLOUDS[0]
+    # the public cloud's scope is the one azure-batch itself defaults to
+    from azure.batch._configuration import BatchClientConfiguration
+    default = BatchClientConfiguration("https://x.batch.azure.com", credential=object())
+    assert default.credential_scopes == [CLOUDS[0].batch_scope]
+
+
+class _Recorder:
+    """A transport that sends nothing: it keeps the request the Batch client would send."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send(self, request, **kwargs):
+        from azure.core.exceptions import ServiceRequestError
+        self.requests.append(request)
+        raise ServiceRequestError("recorded, not sent")
+
+
+@pytest.mark.parametrize("url", sorted(DOCUMENTED_BATCH_RESOURCES))
+def test_each_cloud_asks_for_and_sends_a_token_for_its_documented_batch_resource(
+        url, tokens, monkeypatch):
+    """What the code sends: the managed identity is asked for the documented resource, and
+    the Batch request carries a token with exactly that audience."""
+    from azure.batch import BatchClient
+    from azure.core.exceptions import ServiceRequestError
+
+    from common.backends.azure import entra
+    for name, value in tokens.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AZURE_TOKEN_CREDENTIALS", "ManagedIdentityCredential")
+    entra.entra_credential.cache_clear()
+    try:
+        app = type("App", (), {"batch_account_url": url, "batch_account_key": None,
+                               "batch_account_name": "acct"})()
+        credential, scopes = batch_credential(app)
+        recorder = _Recorder()
+        client = BatchClient(url, credential, credential_scopes=scopes, transport=recorder,
+                             retry_total=0)
+        with pytest.raises(ServiceRequestError):
+            client.get_pool("p")
+    finally:
+        entra.entra_credential.cache_clear()
+    resource = DOCUMENTED_BATCH_RESOURCES[url][0]
+    assert tokens.resources == [resource]
+    bearer = recorder.requests[0].headers["Authorization"].split(" ", 1)[1]
+    assert claims_of(bearer)["aud"] == resource
