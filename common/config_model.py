@@ -40,6 +40,15 @@ MAX_NODES = 2000
 MAX_TASKS = 100_000
 MAX_TIMEOUT_MINUTES = 7 * 24 * 60
 DEFAULT_TIMEOUT_MINUTES = 60.0
+# SAS URLs for the nodes expire SAS_MARGIN_MINUTES after the timeout (pool start-up, output
+# uploads and the reducer come after the tasks), valid from CLOCK_SKEW_MINUTES before now.
+SAS_MARGIN_MINUTES = 120
+CLOCK_SKEW_MINUTES = 5
+# Without a storage account key they are signed with a user delegation key, which the service
+# lends for at most 7 days — and a SAS signed with an expired key is invalid. So on that path
+# the timeout leaves room for the margin inside the key's life (9,955 minutes).
+DELEGATION_KEY_MAX_MINUTES = 7 * 24 * 60
+MAX_ENTRA_TIMEOUT_MINUTES = DELEGATION_KEY_MAX_MINUTES - SAS_MARGIN_MINUTES - CLOCK_SKEW_MINUTES
 
 class Secret:
     """A secret string that never shows itself in str(), repr() or f-strings."""

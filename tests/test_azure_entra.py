@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from common.backends.azure.entra import CLOUDS, batch_credential, cloud_of
+from common.config_model import MAX_ENTRA_TIMEOUT_MINUTES
 from conftest import AZURITE_ACCOUNT, AZURITE_KEY, FAKE_BATCH_ACCOUNT, REPO, write_json
 from test_azure_e2e import REDUCER, RUNNER, AzureCampaign
 from tests.fake_batch import FakeBatch
@@ -65,6 +66,9 @@ def test_a_campaign_runs_with_no_account_key_anywhere(tmp_path, azurite_https, f
     for key in ("STORAGE_ACCOUNT_KEY", "BATCH_ACCOUNT_KEY"):
         app.pop(key)
     write_json(campaign.root / "appconfig.json", app)
+    # the longest timeout this path allows: its SAS URLs end where the delegation key does
+    campaign.sim.update(TIMEOUT_MINUTES=MAX_ENTRA_TIMEOUT_MINUTES)
+    write_json(campaign.simconfig, campaign.sim)
     env = {**script_env, **tokens.env, "BATCH_TOOL_POLL_SECONDS": "0.2",
            "REQUESTS_CA_BUNDLE": str(certificate.cert), "SSL_CERT_FILE": str(certificate.cert),
            "AZURE_TOKEN_CREDENTIALS": "ManagedIdentityCredential"}
@@ -85,10 +89,50 @@ def test_a_campaign_runs_with_no_account_key_anywhere(tmp_path, azurite_https, f
                 if r.operation == "Jobs_CreateJob")
     query = parse_qs(urlsplit(prep["resourceFiles"][0]["httpUrl"]).query)
     assert query["skoid"] == [tokens.object_id] and query["sp"] == ["r"]
+    # every SAS URL handed to a node expires no later than the key that signs it
+    urls = sas_urls([r.body for r in fake_https.requests
+                     if r.operation in ("Jobs_CreateJob", "Tasks_CreateTaskCollection")])
+    assert len(urls) >= 6
+    for url in urls:
+        signed = parse_qs(urlsplit(url).query)
+        assert signed["se"][0] <= signed["ske"][0], url.split("?")[0]
     # and no key exists anywhere the tool wrote
     for path in campaign.root.rglob("*"):
         if path.is_file():
             assert AZURITE_KEY.encode() not in path.read_bytes()
+
+
+def sas_urls(bodies: list) -> list[str]:
+    """Every URL carrying a SAS signature in request bodies (resource and output files)."""
+    found: list[str] = []
+
+    def walk(value) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+        elif isinstance(value, str) and value.startswith("http") and "sig=" in value:
+            found.append(value)
+    walk(bodies)
+    return found
+
+
+def test_a_seven_day_timeout_without_a_storage_key_is_refused_before_anything_happens(
+        tmp_path, azurite_https, fake_https, tokens, certificate, script_env):
+    campaign = AzureCampaign(tmp_path / "az", azurite_https, fake_https)
+    write_json(campaign.root / "appconfig.json",
+               {k: v for k, v in campaign.app.items() if not k.endswith("_KEY")})
+    campaign.sim.update(TIMEOUT_MINUTES=7 * 24 * 60)
+    write_json(campaign.simconfig, campaign.sim)
+    env = {**script_env, **tokens.env, "REQUESTS_CA_BUNDLE": str(certificate.cert)}
+    result = campaign.run(RUNNER, "--no-input", env=env)
+    assert result.returncode == 2
+    assert ("TIMEOUT_MINUTES: 10080 minutes is longer than storage can sign for without "
+            "STORAGE_ACCOUNT_KEY") in result.stderr
+    assert "use at most 9955 minutes, or set STORAGE_ACCOUNT_KEY" in result.stderr
+    assert fake_https.request_count == 0 and tokens.resources == []
 
 
 def test_dry_run_without_keys_sends_nothing(tmp_path, azurite_https, fake_https, tokens, certificate,
