@@ -59,6 +59,13 @@ def load_settings(simconfig: Path, appconfig: Path | None = None, *,
         _check_storage_apart(Reader(app_path, app_data, problems), app, sim)
     if app is not None and sim is not None and sim_data is not None:
         _check_delegation_timeout(Reader(simconfig, sim_data, problems), app, sim)
+        if app.backend == "azure" and app.registry_identity and sim.auto_delete_pool:
+            Reader(simconfig, sim_data, problems).bad(
+                "AUTO_DELETE_POOL", "is true (or missing), but an auto pool cannot carry "
+                f"REGISTRY_IDENTITY (from {display(app_path)}): Batch gives pools managed "
+                "identities only when they are made through Azure Resource Manager",
+                f"set it to false and create the pool {sim.sim_id}-workers with the identity "
+                "(README: 'Images at scale'), or pull with DOCKER_USER/DOCKER_TOKEN")
     problems.raise_if_any()
     assert app is not None and sim is not None
     return Settings(app=app, sim=sim)

@@ -71,7 +71,9 @@ def registries(pool: Pool, settings: dict[str, Any] | None) -> list[containers.R
     if settings and settings.get("registry"):
         found.append(settings["registry"])
     return [containers.Registry(r.get("registryServer") or containers.DOCKER_HUB,
-                                r.get("username") or "", r.get("password") or "") for r in found]
+                                r.get("username") or "", r.get("password") or "",
+                                (r.get("identityReference") or {}).get("resourceId"))
+            for r in found]
 
 
 def command_words(command_line: str) -> list[str]:
@@ -163,7 +165,8 @@ class NodeWork:
         working_dir = task_dir / "wd"
         if settings:
             image = containers.pull(self.knobs.images, settings["imageName"],
-                                    registries(runtime.pool, settings))
+                                    registries(runtime.pool, settings),
+                                    tuple(runtime.pool.identities))
             options = containers.parse_run_options(settings.get("containerRunOptions"))
             argv = containers.container_argv(image, options, body["commandLine"])
             if settings.get("workingDirectory") == "containerImageDefault":
@@ -254,7 +257,8 @@ class NodeWork:
                         "image_pull_failure)"))
         if image:
             try:
-                containers.pull(self.knobs.images, image, registries(runtime.pool, settings))
+                containers.pull(self.knobs.images, image, registries(runtime.pool, settings),
+                                    tuple(runtime.pool.identities))
             except containers.ContainerError as error:
                 raise TaskFailed(failure(error.code, error.message, ContainerImage=image,
                                          Message=error.detail)) from None

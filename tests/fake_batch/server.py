@@ -174,6 +174,19 @@ class FakeBatch:
         with self.store.lock:
             return list(self.store.all_tasks)
 
+    def create_pool_through_arm(self, body: dict[str, Any], identities: list[str]) -> None:
+        """A pool made through Azure Resource Manager (the portal, an ARM template): the only
+        way Batch gives a pool user-assigned managed identities. `body` is written as for the
+        Batch API's pool creation and checked the same way."""
+        problems = self.spec.validate_request(body, {"$ref": "#/definitions/BatchPoolCreateOptions"})
+        if problems:
+            raise ValueError(f"invalid pool body: {problems[0]}")
+        from . import rules
+        from .api import add_pool
+        rules.check_pool(body, self.knobs, identities)
+        with self.store.lock:
+            add_pool(self, body["id"], body).identities = list(identities)
+
     @property
     def preparation_runs(self) -> list[PreparationRun]:
         """Every job preparation task that finished on a node, in order (a re-created Spot

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import subprocess
 import threading
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -171,6 +172,9 @@ class Pool(Versioned):
     delete_at: float | None = None
     nodes: list[Node] = field(default_factory=list)
     resize_errors: list[dict[str, Any]] = field(default_factory=list)
+    # User-assigned managed identities (ARM resource IDs): only a pool made through Azure
+    # Resource Manager has any (FakeBatch.create_pool_through_arm); the Batch API gives none.
+    identities: list[str] = field(default_factory=list)
 
     @property
     def slots_per_node(self) -> int:
@@ -220,6 +224,10 @@ class Pool(Versioned):
         })
         if self.resize_errors:
             view["resizeErrors"] = self.resize_errors
+        if self.identities:
+            view["identity"] = {"type": "UserAssigned", "userAssignedIdentities": [
+                {"resourceId": r, "clientId": str(uuid.uuid5(uuid.NAMESPACE_URL, r + "#client")),
+                 "principalId": str(uuid.uuid5(uuid.NAMESPACE_URL, r))} for r in self.identities]}
         return view
 
 

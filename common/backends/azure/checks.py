@@ -140,6 +140,29 @@ def pool_mismatch(pool: bm.BatchPool, vm_size: str | None, settings: Settings) -
     return None
 
 
+def identity_problem(pool_id: str, pool: bm.BatchPool | None, registry) -> str | None:
+    """Why a pool cannot pull with the registry's managed identity, or None. The Batch
+    service API cannot give a pool an identity (Microsoft: pools with managed identities are
+    made "only with the Batch Management Plane APIs"), so such a pool must exist already and
+    carry it; `registry` is builders.Registry or None."""
+    wanted = getattr(registry, "identity", None)
+    if not wanted:
+        return None
+    how = (f"create pool {pool_id} in the Azure portal (Batch account > Pools > Add) or with an "
+           f"ARM template, with the user-assigned identity {wanted}, the same VM size and image "
+           "and a container configuration, then run again")
+    if pool is None:
+        return (f"pool {pool_id} does not exist, and the tool cannot make a pool that carries "
+                f"REGISTRY_IDENTITY (Batch gives pools identities only through Azure Resource "
+                f"Manager): {how}")
+    have = [i.resource_id or "" for i in ((pool.identity.user_assigned_identities or [])
+                                          if pool.identity else [])]
+    if wanted.lower() not in (h.lower() for h in have):
+        return (f"pool {pool_id} does not carry REGISTRY_IDENTITY {wanted} (it has: "
+                f"{', '.join(have) or 'no identity'}): delete it and {how}")
+    return None
+
+
 def image_problem(images: Iterable[bm.BatchSupportedImage], settings: Settings,
                   now: datetime) -> str | None:
     """None if the configured image + node agent is offered, container-capable and not retired."""
