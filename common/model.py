@@ -196,12 +196,22 @@ class PoolHealth:
 
     @property
     def preempted(self) -> int:
+        """Spot nodes Azure took back. They still count in the pool (currentLowPriorityNodes)
+        and Batch works back to the target by itself: they are being replaced, not lost."""
         return self.count("preempted", spot=True)
 
     @property
     def dead(self) -> bool:
-        """No node can run tasks, and none is on its way: waiting cannot help."""
-        return self.steady and not self.usable and not self.coming
+        """No node can run tasks, and none is on its way (a preempted Spot node is: Batch
+        re-creates it when capacity returns): waiting cannot help."""
+        return self.steady and not self.usable and not self.coming and not self.preempted
+
+    def preempted_text(self) -> str:
+        """What the live line says of preempted Spot nodes ('' when there are none)."""
+        if not self.preempted:
+            return ""
+        every = " (all of them)" if not self.usable and not self.coming else ""
+        return f"{self.preempted} Spot node(s) preempted{every}, being replaced by Batch"
 
     @property
     def billed(self) -> tuple[int, int]:

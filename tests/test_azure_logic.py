@@ -71,6 +71,24 @@ def test_pool_health_from_the_services_node_counts():
                                             pool("resizing")).dead
 
 
+def test_a_pool_whose_every_spot_node_is_preempted_is_being_replaced_not_dead():
+    """The spec: preempted nodes count in currentLowPriorityNodes, the pool stays steady and
+    Batch works back to its target — so waiting helps, as for nodes still starting."""
+    counts = NS(dedicated=None, low_priority=NS(preempted=3))
+    health = ac.pool_health(counts, pool("steady"))
+    assert (health.usable, health.coming, health.preempted, health.dead) == (0, 0, 3, False)
+    assert health.preempted_text() == "3 Spot node(s) preempted (all of them), being replaced by Batch"
+    some = ac.pool_health(NS(dedicated=NS(idle=1), low_priority=NS(preempted=1)), pool("steady"))
+    assert some.preempted_text() == "1 Spot node(s) preempted, being replaced by Batch"
+    assert ac.pool_health(NS(dedicated=NS(idle=1), low_priority=None), pool("steady")).preempted_text() == ""
+    # waiting for the first node: preempted ones are on their way back, said once as a note
+    state = ac.pool_state(pool("steady"), [node("preempted"), node("preempted")])
+    assert (state.ready, state.error) == (False, None)
+    assert state.notes == ("pool p: 2 Spot node(s) preempted: Batch replaces them when capacity "
+                           "returns",)
+    assert ac.pool_state(pool("steady"), [node("unusable", errors=[])]).error is not None
+
+
 class FakeClock:
     def __init__(self):
         self.now = 0.0

@@ -13,8 +13,8 @@ from typing import Mapping
 
 from common.config.app import read_app
 from common.config.files import Problems, display, read_json_object
-from common.config.model import (APP_KEYS, BACKENDS, BUILTIN_TOPAS, MAX_SIM_ID,
-                                 SECRET_KEYS, SIM_KEYS, AppConfig, PoolImage, Secret, SimConfig,
+from common.config.model import (APP_KEYS, BACKENDS, BUILTIN_TOPAS, MAX_ENTRA_TIMEOUT_MINUTES,
+                                 MAX_SIM_ID, SAS_MARGIN_MINUTES, SECRET_KEYS, SIM_KEYS, AppConfig, PoolImage, Secret, SimConfig,
                                  Settings)
 from common.config.reader import Reader
 from common.config.sim import read_sim
@@ -57,6 +57,15 @@ def load_settings(simconfig: Path, appconfig: Path | None = None, *,
                               Reader(app_path, app_data, problems))
     if app is not None and sim is not None and app_data.get("LOCAL_STORAGE_PATH"):
         _check_storage_apart(Reader(app_path, app_data, problems), app, sim)
+    if app is not None and sim is not None and sim_data is not None:
+        _check_delegation_timeout(Reader(simconfig, sim_data, problems), app, sim)
+        if app.backend == "azure" and app.registry_identity and sim.auto_delete_pool:
+            Reader(simconfig, sim_data, problems).bad(
+                "AUTO_DELETE_POOL", "is true (or missing), but an auto pool cannot carry "
+                f"REGISTRY_IDENTITY (from {display(app_path)}): Batch gives pools managed "
+                "identities only when they are made through Azure Resource Manager",
+                f"set it to false and create the pool {sim.sim_id}-workers with the identity "
+                "(README: 'Images at scale'), or pull with DOCKER_USER/DOCKER_TOKEN")
     problems.raise_if_any()
     assert app is not None and sim is not None
     return Settings(app=app, sim=sim)
@@ -75,6 +84,20 @@ def _check_storage_apart(r: Reader, app: AppConfig, sim: SimConfig) -> None:
     elif storage in folder.parents:
         r.bad("LOCAL_STORAGE_PATH", f"{value!r} holds the simulation folder {display(folder)} "
               "(LOCAL_SIM_PATH)", fix)
+
+
+def _check_delegation_timeout(r: Reader, app: AppConfig, sim: SimConfig) -> None:
+    """Without a storage key the nodes' SAS URLs are signed with a user delegation key (7 days
+    at most), and must outlive the timeout by the margin: a longer timeout would leave the
+    campaign's last hours with URLs that no longer work. Refused, not silently shortened."""
+    if app.backend != "azure" or app.storage_account_key is not None:
+        return
+    if sim.timeout_minutes > MAX_ENTRA_TIMEOUT_MINUTES:
+        r.bad("TIMEOUT_MINUTES",
+              f"{sim.timeout_minutes:g} minutes is longer than storage can sign for without "
+              f"STORAGE_ACCOUNT_KEY (the nodes' SAS URLs live {SAS_MARGIN_MINUTES // 60} hours "
+              "past the timeout and a user delegation key at most 7 days)",
+              f"use at most {MAX_ENTRA_TIMEOUT_MINUTES} minutes, or set STORAGE_ACCOUNT_KEY")
 
 
 def _check_reducer_source(sim: Reader, app: Reader) -> None:

@@ -9,7 +9,8 @@ from typing import Any, Mapping
 
 from common.config.files import Problems
 from common.config.model import (APP_KEYS, BACKENDS, DEFAULT_NODE_AGENT_SKU_ID,
-                                 DEFAULT_POOL_IMAGE, SIM_KEYS, AppConfig, PoolImage, Secret)
+                                 DEFAULT_POOL_IMAGE, OS_DISK_GB_RANGE, SIM_KEYS, AppConfig,
+                                 PoolImage, Secret)
 from common.config.reader import PLACEHOLDER, Reader
 from common.redaction import mask_url_credentials
 
@@ -22,6 +23,11 @@ _IMAGE_RE = re.compile(r"^(?:[A-Za-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9
                        r"(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*(?::[\w][\w.-]{0,127})?"
                        r"(?:@sha256:[a-f0-9]{64})?$")
 _GIT_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_IDENTITY_RE = re.compile(r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/"
+                          r"Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+$", re.IGNORECASE)
+_IDENTITY_FIX = ("copy the identity's Resource ID from the Azure portal (Managed Identities > "
+                 "Properties): /subscriptions/<id>/resourceGroups/<group>/providers/"
+                 "Microsoft.ManagedIdentity/userAssignedIdentities/<name>")
 
 
 def _base64_key(r: Reader, key: str, secret: Secret | None, required: bool, where_from: str) -> None:
@@ -105,6 +111,11 @@ def read_app(path: Path, data: Mapping[str, Any], problems: Problems,
         pool_image=_pool_image(r),
         node_agent_sku_id=(r.string("NODE_AGENT_SKU_ID", False, "name the node agent, e.g. "
                                     f"{DEFAULT_NODE_AGENT_SKU_ID!r}") or DEFAULT_NODE_AGENT_SKU_ID),
+        registry_identity=_registry_identity(r),
+        pool_os_disk_gb=(r.integer("POOL_OS_DISK_GB", None, *OS_DISK_GB_RANGE,
+                                   f"give the nodes' OS disk size in GB, {OS_DISK_GB_RANGE[0]}-"
+                                   f"{OS_DISK_GB_RANGE[1]} (Docker keeps the images there)")
+                         if r.has("POOL_OS_DISK_GB") else None),
         storage_account_key=r.secret("STORAGE_ACCOUNT_KEY", env),
         batch_account_key=r.secret("BATCH_ACCOUNT_KEY", env),
         docker_token=r.secret("DOCKER_TOKEN", env),
@@ -130,6 +141,15 @@ def read_app(path: Path, data: Mapping[str, Any], problems: Problems,
     if backend not in BACKENDS or local_storage is None:
         return None
     return AppConfig(path=path, backend=backend, local_storage_path=local_storage, **values)
+
+
+def _registry_identity(r: Reader) -> str | None:
+    value = r.string("REGISTRY_IDENTITY", False, _IDENTITY_FIX)
+    if value is not None and not _IDENTITY_RE.match(value):
+        r.bad("REGISTRY_IDENTITY", f"{value!r} is not a user-assigned managed identity's "
+              "resource ID", _IDENTITY_FIX)
+        return None
+    return value
 
 
 def _pool_image(r: Reader) -> PoolImage:

@@ -24,6 +24,7 @@ APP_KEYS = (
     "WORKER_DOCKER_IMAGE", "REDUCER_DOCKER_IMAGE", "DOCKER_USER", "DOCKER_TOKEN",
     "REDUCER_DOCKER_USER", "REDUCER_DOCKER_TOKEN", "RUN_AS_ROOT", "KEEP_IMAGE_ENTRYPOINT",
     "GIT_USER", "GIT_REPO", "GIT_TOKEN", "GIT_BASE_URL", "POOL_IMAGE", "NODE_AGENT_SKU_ID",
+    "REGISTRY_IDENTITY", "POOL_OS_DISK_GB",
 )
 SIM_KEYS = (
     "SIM_ID", "POOL_NODE_COUNT", "TASK_COUNT", "STARTING_NODE", "POOL_VM_SIZE",
@@ -40,6 +41,16 @@ MAX_NODES = 2000
 MAX_TASKS = 100_000
 MAX_TIMEOUT_MINUTES = 7 * 24 * 60
 DEFAULT_TIMEOUT_MINUTES = 60.0
+OS_DISK_GB_RANGE = (30, 4095)  # a managed OS disk: the VM images' smallest to Azure's largest
+# SAS URLs for the nodes expire SAS_MARGIN_MINUTES after the timeout (pool start-up, output
+# uploads and the reducer come after the tasks), valid from CLOCK_SKEW_MINUTES before now.
+SAS_MARGIN_MINUTES = 120
+CLOCK_SKEW_MINUTES = 5
+# Without a storage account key they are signed with a user delegation key, which the service
+# lends for at most 7 days — and a SAS signed with an expired key is invalid. So on that path
+# the timeout leaves room for the margin inside the key's life (9,955 minutes).
+DELEGATION_KEY_MAX_MINUTES = 7 * 24 * 60
+MAX_ENTRA_TIMEOUT_MINUTES = DELEGATION_KEY_MAX_MINUTES - SAS_MARGIN_MINUTES - CLOCK_SKEW_MINUTES
 
 class Secret:
     """A secret string that never shows itself in str(), repr() or f-strings."""
@@ -108,6 +119,10 @@ class AppConfig:
     git_base_url: str = "https://github.com"
     pool_image: PoolImage = DEFAULT_POOL_IMAGE
     node_agent_sku_id: str = DEFAULT_NODE_AGENT_SKU_ID
+    # A user-assigned managed identity (its ARM resource ID) that pulls images from Azure
+    # Container Registries without a password; the pool must carry it (see the README).
+    registry_identity: str | None = None
+    pool_os_disk_gb: int | None = None  # the nodes' OS disk, where Docker keeps its images
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction of anything the tool prints or writes."""

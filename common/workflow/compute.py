@@ -60,20 +60,20 @@ def wait(ctx: Context, job_id: str, total: int, pool_id: str | None = None,
     ctx.step("wait", f"Waiting for {total} task(s) (timeout {minutes:g} min; Ctrl-C to stop waiting)")
     deadline = ctx.clock() + minutes * 60
     next_check, said = ctx.clock(), set()  # a first look at the nodes at once, then now and then
-    preempted = 0
+    preempted = ""
     with ctx.ui.task_progress(total, "tasks") as update:
         while True:
             counts = current_counts(ctx, job_id, total, said)
             if steering is not None:
                 total = steering.after_poll(counts)
             notes = [steering.text() if steering else "", metering.short() if metering else "",
-                     f"{preempted} Spot node(s) preempted" if preempted else ""]
+                     preempted]
             update(counts, " · ".join(n for n in notes if n), total)
             if counts.completed >= total:
                 return counts
             if ctx.clock() >= next_check:
                 health = check_progress(ctx, job_id, pool_id, counts, said)
-                preempted = health.preempted if health is not None else 0
+                preempted = health.preempted_text() if health is not None else ""
                 if metering is not None:
                     metering.sample(health)
                 next_check = ctx.clock() + ctx.backend.health_seconds
@@ -110,6 +110,10 @@ def check_progress(ctx: Context, job_id: str, pool_id: str | None, counts: TaskC
             extra = f"; {'; '.join(health.resize_errors)}" if health.resize_errors else ""
             raise ToolError(f"pool {pool_id}: no node can run the {counts.active} waiting "
                             f"task(s) ({health.text()}{extra})")
+        if health.preempted and f"preempted {health.preempted}" not in said:
+            said.add(f"preempted {health.preempted}")  # said again only when the number changes
+            ctx.ui.info(f"pool {pool_id}: {health.preempted_text()}; their tasks are requeued "
+                        "and run when nodes are back (the timeout and MAX_COST still apply)")
     preparations = ctx.backend.preparation_failures(job_id) if counts.active and not counts.running else []
     words = [f"{f.task_id}: {failure_text(f)}" + (f" | {f.stderr_tail[-1]}" if f.stderr_tail else "")
              for f in preparations]

@@ -51,6 +51,9 @@ class ContainerImage:
     binds: tuple[str, ...] = ()
     # (user, password) the registry demands for a pull; None: a public image.
     credentials: tuple[str, str] | None = None
+    # An Azure Container Registry's image that this managed identity (ARM resource ID) may
+    # pull (AcrPull), beside or instead of `credentials`.
+    identity: str | None = None
 
 
 class ContainerError(Exception):
@@ -90,19 +93,36 @@ class Registry:
     server: str
     username: str
     password: str
+    identity: str | None = None  # identityReference.resourceId, when that is how it signs in
 
 
-def pull(images: dict[str, ContainerImage], name: str, registries: list[Registry]) -> ContainerImage:
-    """The image a node gets for `name`, or ContainerError as `docker pull` would fail."""
+def pull(images: dict[str, ContainerImage], name: str, registries: list[Registry],
+         identities: tuple[str, ...] = ()) -> ContainerImage:
+    """The image a node gets for `name`, or ContainerError as `docker pull` would fail.
+    `identities` are the pool's managed identities: an identityReference signs in only with
+    one of them, and only an identity the registry grants pulls gets the image."""
     image = images.get(normalize(name))
     written = registry_of(name)
     if image is None:
         raise ContainerError("ContainerInvalidImage", "One or more container images specified are invalid",
                              f"Error response from daemon: pull access denied for {name}, repository "
                              "does not exist or may require 'docker login'")
-    if image.credentials is None:
+    if image.credentials is None and image.identity is None:
         return image
     usable = [r for r in registries if written is not None and r.server.lower() == written.lower()]
+    signed = [r for r in usable if r.identity]
+    if signed:
+        held = signed[0].identity.lower() in (i.lower() for i in identities)
+        if held and image.identity is not None and signed[0].identity.lower() == image.identity.lower():
+            return image
+        why = ("the identity is not assigned to the pool" if not held else
+               "the identity has no pull rights (AcrPull) on this registry")
+        raise ContainerError("ContainerInvalidImage", "One or more container images specified are invalid",
+                             f"Error response from daemon: Get \"https://{written}/v2/\": unauthorized: "
+                             f"managed identity {signed[0].identity}: {why}")
+    usable = [r for r in usable if not r.identity]
+    if image.credentials is None:
+        usable = []  # only the identity opens this registry
     if not usable:
         raise ContainerError("ContainerInvalidImage", "One or more container images specified are invalid",
                              f"Error response from daemon: pull access denied for {name}, repository "
@@ -169,8 +189,12 @@ def container_argv(image: ContainerImage, options: RunOptions, command_line: str
 
 
 def user_for(identity: dict[str, Any] | None, serial: int) -> int:
-    """The uid Batch maps the task's user to: root only for an admin auto-user."""
-    auto = (identity or {}).get("autoUser") or {}
+    """The uid Batch maps the task's user to: root only for an admin auto-user. Without a
+    userIdentity the spec says "the Task runs as a non-administrative user unique to the
+    Task": not the pool's auto-user, whom another task could share files with."""
+    if identity is None:
+        return TASK_USER_UID_BASE + serial % 1000
+    auto = identity.get("autoUser") or {}
     if str(auto.get("elevationLevel", "nonadmin")).lower() == "admin":
         return ROOT_UID
     if str(auto.get("scope", "pool")).lower() == "task":
@@ -200,6 +224,7 @@ class Launch:
     env: dict[str, str]
     working_dir: Path
     mounts: tuple[Path, ...] = field(default=())  # read-write, at the same path (node root)
+    read_only: tuple[Path, ...] = field(default=())  # read-only, at the same path
 
 
 def _image_tree(rootfs: Path) -> list[str]:
@@ -231,6 +256,12 @@ def bwrap_command(launch: Launch) -> list[str]:
             args += ["--ro-bind", host, host]
     for mount in launch.mounts:
         args += ["--bind", str(mount), str(mount)]
+    for mount in launch.read_only:
+        args += ["--ro-bind", str(mount), str(mount)]
+    inside_image = (image.rootfs / str(launch.working_dir).lstrip("/")).exists()
+    if not inside_image and not any(m == launch.working_dir or m in launch.working_dir.parents
+                                    for m in launch.mounts + launch.read_only):
+        args += ["--dir", str(launch.working_dir)]  # as `docker create -w` makes a missing one
     args += ["--uid", str(launch.uid), "--gid", str(launch.uid), "--chdir", str(launch.working_dir),
              "--clearenv"]
     for key, value in launch.env.items():

@@ -93,11 +93,15 @@ class Knobs:
     # A resize that stops part way: only this many nodes are allocated, with resize_error.
     partial_allocation: int | None = None
     job_preparation_failure: bool = False  # every job preparation task exits 1
-    # Spot nodes: the next N times a Spot node has run a task for preempt_after seconds, it is
-    # preempted (its tasks requeued) and comes back preemption_lasts seconds later.
+    # Spot nodes: the next N times a Spot node has run a task for preempt_after seconds, Azure
+    # takes back preempt_nodes Spot nodes of its pool at once (that one first; None: every Spot
+    # node of the pool, whatever its state). Their tasks are requeued, their VMs deleted (disk
+    # and job preparation state gone); each is re-created preemption_lasts seconds later (None:
+    # capacity never returns) and runs its start and job preparation tasks again.
     preemptions: int = 0
     preempt_after: float | None = None
-    preemption_lasts: float = 1.0
+    preempt_nodes: int | None = 1
+    preemption_lasts: float | None = 1.0
     fail_tasks: str | None = None  # task ids matching: the command is not run, exit code below
     fail_exit_code: int = 1
     image_pull_failure: str | None = None  # image names matching: ContainerInvalidImage

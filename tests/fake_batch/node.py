@@ -19,6 +19,7 @@ Worker threads never hold the store lock while doing I/O or waiting for a proces
 """
 from __future__ import annotations
 
+import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ from typing import Any, Callable
 
 from . import blobs, containers, errors, outputs
 from .knobs import Knobs
-from .state import Job, Node, Pool, Preparation, Store, Task, UploadRecord, utcnow
+from .state import (Job, Node, Pool, Preparation, PreparationRun, Store, Task, UploadRecord,
+                    utcnow)
 
 PREPARATION_DIR = "jobpreparation"
 
@@ -69,7 +71,54 @@ def registries(pool: Pool, settings: dict[str, Any] | None) -> list[containers.R
     if settings and settings.get("registry"):
         found.append(settings["registry"])
     return [containers.Registry(r.get("registryServer") or containers.DOCKER_HUB,
-                                r.get("username") or "", r.get("password") or "") for r in found]
+                                r.get("username") or "", r.get("password") or "",
+                                (r.get("identityReference") or {}).get("resourceId"))
+            for r in found]
+
+
+def command_words(command_line: str) -> list[str]:
+    """A command line as the node agent splits it into a program and its arguments."""
+    try:
+        words = shlex.split(command_line)
+    except ValueError as error:  # an unclosed quote
+        raise TaskFailed(failure(errors.COMMAND_PROGRAM_NOT_FOUND,
+                                 "The program specified in the task's command line was not found",
+                                 Message=f"the command line cannot be split: {error}")) from None
+    if not words:
+        raise TaskFailed(failure(errors.COMMAND_PROGRAM_NOT_FOUND,
+                                 "The program specified in the task's command line was not found",
+                                 Message="the command line is empty"))
+    return words
+
+
+# containerHostBatchBindMounts sources -> where they are under AZ_BATCH_NODE_ROOT_DIR
+_BIND_SOURCES = {"Shared": "shared", "Startup": "startup", "VfsMounts": "fsmounts",
+                 "Applications": "applications"}
+
+
+def bind_mounts(runtime: Runtime, task_dir: Path,
+                settings: dict[str, Any]) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """(read-write, read-only) host folders a container task sees, at the same paths. The
+    spec: without containerHostBatchBindMounts the whole AZ_BATCH_NODE_ROOT_DIR; with it only
+    the folders it names — none at all for an empty list."""
+    root = runtime.node.root
+    assert root is not None
+    entries = settings.get("containerHostBatchBindMounts")
+    if entries is None:
+        return (root,), ()
+    writable: list[Path] = []
+    read_only: list[Path] = []
+    for entry in entries:
+        source = entry.get("source")
+        if source == "Task":
+            folder = task_dir
+        elif source == "JobPrep":
+            folder = job_dir(runtime.node, runtime.job) / PREPARATION_DIR
+        else:
+            folder = root / _BIND_SOURCES[source]
+        folder.mkdir(parents=True, exist_ok=True)
+        (read_only if entry.get("isReadOnly") else writable).append(folder)
+    return tuple(writable), tuple(read_only)
 
 
 class NodeWork:
@@ -116,16 +165,19 @@ class NodeWork:
         working_dir = task_dir / "wd"
         if settings:
             image = containers.pull(self.knobs.images, settings["imageName"],
-                                    registries(runtime.pool, settings))
+                                    registries(runtime.pool, settings),
+                                    tuple(runtime.pool.identities))
             options = containers.parse_run_options(settings.get("containerRunOptions"))
             argv = containers.container_argv(image, options, body["commandLine"])
             if settings.get("workingDirectory") == "containerImageDefault":
                 working_dir = Path(image.workdir)
-            assert runtime.node.root is not None
+            writable, read_only = bind_mounts(runtime, task_dir, settings)
             launch = containers.Launch(image, argv, uid, containers.container_env(image, options, env),
-                                       working_dir, (runtime.node.root,))
+                                       working_dir, writable, read_only)
             return containers.start(launch, out, err)
-        command = containers.as_user(["bash", "-c", body["commandLine"]], uid)
+        # "The command line does not run under a shell" (the spec): its words are exec'd, so
+        # `$VAR`, `>`, `;` and `&&` mean nothing unless the line starts `/bin/sh -c`.
+        command = containers.as_user(command_words(body["commandLine"]), uid)
         return subprocess.Popen(command, cwd=working_dir, env={**self.knobs.host_env, **env},
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=err,
                                 start_new_session=True)
@@ -205,7 +257,8 @@ class NodeWork:
                         "image_pull_failure)"))
         if image:
             try:
-                containers.pull(self.knobs.images, image, registries(runtime.pool, settings))
+                containers.pull(self.knobs.images, image, registries(runtime.pool, settings),
+                                    tuple(runtime.pool.identities))
             except containers.ContainerError as error:
                 raise TaskFailed(failure(error.code, error.message, ContainerImage=image,
                                          Message=error.detail)) from None
@@ -281,6 +334,10 @@ class NodeWork:
         body = dict(runtime.job.body["jobPreparationTask"])
         task_dir = job_dir(runtime.node, runtime.job) / PREPARATION_DIR
         env = self.batch_env(runtime, task_dir, body.get("id") or "jobpreparation")
+        # "All tasks except start task and job preparation task" (Batch's environment variables
+        # page): the preparation task finds its folder as its working directory, not by name.
+        env.pop("AZ_BATCH_JOB_PREP_DIR", None)
+        env.pop("AZ_BATCH_JOB_PREP_WORKING_DIR", None)
         env.update({s["name"]: s.get("value") or "" for s in body.get("environmentSettings") or []})
         uid = containers.user_for(body.get("userIdentity"), runtime.job.serial)
         limit = int((body.get("constraints") or {}).get("maxTaskRetryCount") or 0)
@@ -313,6 +370,10 @@ class NodeWork:
             prep.result = "failure" if info or code is None else "success"
             prep.end_time = utcnow()
             prep.state = "completed"
+            node = runtime.node
+            if node.preparations.get(runtime.job.id.lower()) is prep:  # not a VM since deleted
+                self.store.preparation_runs.append(PreparationRun(
+                    runtime.job.id, runtime.pool.id, node.id, node.incarnation, prep.result, code))
             self.store.changed.notify_all()
 
 

@@ -31,7 +31,7 @@ def _image_key(image: dict[str, Any]) -> tuple[str, ...]:
     return tuple(str(image.get(k, "")).lower() for k in ("publisher", "offer", "sku"))
 
 
-def check_pool(body: dict[str, Any], knobs: Knobs) -> None:
+def check_pool(body: dict[str, Any], knobs: Knobs, identities: list[str] | None = None) -> None:
     check_id(body.get("id"))
     vm = body.get("virtualMachineConfiguration")
     if vm is None:
@@ -64,8 +64,25 @@ def check_pool(body: dict[str, Any], knobs: Knobs) -> None:
                     f"virtualMachineConfiguration.containerConfiguration.containerRegistries[{index}]",
                     registry.get("registryServer"),
                     "A registry needs a username and password, or an identityReference.")
+            check_identity_reference(registry.get("identityReference"), identities or [],
+                                     "virtualMachineConfiguration.containerConfiguration."
+                                     f"containerRegistries[{index}].identityReference")
     if body.get("startTask") is not None:
         check_resource_files(body["startTask"].get("resourceFiles"), "startTask.resourceFiles")
+
+
+def check_identity_reference(reference: dict[str, Any] | None, identities: list[str],
+                             path: str) -> None:
+    """An identityReference names one of the pool's user-assigned identities. A pool made with
+    the Batch API has none: Batch assigns them only to pools made through Azure Resource
+    Manager ("Configure managed identities in Batch pools")."""
+    if reference is None:
+        return
+    wanted = str(reference.get("resourceId") or "")
+    if wanted.lower() not in (i.lower() for i in identities):
+        raise errors.invalid_value(path, wanted, "The identity is not one of the pool's "
+                                   "user-assigned identities (a pool gets identities only "
+                                   "through Azure Resource Manager).")
 
 
 def check_job(body: dict[str, Any]) -> None:

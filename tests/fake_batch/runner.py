@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -113,8 +114,7 @@ class Engine:
             if node.state == "starting" and now >= node.ready_at:
                 self._node_started(pool, node)
             elif node.state == "preempted" and now >= node.ready_at:
-                node.set_state("starting")  # capacity is back: the node rejoins
-                node.ready_at = now + self.knobs.node_start_delay
+                self._recreate(node, now)  # capacity is back: a new VM under the same node id
             elif node.state == "running" and not node.dedicated and self._preempt_now(node, now):
                 self._preempt(pool, node, now)
 
@@ -127,15 +127,41 @@ class Engine:
         return bool(started) and (utcnow() - min(started)).total_seconds() >= self.knobs.preempt_after
 
     def _preempt(self, pool: Pool, node: Node, now: float) -> None:
-        """Azure takes a Spot node back: its running tasks are requeued (not a retry: Batch
-        counts them in requeueCount) and it stays preempted until capacity returns."""
+        """Azure takes Spot nodes back (knobs.preempt_nodes of them, this one first)."""
         self.knobs.preemptions -= 1
+        others = [n for n in pool.nodes if not n.dedicated and n is not node
+                  and n.state != "preempted"]
+        others.sort(key=lambda n: n.state != "running")  # busy nodes go first
+        count = self.knobs.preempt_nodes
+        victims = [node] + (others if count is None else others[:max(0, count - 1)])
+        lasts = self.knobs.preemption_lasts
+        for victim in victims:
+            self.evict(victim, now + lasts if lasts is not None else float("inf"))
+
+    def evict(self, node: Node, back_at: float) -> None:
+        """A Spot node preempted: its running tasks are requeued (not a retry: Batch counts
+        them in requeueCount) and its VM is deleted — the disk with the job preparation's
+        files, and the record that the preparation ran. It keeps its id and its place in the
+        pool (currentLowPriorityNodes counts it) until capacity returns at `back_at`."""
         for task in self.store.all_tasks:
             if task.state == "running" and task.node_id == node.id:
                 self.stop_task(task, REQUEUE)
         _kill_node(node)
         node.set_state("preempted")
-        node.ready_at = now + self.knobs.preemption_lasts
+        node.ready_at = back_at
+        node.preparations = {}
+        node.start_task_info = None
+        node.start_task_running = False
+        if node.root is not None and node.root.exists():
+            gone = node.root.with_name(f"{node.root.name}.evicted-{node.incarnation}")
+            node.root.rename(gone)  # processes still in it die there; the new VM starts empty
+            self._spawn(_remove_later, [gone], [node])
+
+    def _recreate(self, node: Node, now: float) -> None:
+        node.incarnation += 1
+        node.boot_time = utcnow()
+        node.set_state("starting")
+        node.ready_at = now + self.knobs.node_start_delay
 
     def _allocate(self, pool: Pool, now: float) -> None:
         """The nodes a resize gets: all, none (a resize error) or some (a partial one)."""
@@ -149,7 +175,8 @@ class Engine:
         for index in range(count):
             suffix = "d" if index < dedicated else "p"
             node_id = f"tvmps_{pool.serial:04d}{index:04d}{uuid.uuid4().hex[:24]}_{suffix}"
-            pool.nodes.append(Node(
+            allocated = utcnow()
+            pool.nodes.append(Node(allocation_time=allocated, boot_time=allocated,
                 id=node_id, pool_id=pool.id, dedicated=index < dedicated, slots=pool.slots_per_node,
                 ip=f"10.{pool.serial % 250}.{index // 250}.{index % 250 + 4}",
                 ready_at=now + self.knobs.node_start_delay,
@@ -388,7 +415,7 @@ class Engine:
                     "AZ_BATCH_TASK_WORKING_DIR": str(working_dir)})
         env.update({s["name"]: s.get("value") or "" for s in start.get("environmentSettings") or []})
         uid = containers.user_for(start.get("userIdentity"), pool.serial)
-        command = containers.as_user(["bash", "-c", start["commandLine"]], uid)
+        command = containers.as_user(shlex.split(start["commandLine"]), uid)  # exec'd, no shell
         started = utcnow()
         retries, limit = 0, int(start.get("maxTaskRetryCount") or 0)
         info: dict[str, Any] | None = None

@@ -38,7 +38,7 @@ from .auth import Credentials, authenticate
 from .knobs import Knobs
 from .runner import Engine
 from .spec import API_VERSION, INVALID_BODY, MISSING, Problem, load_spec
-from .state import Store, Task
+from .state import PreparationRun, Store, Task
 
 JSON_TYPE = "application/json;odata=minimalmetadata"
 
@@ -173,6 +173,26 @@ class FakeBatch:
         """Every task ever added (also of deleted jobs), in order. Treat as read-only."""
         with self.store.lock:
             return list(self.store.all_tasks)
+
+    def create_pool_through_arm(self, body: dict[str, Any], identities: list[str]) -> None:
+        """A pool made through Azure Resource Manager (the portal, an ARM template): the only
+        way Batch gives a pool user-assigned managed identities. `body` is written as for the
+        Batch API's pool creation and checked the same way."""
+        problems = self.spec.validate_request(body, {"$ref": "#/definitions/BatchPoolCreateOptions"})
+        if problems:
+            raise ValueError(f"invalid pool body: {problems[0]}")
+        from . import rules
+        from .api import add_pool
+        rules.check_pool(body, self.knobs, identities)
+        with self.store.lock:
+            add_pool(self, body["id"], body).identities = list(identities)
+
+    @property
+    def preparation_runs(self) -> list[PreparationRun]:
+        """Every job preparation task that finished on a node, in order (a re-created Spot
+        node adds one more). Treat as read-only."""
+        with self.store.lock:
+            return list(self.store.preparation_runs)
 
     @property
     def server_errors(self) -> list[str]:

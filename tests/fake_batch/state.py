@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import subprocess
 import threading
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +72,10 @@ class Node(Versioned):
     process: subprocess.Popen | None = field(default=None, repr=False, compare=False)  # start task
     root: Path | None = None  # AZ_BATCH_NODE_ROOT_DIR: gone with the node
     preparations: dict[str, "Preparation"] = field(default_factory=dict)  # job key -> its run here
+    # Each time Azure re-creates the VM (a preempted Spot node coming back) its disk and job
+    # preparation state start anew; the node keeps its id.
+    incarnation: int = 1
+    boot_time: datetime = field(default_factory=utcnow)
 
     def set_state(self, state: str) -> None:
         if state != self.state:
@@ -99,7 +104,7 @@ class Node(Versioned):
             "state": self.state,
             "schedulingState": "enabled",
             "stateTransitionTime": iso(self.state_time),
-            "lastBootTime": iso(self.allocation_time),
+            "lastBootTime": iso(self.boot_time),
             "allocationTime": iso(self.allocation_time),
             "ipAddress": self.ip,
             "ipv6Address": "fd00::" + self.ip.replace(".", ":"),
@@ -140,6 +145,19 @@ class Preparation:
             "retryCount": self.retry_count, "result": self.result})
 
 
+@dataclass(frozen=True)
+class PreparationRun:
+    """One finished run of a job preparation task, kept after its node is gone (the records
+    tests read: a re-created Spot node runs the preparation task again)."""
+
+    job_id: str
+    pool_id: str
+    node_id: str
+    incarnation: int  # of the node: 2 = the first VM after a preemption
+    result: str  # success / failure
+    exit_code: int | None
+
+
 @dataclass
 class Pool(Versioned):
     id: str = ""
@@ -154,6 +172,9 @@ class Pool(Versioned):
     delete_at: float | None = None
     nodes: list[Node] = field(default_factory=list)
     resize_errors: list[dict[str, Any]] = field(default_factory=list)
+    # User-assigned managed identities (ARM resource IDs): only a pool made through Azure
+    # Resource Manager has any (FakeBatch.create_pool_through_arm); the Batch API gives none.
+    identities: list[str] = field(default_factory=list)
 
     @property
     def slots_per_node(self) -> int:
@@ -203,6 +224,10 @@ class Pool(Versioned):
         })
         if self.resize_errors:
             view["resizeErrors"] = self.resize_errors
+        if self.identities:
+            view["identity"] = {"type": "UserAssigned", "userAssignedIdentities": [
+                {"resourceId": r, "clientId": str(uuid.uuid5(uuid.NAMESPACE_URL, r + "#client")),
+                 "principalId": str(uuid.uuid5(uuid.NAMESPACE_URL, r))} for r in self.identities]}
         return view
 
 
@@ -389,6 +414,7 @@ class Store:
         self.pools: dict[str, Pool] = {}
         self.jobs: dict[str, Job] = {}
         self.all_tasks: list[Task] = []  # every task ever added, also of deleted jobs
+        self.preparation_runs: list[PreparationRun] = []  # every job preparation that finished
         self._serial = 0
 
     def next_serial(self) -> int:

@@ -21,10 +21,12 @@ from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError,
                                    ServiceResponseError)
 
 from common.backends.azure import builders as bb
+from common.backends.azure import registry
 from common.backends.azure import storage as st
 from common.backends.azure.calls import add_tasks, create_job, end_with_last_task, send
-from common.backends.azure.checks import (error_code, failure_words, image_problem, pool_health,
-                                          pool_mismatch, pool_state, service_words, value_of)
+from common.backends.azure.checks import (error_code, failure_words, identity_problem,
+                                          image_problem, pool_health, pool_mismatch, pool_state,
+                                          service_words, value_of)
 from common.backends.base import Backend, BlobStore, Capabilities, StatusCallback
 from common.config import Settings
 from common.backends.azure.entra import batch_credential
@@ -71,7 +73,8 @@ class AzureBackend(Backend):
 
     def node_setup(self, image: str | None) -> bb.NodeSetup:
         app = self.settings.app
-        return bb.NodeSetup(app.pool_image, app.node_agent_sku_id, bb.image_credentials(app, image))
+        return bb.NodeSetup(app.pool_image, app.node_agent_sku_id, bb.image_credentials(app, image),
+                            app.pool_os_disk_gb)
 
     # -- requests ----------------------------------------------------------------------
 
@@ -105,6 +108,9 @@ class AzureBackend(Backend):
 
     def prepare_pool(self, spec: PoolSpec, on_status: StatusCallback) -> None:
         existing = self._find_pool(spec.pool_id, on_status)
+        identity = identity_problem(spec.pool_id, existing, self.node_setup(spec.image).registry)
+        if identity:
+            raise ToolError(identity)
         if existing is None:
             self._check_image(on_status)
             options = bb.pool_options(spec, self.node_setup(spec.image))
@@ -172,6 +178,10 @@ class AzureBackend(Backend):
                 if warning not in said:
                     on_status(f"warning: {warning} (the campaign goes on with the other nodes)")
                     said.add(warning)
+            for note in state.notes:
+                if note not in said:
+                    on_status(note)
+                    said.add(note)
             if state.ready:
                 return
             if self.clock() > deadline:
@@ -211,16 +221,21 @@ class AzureBackend(Backend):
                         preparation=job.preparation, run_as_root=job.run_as_root,
                         keep_entrypoint=job.keep_entrypoint)
         urls = self.task_urls(shown, dry_run=True)
-        tasks = [bb.task_options(t, shown, urls) for t in shown.tasks]
+        tasks = [bb.task_options(t, shown, urls, setup.registry) for t in shown.tasks]
         pool_part = [] if job.auto_pool else [
             ("pool (POST /pools)", bb.redacted_json(bb.pool_options(pool, setup), secrets))]
         chunks = len(bb.chunks(list(job.tasks)))
+        nodes = (job.auto_pool or pool).node_count + (job.auto_pool or pool).spot_node_count
+        images = ([("images (pulled by every node)", registry.images_text(
+            [(job.image, setup.registry)], nodes, self.settings.app.pool_os_disk_gb))]
+            if job.image else [])
         return (pool_part
                 + [("job (POST /jobs, with its job preparation task"
                     + (" and auto pool)" if job.auto_pool else ")"),
                     bb.redacted_json(bb.job_options(job, setup, urls), secrets))]
                 + [(f"task {t.id} (POST /jobs/{job.job_id}/addtaskcollection)",
                     bb.redacted_json(t, secrets)) for t in tasks]
+                + images
                 + [("requests, in order",
                     "\n".join([f"{n}. {step}" for n, step in enumerate(
                         (["GET /supportedimages (the VM image is offered and container-capable)"]
@@ -240,10 +255,11 @@ class AzureBackend(Backend):
         if job.auto_pool:
             self._check_image(on_status)
         urls = self.task_urls(job)
-        options = bb.job_options(job, self.node_setup(job.image), urls)
+        setup = self.node_setup(job.image)
+        options = bb.job_options(job, setup, urls)
         create_job(self.client, options, job.owner, self.backoff)
-        add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls) for t in job.tasks],
-                  sleep=self.backoff)
+        add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls, setup.registry)
+                                            for t in job.tasks], sleep=self.backoff)
         if job.seal:
             end_with_last_task(self.client, job.job_id, self.backoff)
         if job.auto_pool is None:
@@ -256,8 +272,9 @@ class AzureBackend(Backend):
 
     def add_tasks(self, job: JobSpec) -> None:
         urls = self.task_urls(job)
-        add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls) for t in job.tasks],
-                  sleep=self.backoff)
+        registry = self.node_setup(job.image).registry
+        add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls, registry)
+                                            for t in job.tasks], sleep=self.backoff)
 
     def seal_job(self, job_id: str) -> None:
         end_with_last_task(self.client, job_id, self.backoff)

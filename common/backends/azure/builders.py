@@ -27,9 +27,22 @@ _WILDCARD = re.compile(r"[*?\[]")
 
 @dataclass(frozen=True)
 class Registry:
+    """A registry's credentials: a user and password, or a managed identity (an Azure
+    Container Registry granting AcrPull to a user-assigned identity the pool carries)."""
+
     server: str
-    username: str
-    password: Secret
+    username: str | None = None
+    password: Secret | None = None
+    identity: str | None = None  # the identity's ARM resource ID
+
+    def reference(self) -> bm.ContainerRegistryReference:
+        if self.identity is not None:
+            return bm.ContainerRegistryReference(
+                registry_server=self.server,
+                identity_reference=bm.BatchNodeIdentityReference(resource_id=self.identity))
+        assert self.password is not None
+        return bm.ContainerRegistryReference(registry_server=self.server, username=self.username,
+                                             password=self.password.reveal())
 
 
 @dataclass(frozen=True)
@@ -69,28 +82,44 @@ def registry_for(image: str | None, username: str | None, token: Secret | None) 
     return Registry(registry_server(full_image_name(image)), username, token)
 
 
+# Azure Container Registry hosts, per cloud: the registries a managed identity can pull from.
+ACR_SUFFIXES = (".azurecr.io", ".azurecr.cn", ".azurecr.us")
+
+
+def is_acr(server: str) -> bool:
+    return server.lower().endswith(ACR_SUFFIXES)
+
+
 def image_credentials(app: AppConfig, image: str | None) -> Registry | None:
     """The credentials for `image`'s registry: the worker image's registry gets DOCKER_USER /
     DOCKER_TOKEN; the reducer image REDUCER_DOCKER_USER / REDUCER_DOCKER_TOKEN, or the worker's
-    when both images live in the same registry; any other registry none."""
+    when both images live in the same registry; an Azure Container Registry without a
+    password of its own gets REGISTRY_IDENTITY; any other registry none (anonymous)."""
     if image is None:
         return None
+    found = None
     if image == app.reducer_docker_image and app.reducer_docker_user:
-        return registry_for(image, app.reducer_docker_user, app.reducer_docker_token)
-    worker = app.worker_docker_image
-    if worker is not None and registry_server(full_image_name(worker)) == \
-            registry_server(full_image_name(image)):
-        return registry_for(image, app.docker_user, app.docker_token)
-    return None
+        found = registry_for(image, app.reducer_docker_user, app.reducer_docker_token)
+    else:
+        worker = app.worker_docker_image
+        if worker is not None and registry_server(full_image_name(worker)) == \
+                registry_server(full_image_name(image)):
+            found = registry_for(image, app.docker_user, app.docker_token)
+    server = registry_server(full_image_name(image))
+    if found is None and app.registry_identity and is_acr(server):
+        return Registry(server, identity=app.registry_identity)
+    return found
 
 
 @dataclass(frozen=True)
 class NodeSetup:
-    """How every node of a pool is made: VM image, node agent, registry for the image."""
+    """How every node of a pool is made: VM image, node agent, registry for the image, and
+    the OS disk (Docker's data root on microsoft-dsvm/ubuntu-hpc: images unpack there)."""
 
     image: PoolImage
     node_agent_sku_id: str
     registry: Registry | None
+    os_disk_gb: int | None = None
 
 
 def _vm_configuration(spec: PoolSpec, setup: NodeSetup) -> bm.VirtualMachineConfiguration:
@@ -98,15 +127,14 @@ def _vm_configuration(spec: PoolSpec, setup: NodeSetup) -> bm.VirtualMachineConf
     containers = bm.BatchContainerConfiguration(
         type="dockerCompatible",
         container_image_names=[full_image_name(spec.image)] if spec.image else None,
-        container_registries=[bm.ContainerRegistryReference(
-            registry_server=registry.server, username=registry.username,
-            password=registry.password.reveal())] if registry else None)
+        container_registries=[registry.reference()] if registry else None)
     image = setup.image
     return bm.VirtualMachineConfiguration(
         image_reference=bm.BatchVmImageReference(publisher=image.publisher, offer=image.offer,
                                                  sku=image.sku, version=image.version),
         node_agent_sku_id=setup.node_agent_sku_id,
-        container_configuration=containers)
+        container_configuration=containers,
+        os_disk=bm.BatchOsDisk(disk_size_gb=setup.os_disk_gb) if setup.os_disk_gb else None)
 
 
 def pool_options(spec: PoolSpec, setup: NodeSetup) -> bm.BatchPoolCreateOptions:
@@ -217,19 +245,25 @@ def _output_file(output: OutputFile, write_url: str) -> bm.OutputFile:
             upload_condition="tasksuccess" if output.when == SUCCESS else "taskcompletion"))
 
 
-def container_settings(image: str, keep_entrypoint: bool) -> bm.BatchTaskContainerSettings:
+def container_settings(image: str, keep_entrypoint: bool,
+                       registry: Registry | None = None) -> bm.BatchTaskContainerSettings:
+    """A managed identity also goes on the task: a pool made outside the tool (the only kind
+    that can carry an identity) may not list the registry itself."""
     return bm.BatchTaskContainerSettings(
         image_name=full_image_name(image),
-        container_run_options=None if keep_entrypoint else ENTRYPOINT_OVERRIDE)
+        container_run_options=None if keep_entrypoint else ENTRYPOINT_OVERRIDE,
+        registry=registry.reference() if registry and registry.identity else None)
 
 
-def task_options(task: TaskSpec, job: JobSpec, urls: TaskUrls) -> bm.BatchTaskCreateOptions:
+def task_options(task: TaskSpec, job: JobSpec, urls: TaskUrls,
+                 registry: Registry | None = None) -> bm.BatchTaskCreateOptions:
     image = job.image
     return bm.BatchTaskCreateOptions(
         id=task.task_id,
         command_line=container_command_line(task.command, job.keep_entrypoint) if image
         else host_command_line(task.command),
-        container_settings=container_settings(image, job.keep_entrypoint) if image else None,
+        container_settings=container_settings(image, job.keep_entrypoint, registry)
+        if image else None,
         resource_files=_resource_files(task, urls) or None,
         output_files=[_output_file(o, urls.write) for o in task.outputs],
         environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in task.environment],

@@ -19,9 +19,10 @@ from common.redaction import redact
 
 BROKEN_NODE_STATES = {"starttaskfailed", "unusable"}
 READY_NODE_STATES = {"idle", "running"}
-# Nodes on their way to running tasks: not a reason to give up on a pool.
+# Nodes on their way to running tasks: not a reason to give up on a pool. A preempted Spot
+# node is one too: it still counts in the pool and Batch re-creates it when capacity returns.
 COMING_NODE_STATES = {"creating", "starting", "waitingforstarttask", "rebooting", "reimaging",
-                      "upgradingos"}
+                      "upgradingos", "preempted"}
 
 
 def value_of(state: object) -> str:
@@ -59,6 +60,7 @@ class PoolState:
     summary: str
     error: str | None = None  # no node can run tasks, and none is on its way
     warnings: tuple[str, ...] = ()  # problems that leave the pool usable
+    notes: tuple[str, ...] = ()  # what the service does by itself (preempted Spot nodes)
 
 
 def pool_state(pool: bm.BatchPool, nodes: list[bm.BatchNode]) -> PoolState:
@@ -74,11 +76,14 @@ def pool_state(pool: bm.BatchPool, nodes: list[bm.BatchNode]) -> PoolState:
     resize = [f"{e.code}: {e.message}" for e in pool.resize_errors or []]
     broken = [node_problem(pool.id, n) for n in nodes if value_of(n.state) in BROKEN_NODE_STATES]
     warnings = tuple([f"pool {pool.id} did not get all its nodes: {w}" for w in resize] + broken)
+    preempted = counts.get("preempted", 0)
+    notes = (f"pool {pool.id}: {preempted} Spot node(s) preempted: Batch replaces them when "
+             "capacity returns",) if preempted else ()
     usable = sum(counts.get(s, 0) for s in READY_NODE_STATES)
     coming = sum(counts.get(s, 0) for s in COMING_NODE_STATES)
     steady = value_of(pool.allocation_state) == "steady"
     if usable:
-        return PoolState(True, summary, warnings=warnings)
+        return PoolState(True, summary, warnings=warnings, notes=notes)
     if nodes and counts.get("leavingpool", 0) == len(nodes):
         return PoolState(False, summary)  # the pool is going (its job ended): not a failure
     if steady and not coming:
@@ -86,7 +91,7 @@ def pool_state(pool: bm.BatchPool, nodes: list[bm.BatchNode]) -> PoolState:
             return PoolState(False, summary, f"pool {pool.id} cannot get its nodes: {'; '.join(resize)}")
         why = broken[0] if broken else f"pool {pool.id} has no nodes"
         return PoolState(False, summary, why)
-    return PoolState(False, summary, warnings=warnings)
+    return PoolState(False, summary, warnings=warnings, notes=notes)
 
 
 def node_problem(pool_id: str, node: bm.BatchNode) -> str:
@@ -132,6 +137,29 @@ def pool_mismatch(pool: bm.BatchPool, vm_size: str | None, settings: Settings) -
     have = (ref.publisher, ref.offer, ref.sku) if ref else (None, None, None)
     if tuple((x or "").lower() for x in have) != (want.publisher.lower(), want.offer.lower(), want.sku.lower()):
         return f"its image is {'/'.join(str(x) for x in have)}, not {want.publisher}/{want.offer}/{want.sku}"
+    return None
+
+
+def identity_problem(pool_id: str, pool: bm.BatchPool | None, registry) -> str | None:
+    """Why a pool cannot pull with the registry's managed identity, or None. The Batch
+    service API cannot give a pool an identity (Microsoft: pools with managed identities are
+    made "only with the Batch Management Plane APIs"), so such a pool must exist already and
+    carry it; `registry` is builders.Registry or None."""
+    wanted = getattr(registry, "identity", None)
+    if not wanted:
+        return None
+    how = (f"create pool {pool_id} in the Azure portal (Batch account > Pools > Add) or with an "
+           f"ARM template, with the user-assigned identity {wanted}, the same VM size and image "
+           "and a container configuration, then run again")
+    if pool is None:
+        return (f"pool {pool_id} does not exist, and the tool cannot make a pool that carries "
+                f"REGISTRY_IDENTITY (Batch gives pools identities only through Azure Resource "
+                f"Manager): {how}")
+    have = [i.resource_id or "" for i in ((pool.identity.user_assigned_identities or [])
+                                          if pool.identity else [])]
+    if wanted.lower() not in (h.lower() for h in have):
+        return (f"pool {pool_id} does not carry REGISTRY_IDENTITY {wanted} (it has: "
+                f"{', '.join(have) or 'no identity'}): delete it and {how}")
     return None
 
 

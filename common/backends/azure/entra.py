@@ -24,17 +24,27 @@ from common.config import AppConfig
 class Cloud:
     name: str
     batch_domain: str  # what Batch account hosts end with
-    batch_scope: str  # the token scope of the Batch service
+    batch_resource: str  # the Batch service's resource ID in this cloud, as documented
     authority: str  # where Entra ID sign-ins go
 
+    @property
+    def batch_scope(self) -> str:
+        """The resource ID with "/.default" after it — its own trailing slash kept, hence
+        "//.default", as azure-batch's default scope is spelt. Batch accepts only tokens whose
+        audience is the resource ID exactly, slash included; azure-identity turns a scope back
+        into a resource (managed identity, az login) by cutting "/.default" off the end."""
+        return self.batch_resource + "/.default"
 
+
+# Resource IDs: Microsoft's "Authenticate Azure Batch services with Microsoft Entra ID" (the
+# global and the Azure China editions), and the Azure CLI's cloud table (batch_resource_id).
 CLOUDS = (
-    Cloud("Azure", "batch.azure.com", "https://batch.core.windows.net//.default",
+    Cloud("Azure", "batch.azure.com", "https://batch.core.windows.net/",
           AzureAuthorityHosts.AZURE_PUBLIC_CLOUD),
-    Cloud("Azure China", "batch.chinacloudapi.cn", "https://batch.chinacloudapi.cn/.default",
+    Cloud("Azure China", "batch.chinacloudapi.cn", "https://batch.chinacloudapi.cn/",
           AzureAuthorityHosts.AZURE_CHINA),
-    Cloud("Azure Government", "batch.usgovcloudapi.net",
-          "https://batch.core.usgovcloudapi.net/.default", AzureAuthorityHosts.AZURE_GOVERNMENT),
+    Cloud("Azure Government", "batch.usgovcloudapi.net", "https://batch.core.usgovcloudapi.net/",
+          AzureAuthorityHosts.AZURE_GOVERNMENT),
 )
 STORAGE_SCOPE = "https://storage.azure.com/.default"
 

@@ -29,6 +29,7 @@ from azure.storage.blob import (BlobSasPermissions, BlobServiceClient, Container
 
 from common.backends.base import BlobStore
 from common.config import AppConfig, Secret
+from common.config.model import CLOCK_SKEW_MINUTES, DELEGATION_KEY_MAX_MINUTES, SAS_MARGIN_MINUTES
 from common.errors import ToolError
 from common.model import BlobInfo
 from common.redaction import redact
@@ -39,8 +40,8 @@ STORAGE_RETRIES = 6  # per request, for a 503 or a cut read (a connection not ma
 BLOCK_SIZE = 8 * 1024 * 1024
 TRANSFER_CONCURRENCY = 8
 CONNECTIONS = 48  # room for 32 parallel blob downloads (common/transfer.py) and then some
-SAS_MARGIN = timedelta(hours=2)  # pool start-up, output upload and the reducer after the tasks
-CLOCK_SKEW = timedelta(minutes=5)
+SAS_MARGIN = timedelta(minutes=SAS_MARGIN_MINUTES)  # start-up, uploads, the reducer after the tasks
+CLOCK_SKEW = timedelta(minutes=CLOCK_SKEW_MINUTES)
 
 
 @dataclass(frozen=True)
@@ -236,7 +237,7 @@ def _start(now: datetime | None) -> datetime:
 # Signs what --dry-run shows (never sent, signatures hidden) when there is no account key.
 PLACEHOLDER_KEY = Secret("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
 # A user delegation key lives at most 7 days (the service's limit).
-MAX_DELEGATION = timedelta(days=7)
+MAX_DELEGATION = timedelta(minutes=DELEGATION_KEY_MAX_MINUTES)
 
 
 @dataclass(frozen=True)
@@ -245,11 +246,20 @@ class SigningKey:
 
     account_key: Secret | None = None
     delegation: UserDelegationKey | None = None
+    expires: datetime | None = None  # the delegation key's end: no SAS it signs may outlive it
 
     def arguments(self) -> dict[str, Any]:
         if self.account_key is not None:
             return {"account_key": self.account_key.reveal()}
         return {"user_delegation_key": self.delegation}
+
+    def check(self, expiry: datetime) -> None:
+        """A SAS signed with an expired delegation key is invalid, so none may outlive it
+        (the configuration refuses such timeouts: reaching this is a bug, said plainly)."""
+        if self.expires is not None and expiry > self.expires:
+            raise ToolError(f"SAS URLs would expire at {expiry:%Y-%m-%d %H:%M} UTC, after the user "
+                            f"delegation key that signs them ({self.expires:%Y-%m-%d %H:%M} UTC): "
+                            "lower TIMEOUT_MINUTES or set STORAGE_ACCOUNT_KEY")
 
 
 def signing_key(service: BlobServiceClient, account: StorageAccount, expiry: datetime,
@@ -259,26 +269,28 @@ def signing_key(service: BlobServiceClient, account: StorageAccount, expiry: dat
     if account.key is not None:
         return SigningKey(account_key=account.key)
     start = _start(now)
+    ends = min(expiry, start + MAX_DELEGATION)
     try:
-        key = service.get_user_delegation_key(start, min(expiry, start + MAX_DELEGATION))
+        key = service.get_user_delegation_key(start, ends)
     except (HttpResponseError, ServiceRequestError, ServiceResponseError) as error:
         raise storage_error(account, "asking for a user delegation key (to sign SAS URLs)",
                             error) from None
-    return SigningKey(delegation=key)
+    return SigningKey(delegation=key, expires=ends)
 
 
-def _signed(account: StorageAccount, signing: SigningKey | None) -> dict[str, Any]:
+def _signed(account: StorageAccount, signing: SigningKey | None, expiry: datetime) -> dict[str, Any]:
     if signing is None:
         if account.key is None:
             raise ValueError("no account key: pass the SigningKey from signing_key()")
         signing = SigningKey(account_key=account.key)
+    signing.check(expiry)
     return signing.arguments()
 
 
 def blob_read_url(account: StorageAccount, container: str, blob: str, expiry: datetime,
                   now: datetime | None = None, signing: SigningKey | None = None) -> str:
     """A URL that can read this one blob and nothing else (resource files)."""
-    token = generate_blob_sas(account.name, container, blob, **_signed(account, signing),
+    token = generate_blob_sas(account.name, container, blob, **_signed(account, signing, expiry),
                               permission=BlobSasPermissions(read=True), expiry=expiry,
                               start=_start(now))
     return f"{account.blob_url(container, blob)}?{token}"
@@ -287,7 +299,7 @@ def blob_read_url(account: StorageAccount, container: str, blob: str, expiry: da
 def container_read_list_url(account: StorageAccount, container: str, expiry: datetime,
                             now: datetime | None = None, signing: SigningKey | None = None) -> str:
     """Read + list over the container: for a resource file with a blob prefix (the reducer)."""
-    token = generate_container_sas(account.name, container, **_signed(account, signing),
+    token = generate_container_sas(account.name, container, **_signed(account, signing, expiry),
                                    permission=ContainerSasPermissions(read=True, list=True),
                                    expiry=expiry, start=_start(now))
     return f"{account.container_url(container)}?{token}"
@@ -296,7 +308,7 @@ def container_read_list_url(account: StorageAccount, container: str, expiry: dat
 def container_write_url(account: StorageAccount, container: str, expiry: datetime,
                         now: datetime | None = None, signing: SigningKey | None = None) -> str:
     """Write only: what Batch output files need to create blobs; cannot read, list or delete."""
-    token = generate_container_sas(account.name, container, **_signed(account, signing),
+    token = generate_container_sas(account.name, container, **_signed(account, signing, expiry),
                                    permission=ContainerSasPermissions(write=True), expiry=expiry,
                                    start=_start(now))
     return f"{account.container_url(container)}?{token}"
