@@ -155,6 +155,7 @@ def worker_task(settings: Settings, index: int, retry: int = 0) -> TaskSpec:
         environment=(("SIM_ID", sim.sim_id), ("TASK_INDEX", str(index)), ("SIM_SEED", str(seed))),
         seed=seed,
         max_retries=sim.max_task_retries,
+        reads_shared_data=bool(settings.app.geant4_data_dir or settings.app.geant4_data_url),
     )
 
 

@@ -96,6 +96,9 @@ class TaskSpec:
     environment: tuple[tuple[str, str], ...] = ()
     seed: int | None = None
     max_retries: int = 0  # reruns after a non-zero exit, as Batch's maxTaskRetryCount
+    # Reads the job's SharedData (the Geant4 data): it sees it read-only, and little else
+    # of the node (a container task's view is narrowed to its own folders).
+    reads_shared_data: bool = False
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ always the node's copy of the data: a path on the user's machine means nothing o
 from __future__ import annotations
 
 import shlex
+from dataclasses import replace
 
 from common.config import Settings
 from common.config_topas import DATA_DIRECTORY, THREADS, FileSettings, histories_name
@@ -69,6 +70,12 @@ def seed_lines(seed_files: tuple[str, ...]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the plan
+
+
+def with_node_threads(settings: Settings, threads: int | None) -> Settings:
+    """The settings, knowing how many cores each task has on a node (None: not known)."""
+    topas = replace(settings.sim.topas, node_threads=threads)
+    return replace(settings, sim=replace(settings.sim, topas=topas))
 
 
 def threads_for(settings: Settings) -> tuple[int | None, str]:

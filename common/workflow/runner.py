@@ -27,6 +27,7 @@ from common.workflow.ending import finish
 from common.workflow.metering import Metering, start_metering
 from common.workflow.records import claimed, existing, open_for_run, refuse_if_busy
 from common.workflow.safety import guarded
+from common.workflow.shared_data import check_data, stage_data
 
 
 def run_simulation(ctx: Context) -> Outcome:
@@ -39,11 +40,13 @@ def run_simulation(ctx: Context) -> Outcome:
     metering = start_metering(ctx)  # a budget it could not enforce is refused here
     with tempfile.TemporaryFile(prefix="batch-sim-") as handle:
         archive = pack(ctx, handle)  # refuses (exit 2) before the manifest or anything exists
+        data = check_data(ctx)  # the Geant4 data too
         run = Run(ctx, store, open_for_run(ctx), JobKind.WORKERS)
         with claimed(ctx, run.record, Script.RUNNER):
             guarded(run, set(), lambda: upload_simulation(run, handle, archive))
+            shared = guarded(run, set(), lambda: stage_data(run, data))
             set_aside_old_results(run, replaced)
-            job = cp.worker_job(settings, ids)
+            job = replace(cp.worker_job(settings, ids), shared_data=shared)
             if sim.goals.adaptive:
                 return run_adaptive_job(run, replace(job, seal=False), metering)
             return run_worker_job(run, job, metering)
@@ -101,7 +104,8 @@ def pack(ctx: Context, handle: BinaryIO) -> Archive:
     # An anonymous file: nothing is left in the temporary folder whatever kills the process.
     # Refuses (exit 2) links leaving the folder, FIFOs, unreadable files and secrets.
     archive = build_archive(sim.local_sim_path, handle,
-                            exclude=(sim.local_results_path, app.local_storage_path),
+                            exclude=(sim.local_results_path, app.local_storage_path)
+                            + ((app.geant4_data_dir,) if app.geant4_data_dir else ()),
                             exclude_files=(app.path,), secrets=app.secrets())
     ctx.ui.info(f"{archive.files} file(s), {archive.size:,} bytes")
     return archive
@@ -249,7 +253,9 @@ def rerun_failed(ctx: Context) -> Outcome:
     if not store.exists():
         raise ToolError(f"container {store.container} is gone: run the campaign again")
     metering = start_metering(ctx)
+    data = check_data(ctx)
     run = Run(ctx, store, record, JobKind.WORKERS)
     with claimed(ctx, record, Script.RUNNER):
         set_aside_old_results(run, [])
-        return run_worker_job(run, job, metering)
+        shared = guarded(run, set(), lambda: stage_data(run, data))
+        return run_worker_job(run, replace(job, shared_data=shared), metering)

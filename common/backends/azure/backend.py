@@ -29,6 +29,8 @@ from common.backends.base import Backend, BlobStore, Capabilities, StatusCallbac
 from common.config import Settings
 from common.backends.azure.entra import batch_credential
 from common.errors import ToolError
+from common.geant4_upload import SHARED_CONTAINER, STAGE_BLOB, split_data_url
+from common.vm_cores import vm_cores
 from common.model import JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure, TaskStats
 from common.backends.azure.network import ReportingRetry, RequestLog
 
@@ -194,18 +196,37 @@ class AzureBackend(Backend):
             else st.signing_key(self.storage, self.account, expiry)
         everyone = list(job.tasks) + ([job.preparation] if job.preparation else [])
         blobs = {i.blob for t in everyone for i in t.inputs if not i.is_prefix}
+        data = job.shared_data
+        if data is not None:
+            blobs.add(STAGE_BLOB)  # the node's side of the data staging
         return bb.TaskUrls(
             read={b: st.blob_read_url(self.account, job.container, b, expiry, signing=signing)
                   for b in sorted(blobs)},
             read_list=st.container_read_list_url(self.account, job.container, expiry, signing=signing),
-            write=st.container_write_url(self.account, job.container, expiry, signing=signing))
+            write=st.container_write_url(self.account, job.container, expiry, signing=signing),
+            data_source=st.container_read_list_url(self.account, data.container, expiry,
+                                                   signing=signing)
+            if data is not None and data.container else None)
+
+    def shared_data_store(self) -> BlobStore | None:
+        return st.AzureBlobStore(self.storage, self.account, SHARED_CONTAINER)
+
+    def store_at(self, url: str) -> tuple[BlobStore, str] | None:
+        found = split_data_url(url, self.account.url)
+        if found is None:
+            return None
+        return st.AzureBlobStore(self.storage, self.account, found[0]), found[1]
+
+    def threads_per_task(self, pool: PoolSpec) -> int | None:
+        cores = vm_cores(pool.vm_size)
+        return max(1, cores // pool.slots_per_node) if cores else None
 
     def describe(self, pool: PoolSpec, job: JobSpec, shown_tasks: int = 3) -> list[tuple[str, str]]:
         secrets = self.settings.app.secrets()
         setup = self.node_setup(pool.image)
         shown = JobSpec(job.job_id, job.pool_id, job.container, job.tasks[:shown_tasks], job.image,
                         preparation=job.preparation, run_as_root=job.run_as_root,
-                        keep_entrypoint=job.keep_entrypoint)
+                        keep_entrypoint=job.keep_entrypoint, shared_data=job.shared_data)
         urls = self.task_urls(shown, dry_run=True)
         tasks = [bb.task_options(t, shown, urls) for t in shown.tasks]
         pool_part = [] if job.auto_pool else [
