@@ -11,8 +11,9 @@ and what this module makes the fake do:
   arguments (an override also drops the image's CMD, as Docker does);
 - on Linux the task's user is mapped into the container: an admin auto-user is root, any
   other auto-user an unprivileged uid, so files an image keeps under /root are out of reach;
-- AZ_BATCH_NODE_ROOT_DIR is mounted at the same path, the task's environment variables are
-  set, and the working directory is the task's.
+- AZ_BATCH_NODE_ROOT_DIR is mounted at the same path (or, with containerHostBatchBindMounts,
+  only the folders listed, read-only where asked: "Batch Container Isolation Task"), the
+  task's environment variables are set, and the working directory is the task's.
 
 An "image" here is a folder holding a root file system plus its config (ContainerImage);
 the container is bubblewrap (`bwrap`) with that folder as /, no network, a private /tmp and
@@ -168,6 +169,37 @@ def container_argv(image: ContainerImage, options: RunOptions, command_line: str
     return argv
 
 
+# containerHostBatchBindMounts sources -> folders of a node ("Task" is the task's own).
+BIND_SOURCES = {"Shared": "shared", "Startup": "startup", "VfsMounts": "fsmounts",
+                "Applications": "applications"}
+
+
+def batch_mounts(settings: dict[str, Any], node_root: Path, task_dir: Path,
+                 prep_dir: Path | None) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """(read-write, read-only) folders of the node the container gets, at the same paths.
+
+    Without containerHostBatchBindMounts, all of AZ_BATCH_NODE_ROOT_DIR read-write (what
+    Batch does on Linux); with it, only the sources listed ("It won't mount any data paths
+    into container if this array is set as empty"), each read-only when isReadOnly."""
+    entries = settings.get("containerHostBatchBindMounts")
+    if entries is None:
+        return (node_root,), ()
+    writable, read_only = [], []
+    for entry in entries:
+        source = entry.get("source")
+        if source == "Task":
+            path = task_dir
+        elif source == "JobPrep":
+            if prep_dir is None:
+                continue
+            path = prep_dir
+        else:
+            path = node_root / BIND_SOURCES[source]
+        path.mkdir(parents=True, exist_ok=True)
+        (read_only if entry.get("isReadOnly") else writable).append(path)
+    return tuple(writable), tuple(read_only)
+
+
 def user_for(identity: dict[str, Any] | None, serial: int) -> int:
     """The uid Batch maps the task's user to: root only for an admin auto-user."""
     auto = (identity or {}).get("autoUser") or {}
@@ -200,6 +232,7 @@ class Launch:
     env: dict[str, str]
     working_dir: Path
     mounts: tuple[Path, ...] = field(default=())  # read-write, at the same path (node root)
+    read_only: tuple[Path, ...] = field(default=())  # read-only, at the same path
 
 
 def _image_tree(rootfs: Path) -> list[str]:
@@ -231,6 +264,8 @@ def bwrap_command(launch: Launch) -> list[str]:
             args += ["--ro-bind", host, host]
     for mount in launch.mounts:
         args += ["--bind", str(mount), str(mount)]
+    for mount in launch.read_only:
+        args += ["--ro-bind", str(mount), str(mount)]
     args += ["--uid", str(launch.uid), "--gid", str(launch.uid), "--chdir", str(launch.working_dir),
              "--clearenv"]
     for key, value in launch.env.items():

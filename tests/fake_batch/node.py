@@ -122,8 +122,11 @@ class NodeWork:
             if settings.get("workingDirectory") == "containerImageDefault":
                 working_dir = Path(image.workdir)
             assert runtime.node.root is not None
+            prep = job_dir(runtime.node, runtime.job) / PREPARATION_DIR
+            writable, read_only = containers.batch_mounts(
+                settings, runtime.node.root, task_dir, prep if prep.is_dir() else None)
             launch = containers.Launch(image, argv, uid, containers.container_env(image, options, env),
-                                       working_dir, (runtime.node.root,))
+                                       working_dir, writable, read_only)
             return containers.start(launch, out, err)
         command = containers.as_user(["bash", "-c", body["commandLine"]], uid)
         return subprocess.Popen(command, cwd=working_dir, env={**self.knobs.host_env, **env},
