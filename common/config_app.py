@@ -160,7 +160,7 @@ def _geant4(r: Reader, values: dict[str, Any], backend: str | None) -> dict[str,
     if url and backend == "local":
         r.bad("GEANT4_DATA_URL", "needs the azure backend (the local backend has no storage "
               "account)", "use GEANT4_DATA_DIR with the folder on this machine")
-    elif url and ("?" in url or "#" in url):
+    if url and ("?" in url or "#" in url):
         r.bad("GEANT4_DATA_URL", "holds a query string (a SAS?)",
               "give the URL without '?...': the tool signs its own read-only SAS for the nodes")
     elif url and not re.match(r"^https?://[^/?#]+/[^?#]+$", url):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from common.errors import usage_error
+from common.errors import ToolError, usage_error
 from common.geant4_stage import REQUIRED, TOPAS_DEFAULT_PHYSICS, dataset_of, tree_digest
 from common.packaging import NotAllowed, SecretScan, open_inside, safe_files
 from common.pricing import default_cache_dir
@@ -106,16 +106,22 @@ def scan(path: Path) -> DataFolder:
     if not path.is_dir():
         raise usage_error(f"{LABEL}: {path} is not a folder: give the folder holding the "
                           "Geant4 data sets (G4EMLOW..., G4ENSDFSTATE..., ...)")
-    datasets, ignored = [], []
+    datasets, ignored, problems = [], [], []
     for entry in sorted(path.iterdir()):
-        found = _dataset(entry)
+        try:
+            found = _dataset(entry)
+        except ToolError as refused:  # every problem of every data set, in one go
+            problems += refused.lines
+            continue
         if found is None:
             ignored.append(entry.name)
         elif not found.files:
-            raise usage_error(f"{LABEL}: data set {entry.name} in {path} is empty: unpack it "
-                              "again from the Geant4 data download")
+            problems.append(f"{LABEL}: data set {entry.name} in {path} is empty: unpack it "
+                            "again from the Geant4 data download")
         else:
             datasets.append(found)
+    if problems:
+        raise usage_error(*problems)
     problem = required_problem(tuple(d.name for d in datasets), f"{path}")
     if problem:
         raise usage_error(f"{LABEL}: {problem}: download the data sets of your Geant4 version "

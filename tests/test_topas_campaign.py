@@ -217,3 +217,58 @@ def test_histories_and_threads_are_written_unless_the_files_set_them(
     dry = campaign.run(RUNNER, "--dry-run", env=topas_env)
     assert "your own setting wins: Ts/NumberOfThreads = 2 (water_phantom.txt) — TOPAS_THREADS is not applied" in dry.stdout
     assert "So/Beam/NumberOfHistoriesInRun = 7000 (water_phantom.txt) — HISTORIES_PER_TASK is not applied" in dry.stdout
+
+
+def test_data_already_in_the_storage_account_is_fetched_file_by_file(
+        tmp_path, azurite, fake_batch, g4data, topas_env):
+    """GEANT4_DATA_URL: a G4Data folder copied into a container as it is (azcopy, az storage
+    blob upload-batch): listed, keyed, fetched by each node, verified by size and MD5."""
+    service = BlobServiceClient(azurite.url, credential={"account_name": AZURITE_ACCOUNT,
+                                                          "account_key": AZURITE_KEY})
+    container = service.get_container_client(f"g4user{uuid.uuid4().hex[:8]}")
+    container.create_container()
+    for path in sorted(p for p in g4data.rglob("*") if p.is_file()):
+        container.upload_blob(f"geant4/11.3/{path.relative_to(g4data).as_posix()}", path.read_bytes())
+    container.upload_blob("geant4/11.3/README.txt", b"not a data set")
+    campaign = TopasCampaign(tmp_path / "c", azurite, fake_batch, g4data)
+    campaign.configure(GEANT4_DATA_DIR=None,
+                       GEANT4_DATA_URL=f"{azurite.url}/{container.container_name}/geant4/11.3")
+    campaign.update(TASK_COUNT=1, POOL_NODE_COUNT=1)
+    done = campaign.run(RUNNER, "--no-input", env=topas_env)
+    assert done.returncode == 0, done.stderr
+    assert "nothing to upload" in done.stderr
+    said = (campaign.results / "run1" / "stdout.txt").read_text()
+    assert "(read-only: yes)" in said and "Geant4 data" in said
+
+
+def test_the_example_runs_on_the_local_backend_with_topas_on_the_path(tmp_path, g4data, script_env):
+    """What examples/topas_water_phantom/README.md tells: the local backend, `topas` on PATH
+    (here the stand-in), the data folder used in place; then the built-in merge."""
+    root = tmp_path / "example"
+    shutil.copytree(EXAMPLE, root, ignore=shutil.ignore_patterns("nodes_output", "appconfig.json"))
+    app = json.loads((root / "appconfig.local.example.json").read_text())
+    app.update(GEANT4_DATA_DIR=str(g4data), LOCAL_STORAGE_PATH=str(tmp_path / "localbatch"))
+    write_json(root / "appconfig.json", app)
+    sim = json.loads((root / "simconfig.json").read_text())
+    sim.update(TASK_COUNT=2, POOL_NODE_COUNT=2, TIMEOUT_MINUTES=5)
+    write_json(root / "simconfig.json", sim)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "topas").write_text(f"#!/bin/sh\nexec {sys.executable} "
+                                   f"{REPO / 'tests' / 'support' / 'standin_topas.py'} \"$@\"\n")
+    (bin_dir / "topas").chmod(0o755)
+    env = {**script_env, "PATH": f"{bin_dir}:{script_env['PATH']}",
+           "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    try:
+        for script in (RUNNER, REDUCER):
+            done = subprocess.run([sys.executable, script, "simconfig.json", "--no-input"], cwd=root,
+                                  env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=240)
+            assert done.returncode == 0, done.stderr
+        said = (root / "simulation" / "nodes_output" / "run1" / "stdout.txt").read_text()
+        assert f"Geant4 data {g4data.resolve()} (read-only: no)" in said  # in place
+        merged = root / "simulation" / "nodes_output" / "results" / "DoseInPhantom.csv"
+        assert merged.read_text().startswith("# TOPAS Version")
+    finally:
+        from conftest import stop_local_pools
+        stop_local_pools(tmp_path / "localbatch")
