@@ -114,6 +114,10 @@ def read_app(path: Path, data: Mapping[str, Any], problems: Problems,
         git_token=r.secret("GIT_TOKEN", env),
     )
     values.update(_geant4(r, values, backend))
+    if values["keep_image_entrypoint"] and _is_opentopas(values["worker_docker_image"]):
+        r.bad("KEEP_IMAGE_ENTRYPOINT", "is true, but the official OpenTOPAS image's entrypoint "
+              "runs `topas` on its arguments: it would take the task's shell command for a "
+              "parameter file", "set it to false (the default): the task runs /bin/sh itself")
     if azure:
         _check_azure(r, values)
     # Given = present in the file (even with a wrong type, reported already) or the environment.
@@ -133,6 +137,11 @@ def read_app(path: Path, data: Mapping[str, Any], problems: Problems,
     if backend not in BACKENDS or local_storage is None:
         return None
     return AppConfig(path=path, backend=backend, local_storage_path=local_storage, **values)
+
+
+def _is_opentopas(image: str | None) -> bool:
+    """The official image (docker.io/)opentopas/opentopas:<tag>, whose ENTRYPOINT is topas."""
+    return bool(image) and re.sub(r"^(docker\.io/)?", "", image or "").startswith("opentopas/opentopas")
 
 
 def _geant4(r: Reader, values: dict[str, Any], backend: str | None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ On the node, from the environment the preparation task is given:
 - G4STAGE_SOURCE: the blob container URL with a read-only SAS (never printed);
 - G4STAGE_KEY: the content key of the data (the folder it lands in);
 - G4STAGE_LAYOUT: `archives` (this tool's upload: `sets/<key>.json` lists one .tar.gz per
-  data set) or `folder` (data sets stored file by file under G4STAGE_PREFIX, as a folder
+  data set, or .tar where gzip does not pay) or `folder` (data sets stored file by file under G4STAGE_PREFIX, as a folder
   copied into storage is).
 
 The data goes to `$AZ_BATCH_NODE_SHARED_DIR/geant4-data/<key>/` (kept across jobs on a
@@ -189,7 +189,7 @@ def _unpack(archive_path: Path, into: Path, name: str) -> None:
 
 def _stage_archive(source: str, entry: dict, partial: Path) -> None:
     name = entry["name"]
-    archive = partial / f".{name}.tar.gz"
+    archive = partial / f".{name}.archive"  # .tar.gz, or .tar for data that compresses poorly
     size, md5 = _download(_blob_url(source, entry["blob"]), archive, f"Geant4 data set {name}")
     if size != entry["size"] or md5 != entry["md5"]:
         raise StageError(f"Geant4 data set {name}: the download has {size:,} bytes (MD5 {md5}), "

@@ -22,6 +22,7 @@ import json
 import os
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -51,8 +52,25 @@ class Published:
     sent: tuple[str, ...]  # blobs uploaded
 
 
-def archive_blob(folder: str, key: str) -> str:
-    return f"{DATASETS_PREFIX}{folder}-{key[:16]}.tar.gz"
+SAMPLE = 1 << 20  # bytes of a data set read to decide whether compressing it pays
+STORE_ABOVE_RATIO = 0.9  # compressed/original of the sample: above it, a plain .tar
+
+
+def compresses(dataset) -> bool:
+    """Whether gzip pays for this data set, from its first MiB (G4NDL's files are zlib
+    streams already: compressing them again costs the client's CPU for ~nothing). Decided
+    from the bytes alone, so an unchanged data set always gets the same archive name."""
+    sample = bytearray()
+    for _, path, _ in dataset.files:
+        with open(path, "rb") as source:
+            sample += source.read(SAMPLE - len(sample))
+        if len(sample) >= SAMPLE:
+            break
+    return bool(sample) and len(zlib.compress(bytes(sample), 1)) <= STORE_ABOVE_RATIO * len(sample)
+
+
+def archive_blob(folder: str, key: str, compressed: bool = True) -> str:
+    return f"{DATASETS_PREFIX}{folder}-{key[:16]}.tar" + (".gz" if compressed else "")
 
 
 class _Counting:
@@ -84,12 +102,14 @@ class _Scanned:
         return block
 
 
-def write_archive(dataset, handle: BinaryIO, secrets: tuple[str, ...] = ()) -> tuple[int, bytes]:
-    """The data set as a deterministic .tar.gz into `handle`: (bytes, MD5)."""
+def write_archive(dataset, handle: BinaryIO, secrets: tuple[str, ...] = (),
+                  compressed: bool = True) -> tuple[int, bytes]:
+    """The data set as a deterministic .tar.gz (or .tar) into `handle`: (bytes, MD5)."""
     counting = _Counting(handle)
     root = os.path.realpath(dataset.path)
-    with gzip.GzipFile(fileobj=counting, mode="wb", compresslevel=1, mtime=0) as packed, \
-            tarfile.open(fileobj=packed, mode="w|", format=tarfile.GNU_FORMAT) as archive:
+    packed = gzip.GzipFile(fileobj=counting, mode="wb", compresslevel=1, mtime=0) if compressed \
+        else counting
+    with tarfile.open(fileobj=packed, mode="w|", format=tarfile.GNU_FORMAT, bufsize=CHUNK) as archive:
         for (name, path, executable), size in zip(dataset.files, dataset.sizes):
             info = tarfile.TarInfo(f"{dataset.folder}/{name}")
             info.size, info.mode, info.mtime = size, 0o755 if executable else 0o644, 0
@@ -98,6 +118,8 @@ def write_archive(dataset, handle: BinaryIO, secrets: tuple[str, ...] = ()) -> t
                     archive.addfile(info, _Scanned(source, path, secrets))  # type: ignore[arg-type]
             except NotAllowed as problem:
                 raise usage_error(f"{problem.path}: {problem.what} (in {LABEL}): {problem.fix}") from None
+    if compressed:
+        packed.close()  # type: ignore[union-attr]  # writes the gzip trailer
     return counting.size, counting.md5.digest()
 
 
@@ -113,15 +135,16 @@ def publish(store: BlobStore, folder: DataFolder, keys: dict[str, str],
     there = {b.name: b for b in store.list_blobs(DATASETS_PREFIX)}
     entries, sent, sent_bytes = [], [], 0
     for dataset in folder.datasets:
-        blob = archive_blob(dataset.folder, keys[dataset.folder])
+        compressed = compresses(dataset)
+        blob = archive_blob(dataset.folder, keys[dataset.folder], compressed)
         found = there.get(blob)
         if found is not None and found.md5 is not None:
             size, md5 = found.size, found.md5
         else:
-            say(f"uploading Geant4 data set {dataset.folder} ({dataset.bytes:,} bytes before "
-                "compression) to the shared container, once")
+            say(f"uploading Geant4 data set {dataset.folder} ({dataset.bytes:,} bytes"
+                + (" before compression" if compressed else "") + ") to the shared container, once")
             with tempfile.TemporaryFile(prefix="geant4-data-") as handle:
-                size, md5 = write_archive(dataset, handle, secrets)
+                size, md5 = write_archive(dataset, handle, secrets, compressed)
                 handle.seek(0)
                 store.upload_file(handle, blob, md5)
             sent.append(blob)

@@ -21,7 +21,8 @@ from common import geant4_stage as stage
 from common.backends.local.shared import place
 from common.config import load_settings
 from common.errors import ToolError
-from common.geant4_upload import SHARED_CONTAINER, archive_blob, in_place, write_archive
+from common.geant4_upload import (SHARED_CONTAINER, archive_blob, compresses, in_place,
+                                  write_archive)
 from common.config_model import MAX_SIM_ID
 from conftest import write_json
 from tests.support.geant4 import make_geant4_data
@@ -163,10 +164,11 @@ def _publish_to(folder: Path, data: Path, tmp_path: Path) -> str:
     keys = gd.content_keys(found, environ={"XDG_CACHE_HOME": str(tmp_path / "cache")})
     entries = []
     for dataset in found.datasets:
-        blob = archive_blob(dataset.folder, keys[dataset.folder])
+        compressed = compresses(dataset)
+        blob = archive_blob(dataset.folder, keys[dataset.folder], compressed)
         (folder / blob).parent.mkdir(parents=True, exist_ok=True)
         with (folder / blob).open("wb") as out:
-            size, md5 = write_archive(dataset, out)
+            size, md5 = write_archive(dataset, out, compressed=compressed)
         entries.append({"name": dataset.folder, "blob": blob, "size": size,
                         "md5": stage.base64.b64encode(md5).decode(), "files": len(dataset.files),
                         "bytes": dataset.bytes, "digest": dataset.digest})
@@ -187,7 +189,7 @@ def test_a_node_stages_once_verified_and_read_only(storage, data, tmp_path):
         (data / "G4ENSDFSTATE3.0" / "ENSDFSTATE.dat").read_bytes()
     for path in staged.rglob("*"):
         assert not stat.S_IMODE(path.stat().st_mode) & 0o222, path  # read-only
-    assert not list(root.glob("*.partial")) and not list(staged.rglob("*.tar.gz"))
+    assert not list(root.glob("*.partial")) and not list(staged.rglob("*.archive"))
     assert stage.stage(source, key, "archives", "", root) == (entries, False)  # a later job: verified only
     # A staged copy that lost a file is staged again, not trusted.
     lost = staged / "G4NDL4.7.1" / "Elastic" / "CrossSection" / "1_1_Hydrogen.z"
@@ -195,6 +197,23 @@ def test_a_node_stages_once_verified_and_read_only(storage, data, tmp_path):
     lost.unlink()
     assert stage.stage(source, key, "archives", "", root)[1] is True
     assert lost.exists()
+
+
+def test_data_that_hardly_compresses_goes_as_a_plain_tar_and_stages(storage, tmp_path):
+    data = make_geant4_data(tmp_path / "G4Data", size=3000)
+    ndl = data / "G4NDL4.7.1" / "Elastic" / "CrossSection" / "1_1_Hydrogen.z"
+    ndl.write_bytes(os.urandom(300_000))  # G4NDL's files are zlib streams already
+    for other in (data / "G4NDL4.7.1").rglob("*.z"):
+        if other != ndl:
+            other.write_bytes(os.urandom(300_000))
+    found = {d.folder: d for d in gd.scan(data).datasets}
+    assert not compresses(found["G4NDL4.7.1"]) and compresses(found["G4EMLOW8.6.1"])
+    folder, source = storage
+    key = _publish_to(folder, data, tmp_path)
+    assert [p.name.endswith(".tar") for p in folder.glob("datasets/G4NDL4.7.1-*")] == [True]
+    entries, fetched = stage.stage(source, key, "archives", "", tmp_path / "node" / "geant4-data")
+    staged = tmp_path / "node" / "geant4-data" / key / "G4NDL4.7.1" / "Elastic" / "CrossSection"
+    assert (staged / "1_1_Hydrogen.z").read_bytes() == ndl.read_bytes()
 
 
 def test_a_damaged_archive_is_named_in_one_line_without_its_signature(storage, data, tmp_path, capsys,
