@@ -215,3 +215,9 @@ def describe(settings: Settings) -> list[str]:
                      f" thread(s) ({setup.threads_from}), {histories} histories "
                      f"({setup.histories_from}) — recorded in the manifest")
     return ["TOPAS parameters:"] + lines
+
+
+def notes(settings: Settings) -> list[str]:
+    """For the run itself: what each run is told, and where the files' own setting wins."""
+    lines = describe(settings)[1:]
+    return [line.strip() for line in lines if "your own setting wins" in line or "each run:" in line]

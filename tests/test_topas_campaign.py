@@ -212,7 +212,9 @@ def test_histories_and_threads_are_written_unless_the_files_set_them(
     assert manifest["jobs"][0]["setup"] == {"threads": 3, "threads_from": "TOPAS_THREADS",
                                            "histories": 25000, "histories_from": "HISTORIES_PER_TASK"}
 
-    # The user's own setting wins, and the dry run says so.
+    assert "each run: 3 thread(s) (TOPAS_THREADS), 25,000 histories" in done.stderr
+
+    # The user's own setting wins, and the dry run (and the run) say so.
     main.write_text(main.read_text() + "\ni:Ts/NumberOfThreads = 2\ni:So/Beam/NumberOfHistoriesInRun = 7000\n")
     dry = campaign.run(RUNNER, "--dry-run", env=topas_env)
     assert "your own setting wins: Ts/NumberOfThreads = 2 (water_phantom.txt) — TOPAS_THREADS is not applied" in dry.stdout
@@ -260,6 +262,10 @@ def test_the_example_runs_on_the_local_backend_with_topas_on_the_path(tmp_path, 
     env = {**script_env, "PATH": f"{bin_dir}:{script_env['PATH']}",
            "XDG_CACHE_HOME": str(tmp_path / "cache")}
     try:
+        dry = subprocess.run([sys.executable, RUNNER, "simconfig.json", "--dry-run"], cwd=root, env=env,
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        assert dry.returncode == 0, dry.stderr
+        assert "used in place" in dry.stdout and "i:Ts/NumberOfThreads = 1" in dry.stdout
         for script in (RUNNER, REDUCER):
             done = subprocess.run([sys.executable, script, "simconfig.json", "--no-input"], cwd=root,
                                   env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL,
@@ -272,3 +278,21 @@ def test_the_example_runs_on_the_local_backend_with_topas_on_the_path(tmp_path, 
     finally:
         from conftest import stop_local_pools
         stop_local_pools(tmp_path / "localbatch")
+
+
+def test_a_spot_node_back_after_an_eviction_has_the_data_before_its_task(
+        tmp_path, azurite, fake_batch, g4data, topas_env):
+    """Batch re-creates an evicted Spot node (its disk gone) and runs the job preparation
+    again before the task it requeues: the task still finds the data, read-only."""
+    campaign = TopasCampaign(tmp_path / "c", azurite, fake_batch, g4data)
+    script = campaign.root / "simulation" / "run_topas.sh"
+    script.write_text(script.read_text().replace("exec topas", "sleep 1\nexec topas"))
+    campaign.update(TASK_COUNT=1, POOL_NODE_COUNT=0, SPOT_NODE_COUNT=1, SPOT_PRICE_PER_NODE_HOUR=0.1,
+                    PRICE_PER_NODE_HOUR=1.0)
+    knobs = fake_batch.knobs
+    knobs.preemptions, knobs.preempt_after, knobs.preemption_lasts = 1, 0.3, 0.5
+    done = campaign.run(RUNNER, "--no-input", env=topas_env)
+    assert done.returncode == 0, done.stderr
+    assert knobs.preemptions == 0  # the eviction happened
+    said = (campaign.results / "run1" / "stdout.txt").read_text()
+    assert "(read-only: yes)" in said

@@ -20,6 +20,7 @@ from common.backends.base import BlobStore
 from common.errors import EXIT_OK, ToolError
 from common.model import JobKind, JobSpec, Script, TaskCounts
 from common.packaging import Archive, build_archive
+from common.topas_setup import notes as topas_notes
 from common.transfer import download_prefix, upload_if_changed
 from common.workflow.compute import start_job, wait
 from common.workflow.context import Context, Outcome, Run
@@ -35,6 +36,8 @@ def run_simulation(ctx: Context) -> Outcome:
     ctx.ui.step(f"Campaign {sim.sim_id}: {sim.task_count} task(s) on {sim.pool_node_count} "
                 f"node(s), {settings.backend} backend")
     refuse_if_busy(ctx, JobKind.WORKERS)
+    for note in topas_notes(settings):
+        ctx.ui.info(note)
     store = ctx.backend.blob_store(ids.container)
     replaced = runs_in_the_way(ctx, store, tuple(sim.task_indices))
     metering = start_metering(ctx)  # a budget it could not enforce is refused here
