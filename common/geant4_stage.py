@@ -32,7 +32,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import sys
 import tarfile
 import time

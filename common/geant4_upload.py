@@ -202,8 +202,3 @@ def from_listing(store: BlobStore, prefix: str, url: str) -> SharedData:
     return SharedData(key=listing_key(entries), datasets=tuple((f, k[1]) for f, k in zip(folders, known) if k),
                       layout="folder", container=store.container, prefix=prefix,
                       bytes=sum(s for _, s, _ in entries))
-
-
-def stage_script() -> Path:
-    """The node's side (stdlib only), uploaded into each campaign's container."""
-    return STAGE_SCRIPT

@@ -184,7 +184,7 @@ def describe(settings: Settings) -> list[str]:
     number, origin = threads_for(settings)
     lines = []
     for found in files:
-        told, kept = [f"i:Ts/Seed (SIM_SEED)"], []
+        told, kept = ["i:Ts/Seed (SIM_SEED)"], []
         if found.threads is None:
             told.append(f"i:Ts/NumberOfThreads = {number if number is not None else '$TOPAS_THREADS'}"
                         f" ({origin})")

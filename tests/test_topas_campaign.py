@@ -9,7 +9,6 @@ data fails the preparation with one line naming the data set, and no task starts
 """
 from __future__ import annotations
 
-import base64
 import gzip
 import hashlib
 import io
