@@ -120,6 +120,29 @@ class StageError(Exception):
     """One line for the user: what is wrong with which data set."""
 
 
+_KEY = re.compile(r"^[0-9a-f]{16}$")
+
+
+def _inside(name: str) -> bool:
+    """A relative path that stays where it is put (no '..', not absolute)."""
+    parts = name.split("/")
+    return bool(name) and not name.startswith("/") and ".." not in parts and "" not in parts[:-1]
+
+
+def _checked_entries(entries: object) -> list[dict]:
+    """The archive list read from storage, refused unless it is what this tool writes."""
+    if not isinstance(entries, list):
+        raise StageError("the list of Geant4 data sets in storage is not one this tool wrote")
+    for entry in entries:
+        name = entry.get("name") if isinstance(entry, dict) else None
+        blob = entry.get("blob") if isinstance(entry, dict) else None
+        if not isinstance(name, str) or dataset_of(name) is None or not isinstance(blob, str) \
+                or not blob.startswith("datasets/") or not _inside(blob):
+            raise StageError(f"the list of Geant4 data sets names {str(name)[:60]!r} "
+                             f"({str(blob)[:80]!r}): not a data set this tool uploaded")
+    return entries  # type: ignore[return-value]
+
+
 def _blob_url(source: str, name: str) -> str:
     base, _, query = source.partition("?")
     url = base.rstrip("/") + "/" + urllib.parse.quote(name)
@@ -230,6 +253,10 @@ def _list_blobs(source: str, prefix: str) -> list[tuple[str, int, str]]:
 def _stage_folder(source: str, prefix: str, key: str, partial: Path) -> list[dict]:
     listed = [(n[len(prefix):], s, m) for n, s, m in _list_blobs(source, prefix)]
     wanted = [(n, s, m) for n, s, m in listed if dataset_of(n.split("/", 1)[0]) and "/" in n]
+    for name, _, _ in wanted:
+        if not _inside(name):
+            raise StageError(f"Geant4 data set {name.split('/', 1)[0]}: the blob {name[:80]!r} "
+                             "leaves its folder: rename it")
     if listing_key(wanted) != key:
         raise StageError("the Geant4 data at GEANT4_DATA_URL changed since the campaign was "
                          "started (its blobs differ): start the campaign again")
@@ -297,7 +324,10 @@ def stage(source: str, key: str, layout: str, prefix: str, root: Path) -> tuple[
             manifest_path = partial / ".set.json"
             _download(_blob_url(source, f"sets/{key}.json"), manifest_path,
                       f"the list of Geant4 data sets {key}")
-            entries = json.loads(manifest_path.read_text())["datasets"]
+            try:
+                entries = _checked_entries(json.loads(manifest_path.read_text()).get("datasets"))
+            except (ValueError, AttributeError):
+                raise StageError(f"the list of Geant4 data sets {key} in storage is not JSON") from None
             manifest_path.unlink()
             with ThreadPoolExecutor(PARALLEL_ARCHIVES) as pool:
                 list(pool.map(lambda e: _stage_archive(source, e, partial), entries))
@@ -320,6 +350,10 @@ def main() -> int:
         root = Path(os.environ["AZ_BATCH_NODE_SHARED_DIR"]) / "geant4-data"
     except KeyError as missing:
         print(f"batch-campaigns: Geant4 data: {missing} is not set", file=sys.stderr)
+        return 2
+    if not _KEY.match(key) or layout not in ("archives", "folder"):
+        print(f"batch-campaigns: Geant4 data: G4STAGE_KEY {key[:40]!r} or G4STAGE_LAYOUT "
+              f"{layout[:20]!r} is not one this tool sets", file=sys.stderr)
         return 2
     started = time.monotonic()
     try:

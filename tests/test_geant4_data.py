@@ -279,3 +279,29 @@ def test_local_backend_uses_the_folder_in_place_and_names_a_partial_set(data, tm
     problem = place(spec, tmp_path / "prep2")
     assert problem.startswith("Geant4 data set PhotonEvaporation6.1 in ") and "2 of 3 files" in problem
     assert list(data.rglob("*"))  # nothing in the folder was touched
+
+
+@pytest.mark.parametrize("name, blob", [("../../escape", "datasets/x.tar.gz"),
+                                        ("G4EMLOW8.6.1", "datasets/../../x.tar.gz"),
+                                        ("G4EMLOW8.6.1", "/etc/passwd")])
+def test_a_list_of_data_sets_that_points_elsewhere_is_refused(storage, data, tmp_path, name, blob):
+    folder, source = storage
+    key = _publish_to(folder, data, tmp_path)
+    listing = json.loads((folder / "sets" / f"{key}.json").read_text())
+    listing["datasets"][0].update(name=name, blob=blob)
+    (folder / "sets" / f"{key}.json").write_text(json.dumps(listing))
+    with pytest.raises(stage.StageError, match="not a data set this tool uploaded"):
+        stage.stage(source, key, "archives", "", tmp_path / "node" / "geant4-data")
+    assert not list(tmp_path.rglob("escape*"))
+
+
+def test_a_key_that_is_no_key_deletes_nothing(tmp_path, monkeypatch, capsys):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("x")
+    monkeypatch.setenv("G4STAGE_SOURCE", "http://127.0.0.1:9/box")
+    monkeypatch.setenv("G4STAGE_KEY", "../../victim")
+    monkeypatch.setenv("AZ_BATCH_NODE_SHARED_DIR", str(tmp_path / "node" / "shared"))
+    assert stage.main() == 2
+    assert (victim / "keep").exists()
+    assert "is not one this tool sets" in capsys.readouterr().err
