@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from common.config import BUILTIN_TOPAS, Settings
 from common.model import COMPLETION, SUCCESS, InputFile, JobSpec, OutputFile, PoolSpec, TaskSpec
+from common.topas_setup import environment_lines, parameter_lines, run_setup, seed_lines
 
 # Blob names inside the campaign's container (the same on every backend).
 SIM_ARCHIVE_BLOB = "SIM_DIR.zip"
@@ -100,18 +101,6 @@ _UNPACK = ('unpack() { if command -v unzip >/dev/null 2>&1; then unzip -q -o "$1
            'else echo "batch-campaigns: this node has neither unzip nor python3 to unpack $1" >&2; '
            'return 127; fi; }')
 
-# Sets `i:Ts/Seed = $SIM_SEED` in a TOPAS parameter file, replacing the line (TOPAS names are
-# case-insensitive; leading blanks allowed) or adding it — with shell built-ins only, so an
-# image without awk or sed can run it.
-_SET_SEED = ('set_seed() { _nl=$(printf "\\n_"); _nl=${_nl%_}; _out=; _found=0; '
-             'while IFS= read -r _line || [ -n "$_line" ]; do '
-             '_t=${_line#"${_line%%[![:space:]]*}"}; '
-             'case $_t in [iI]:[tT][sS]/[sS][eE][eE][dD]=*|[iI]:[tT][sS]/[sS][eE][eE][dD][[:space:]]*=*) '
-             '_line="i:Ts/Seed = $SIM_SEED"; _found=1;; esac; '
-             '_out="$_out$_line$_nl"; done < "$1"; '
-             '[ "$_found" = 1 ] || _out="${_out}i:Ts/Seed = $SIM_SEED$_nl"; '
-             'printf "%s" "$_out" > "$1"; }')
-
 # Symbolic links a task leaves behind are removed before its outputs are uploaded: Batch's
 # agent uploads on the host, as root, and would follow a link out of the working directory.
 _DROP_LINKS = ('drop_links() { for _f in "$1"/* "$1"/.[!.]* "$1"/..?*; do '
@@ -129,12 +118,14 @@ def preparation_command(archive: str, folder: str, extra: tuple[str, ...] = (),
     return "\n".join(lines)
 
 
-def worker_command(run_script: str, index: int, seed_files: tuple[str, ...] = ()) -> str:
-    """Copy the prepared simulation here, set the seed in the TOPAS parameter files named,
-    and run RUN_SCRIPT with the task index, as the original did."""
+def worker_command(run_script: str, index: int, seed_files: tuple[str, ...] = (),
+                   environment: tuple[str, ...] = (), parameters: tuple[str, ...] = ()) -> str:
+    """Copy the prepared simulation here, set the seed (and `parameters`: threads, histories,
+    the Geant4 data's folder; common/topas_setup.py) in the TOPAS parameter files named, and
+    run RUN_SCRIPT with the task index, as the original did."""
     script = shlex.quote(f"./{run_script}")
-    seeding = [_SET_SEED] + [f"set_seed {shlex.quote(f)}" for f in seed_files] if seed_files else []
-    return "\n".join(["set -e", f'cp -R "{PREPARED}/{SIM_FOLDER}/." .', *seeding, "status=0",
+    return "\n".join(["set -e", f'cp -R "{PREPARED}/{SIM_FOLDER}/." .', *environment,
+                      *seed_lines(seed_files), *parameters, "status=0",
                       f"{script} {index} || status=$?", _DROP_LINKS, "drop_links .",
                       "exit $status"])
 
@@ -158,11 +149,13 @@ def worker_task(settings: Settings, index: int, retry: int = 0) -> TaskSpec:
     return TaskSpec(
         task_id=task_id(index) + (f"-r{retry}" if retry else ""),
         index=index,
-        command=worker_command(sim.run_script, index, sim.seed_parameter_files),
+        command=worker_command(sim.run_script, index, sim.seed_parameter_files,
+                               tuple(environment_lines(settings)), tuple(parameter_lines(settings))),
         outputs=outputs + (logs,),
         environment=(("SIM_ID", sim.sim_id), ("TASK_INDEX", str(index)), ("SIM_SEED", str(seed))),
         seed=seed,
         max_retries=sim.max_task_retries,
+        reads_shared_data=bool(settings.app.geant4_data_dir or settings.app.geant4_data_url),
     )
 
 
@@ -201,8 +194,9 @@ def worker_job(settings: Settings, ids: CampaignIds, indices: tuple[int, ...] | 
     """The worker job; `indices` and `retry` rerun only some tasks, under new task ids."""
     chosen = settings.sim.task_indices if indices is None else indices
     tasks = tuple(worker_task(settings, i, retry) for i in chosen)
-    return _job(settings, job_id or ids.worker_job, worker_pool(settings, ids), ids.container,
-                tasks, settings.app.worker_docker_image, worker_preparation(settings))
+    job = _job(settings, job_id or ids.worker_job, worker_pool(settings, ids), ids.container,
+               tasks, settings.app.worker_docker_image, worker_preparation(settings))
+    return replace(job, setup=run_setup(settings))
 
 
 def reducer_command(reducer_script: str, leave_out: tuple[int, ...] = (),

@@ -17,6 +17,8 @@ from rich.console import Console
 
 from common.backends import get_backend
 from common.config import BACKENDS, Settings, load_settings
+from common.campaign import CampaignIds, worker_pool
+from common.topas_setup import with_node_threads
 from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, ToolError, usage_error
 from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
 from common.redaction import redact
@@ -121,6 +123,8 @@ def _run(script: Script, argv: Sequence[str], console: Console, prog: str | None
                              for_reducer=script == REDUCER)
     ui = Ui(console, verbose=args.verbose, secrets=settings.app.secrets())
     backend = get_backend(settings, say=ui.warn, debug=ui.debug if args.verbose else None)
+    settings = with_node_threads(settings, backend.threads_per_task(
+        worker_pool(settings, CampaignIds(settings.sim.sim_id, ""))))
     workflow: Callable[[Context], Outcome] = run_simulation if script == RUNNER else run_reducer
     try:
         options = Options(overwrite=getattr(args, "overwrite", False),

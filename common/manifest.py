@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from common.errors import ToolError
-from common.model import JobKind
+from common.model import JobKind, RunSetup
 MAX_BYTES = 16 * 1024 * 1024  # a manifest is a few KB; anything this big is not one
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
@@ -56,6 +56,8 @@ class JobRecord:
     currency: str = ""
     task_seconds: tuple[float, ...] = ()  # durations of the tasks that succeeded (estimates)
     requeues: int = 0  # tasks Batch put back after a Spot preemption
+    setup: RunSetup | None = None  # TOPAS threads and histories each of its runs was told
+    shared_data: str | None = None  # key of the Geant4 data its nodes staged
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,31 @@ def _job(data: Any, index: int) -> JobRecord:
                      pool_id=None if pool is None else _batch_id(pool, f"{where}pool_id"),
                      task_ids=task_ids, task_indices=tuple(indices),
                      created=str(data.get("created", "")), failed_indices=tuple(failed),
+                     setup=_setup(data.get("setup"), where),
+                     shared_data=_key(data.get("shared_data"), f"{where}shared_data"),
                      **_usage(data, where), **flags)
+
+
+def _setup(data: Any, where: str) -> RunSetup | None:
+    """Threads and histories its runs were told (shown and used for the merge's --histories)."""
+    if data is None:
+        return None
+    where = f"{where}setup"
+    if not isinstance(data, dict):
+        raise _Bad(where, "must be an object")
+    counts = [data.get("threads"), data.get("histories")]
+    if not all(c is None or (isinstance(c, int) and not isinstance(c, bool) and c > 0) for c in counts):
+        raise _Bad(where, "threads and histories must be positive whole numbers or null")
+    return RunSetup(counts[0], str(data.get("threads_from", ""))[:200], counts[1],
+                    str(data.get("histories_from", ""))[:200])
+
+
+def _key(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f<>a-z-]{1,64}", value):
+        raise _Bad(where, "is not a data key")
+    return value
 
 
 def _usage(data: dict, where: str) -> dict[str, Any]:

@@ -96,6 +96,36 @@ class TaskSpec:
     environment: tuple[tuple[str, str], ...] = ()
     seed: int | None = None
     max_retries: int = 0  # reruns after a non-zero exit, as Batch's maxTaskRetryCount
+    # Reads the job's SharedData (the Geant4 data): it sees it read-only, and little else
+    # of the node (a container task's view is narrowed to its own folders).
+    reads_shared_data: bool = False
+
+
+@dataclass(frozen=True)
+class SharedData:
+    """Read-only data every task of a job reads (the Geant4 data sets), on each node before
+    the job's first task there: how each backend gets it there is its own business
+    (common/geant4/data.py has the whole story)."""
+
+    key: str  # content key: an unchanged folder has the same key, and is not fetched again
+    datasets: tuple[tuple[str, str], ...]  # (folder, environment variable), e.g. (G4EMLOW8.6.1, G4LEDATA)
+    layout: str  # "archives" (uploaded by this tool), "folder" (GEANT4_DATA_URL), "in-place"
+    container: str | None = None  # the blob container it is in (not for "in-place")
+    prefix: str = ""  # "folder": the blob prefix of the data sets
+    local_path: str | None = None  # "in-place": the folder on this machine
+    bytes: int = 0
+    # "in-place": (folder, files, bytes, digest of names and sizes) each data set must have
+    checks: tuple[tuple[str, int, int, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """What each run of a job is told: TOPAS threads and histories, and where from."""
+
+    threads: int | None  # None: each node counts its cores (nproc / task slots)
+    threads_from: str
+    histories: int | None  # histories per run; None when the files do not say plainly
+    histories_from: str
 
 
 @dataclass(frozen=True)
@@ -119,6 +149,8 @@ class JobSpec:
     # False: the job waits for more tasks (an adaptive campaign) until the backend's
     # seal_job; True: it ends by itself when its last task has completed.
     seal: bool = True
+    shared_data: SharedData | None = None  # on every node before its first task (Geant4 data)
+    setup: RunSetup | None = None  # what its runs are told (recorded in the manifest)
 
 
 @dataclass(frozen=True)

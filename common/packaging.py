@@ -246,6 +246,21 @@ class _SecretScan:
         return hit
 
 
+def safe_files(root: Path, label: str) -> list[tuple[str, Path, bool]]:
+    """(POSIX name inside `root`, path to open, executable) of every file that may leave the
+    machine from `root`, sorted — the same rules as the zip (links stay inside, no FIFOs,
+    everything readable); ToolError (exit 2) naming every problem, `label` the setting."""
+    rules = _rules(root, (), ())
+    walk = _Walk(rules)
+    walk.folder(rules.root, root, "", (rules.root,))
+    if walk.problems:
+        raise _refusal(walk.problems, label)
+    return sorted((e.name, e.shown, e.executable) for e in walk.entries)
+
+
+SecretScan = _SecretScan  # for other uploads that must not carry a secret (the Geant4 data)
+
+
 # ---------------------------------------------------------------------------- the zip
 
 

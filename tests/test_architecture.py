@@ -74,6 +74,12 @@ def test_common_topas_ships_alone():
     assert errors == set()
 
 
+def test_the_geant4_stager_ships_alone():
+    """common/geant4/stage.py runs on the node's own OS as one file: standard library only."""
+    ours = {n for n in imported(COMMON / "geant4" / "stage.py") if n.startswith("common")}
+    assert ours == set()
+
+
 def test_the_package_init_stays_import_free():
     tree = ast.parse((COMMON / "__init__.py").read_text())
     assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]

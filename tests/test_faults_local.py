@@ -102,16 +102,19 @@ def test_a_kept_pool_is_removed_by_cleanup_later(campaign):
 
 
 def test_every_step_of_the_workflow_has_a_fault_test():
-    """The steps named in common/workflow/ are exactly those injected above (8 steps), and
-    the adaptive campaign's own step ('add-tasks', injected in test_adaptive_campaign.py)."""
+    """The steps named in common/workflow/ are exactly those injected above (8 steps), the
+    adaptive campaign's own step ('add-tasks', injected in test_adaptive_campaign.py) and
+    the Geant4 data's upload ('data', injected in test_workflow_memory.py)."""
     import re
     from pathlib import Path
     source = "".join(p.read_text() for p in (Path(__file__).parents[1] / "common" / "workflow").glob("*.py"))
     declared = set(re.findall(r'ctx\.step\("([a-z-]+)"', source))
     declared |= set(re.findall(r'before_step\("([a-z-]+)"\)', source))
-    assert declared == set(STEPS) | {"add-tasks"}
+    assert declared == set(STEPS) | {"add-tasks", "data"}
     adaptive_tests = (Path(__file__).parent / "test_adaptive_campaign.py").read_text()
     assert 'if step == "add-tasks":' in adaptive_tests
+    memory_tests = (Path(__file__).parent / "test_workflow_memory.py").read_text()
+    assert 'fail_at="data"' in memory_tests
 
 
 def _asked(campaign, answers, action) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,29 @@ def test_a_backend_that_cannot_add_tasks_refuses_an_adaptive_campaign_before_any
     assert "TARGET_UNCERTAINTY_PERCENT: the memory backend cannot add tasks" in refused.value.lines[0]
     assert backend.calls == [] and backend.containers == {}
     assert not run.ctx.manifest_path.exists()
+
+
+def test_the_geant4_data_goes_up_once_and_a_fault_while_it_does_leaves_nothing_billing(tmp_path):
+    """The 'data' step of the runner (common/workflow/shared_data.py): the shared container
+    gets the data sets once; a second campaign sends nothing; a fault there, before any pool
+    or job exists, stops the run with the data kept."""
+    from conftest import write_json
+    from tests.support.geant4 import make_geant4_data
+    from tests.support.memory_backend import SHARED_CONTAINER
+    campaign = Campaign(tmp_path / "campaign", RUN_SH, TASK_COUNT=2)
+    write_json(campaign.appconfig, {"BACKEND": "local", "LOCAL_STORAGE_PATH": str(campaign.storage),
+                                    "GEANT4_DATA_DIR": str(make_geant4_data(tmp_path / "g4"))})
+    backend = MemoryBackend()
+    broken = Run(campaign, backend, fail_at="data")
+    with pytest.raises(ToolError, match="injected at data"):
+        run_simulation(broken.ctx)
+    assert not any(c.startswith(("prepare_pool", "submit_job")) for c in backend.calls)
+    assert load(broken.ctx.manifest_path).jobs == ()
+    first = Run(campaign, backend)
+    assert run_simulation(first.ctx).exit_code == EXIT_OK, first.text
+    assert backend.containers[SHARED_CONTAINER]
+    assert re.search(r"Geant4 data \S+: uploaded [1-9][\d,]* bytes", first.text), first.text
+    campaign.update(STARTING_NODE=3)
+    second = Run(campaign, backend)
+    assert run_simulation(second.ctx).exit_code == EXIT_OK, second.text
+    assert "0 bytes uploaded" in second.text

@@ -179,6 +179,28 @@ class Backend(ABC):
         cost, only the upper bound."""
         return TaskStats()
 
+    def shared_data_store(self) -> BlobStore | None:
+        """The container where data shared by every campaign (the Geant4 data sets) is kept
+        for nodes to fetch; no campaign's cleanup deletes it. Jobs that carry SharedData get
+        it onto each node before their first task there, read-only to the tasks.
+
+        Default: None — the tasks read such data where it lies on this machine (in place)."""
+        return None
+
+    def store_at(self, url: str) -> tuple[BlobStore, str] | None:
+        """(container, blob prefix) that `url` names in this backend's storage account, or
+        None when it is not a URL of this backend's storage.
+
+        Default: None — a backend without a storage account of its own."""
+        return None
+
+    def threads_per_task(self, pool: PoolSpec) -> int | None:
+        """CPU cores each task of `pool` has to itself (a node's cores / its task slots), when
+        known before anything runs.
+
+        Default: None — each task counts the cores on its node (nproc / task slots)."""
+        return None
+
     def pool_health(self, pool_id: str) -> PoolHealth | None:
         """The pool's nodes by state; None when the backend has no such notion or no pool.
 

@@ -12,6 +12,8 @@ from common.config.model import (APP_KEYS, BACKENDS, DEFAULT_NODE_AGENT_SKU_ID,
                                  DEFAULT_POOL_IMAGE, OS_DISK_GB_RANGE, SIM_KEYS, AppConfig,
                                  PoolImage, Secret)
 from common.config.reader import PLACEHOLDER, Reader
+from common.geant4.data import required_problem
+from common.geant4.stage import dataset_of
 from common.redaction import mask_url_credentials
 
 _STORAGE_NAME_RE = re.compile(r"^[a-z0-9]{3,24}$")
@@ -122,6 +124,11 @@ def read_app(path: Path, data: Mapping[str, Any], problems: Problems,
         reducer_docker_token=r.secret("REDUCER_DOCKER_TOKEN", env),
         git_token=r.secret("GIT_TOKEN", env),
     )
+    values.update(_geant4(r, values, backend))
+    if values["keep_image_entrypoint"] and _is_opentopas(values["worker_docker_image"]):
+        r.bad("KEEP_IMAGE_ENTRYPOINT", "is true, but the official OpenTOPAS image's entrypoint "
+              "runs `topas` on its arguments: it would take the task's shell command for a "
+              "parameter file", "set it to false (the default): the task runs /bin/sh itself")
     if azure:
         _check_azure(r, values)
     # Given = present in the file (even with a wrong type, reported already) or the environment.
@@ -150,6 +157,45 @@ def _registry_identity(r: Reader) -> str | None:
               "resource ID", _IDENTITY_FIX)
         return None
     return value
+
+
+def _is_opentopas(image: str | None) -> bool:
+    """The official image (docker.io/)opentopas/opentopas:<tag>, whose ENTRYPOINT is topas."""
+    return bool(image) and re.sub(r"^(docker\.io/)?", "", image or "").startswith("opentopas/opentopas")
+
+
+def _geant4(r: Reader, values: dict[str, Any], backend: str | None) -> dict[str, Any]:
+    """GEANT4_DATA_DIR (a local folder of data sets) or GEANT4_DATA_URL (in the storage
+    account); the data sets themselves are checked when a campaign starts (common/geant4/data.py)."""
+    folder_value = r.string("GEANT4_DATA_DIR", False, "give the folder holding the Geant4 "
+                            "data sets (G4EMLOW..., G4ENSDFSTATE..., ...)")
+    url = r.string("GEANT4_DATA_URL", False, "give the blob URL of the folder holding the data "
+                   "sets, e.g. https://myaccount.blob.core.windows.net/geant4/11.3")
+    folder = r.resolve_path("GEANT4_DATA_DIR", folder_value) if folder_value else None
+    if folder is not None and not folder.is_dir():
+        r.bad("GEANT4_DATA_DIR", f"{folder_value!r} is not a folder",
+              "give the folder holding the Geant4 data sets (relative to this file, or absolute)")
+        folder = None
+    if folder is not None:
+        names = tuple(k[0] for k in (dataset_of(p.name) for p in folder.iterdir() if p.is_dir()) if k)
+        problem = required_problem(names, repr(folder_value))
+        if problem:
+            r.bad("GEANT4_DATA_DIR", problem, "download the data sets of your Geant4 version "
+                  "(geant4-config --install-datasets, or Geant4's download page) into it")
+    if folder_value and url:
+        r.bad("GEANT4_DATA_URL", "is given together with GEANT4_DATA_DIR",
+              "keep one: GEANT4_DATA_DIR uploads a folder once, GEANT4_DATA_URL uses data "
+              "already in the storage account")
+    if url and backend == "local":
+        r.bad("GEANT4_DATA_URL", "needs the azure backend (the local backend has no storage "
+              "account)", "use GEANT4_DATA_DIR with the folder on this machine")
+    if url and ("?" in url or "#" in url):
+        r.bad("GEANT4_DATA_URL", "holds a query string (a SAS?)",
+              "give the URL without '?...': the tool signs its own read-only SAS for the nodes")
+    elif url and not re.match(r"^https?://[^/?#]+/[^?#]+$", url):
+        r.bad("GEANT4_DATA_URL", f"{url!r} is not a blob URL of a container (and folder)",
+              "give e.g. https://myaccount.blob.core.windows.net/geant4/11.3")
+    return {"geant4_data_dir": folder, "geant4_data_url": url.rstrip("/") if url else None}
 
 
 def _pool_image(r: Reader) -> PoolImage:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config.goals import GOAL_KEYS, Goals
+from common.config.topas import TOPAS_KEYS, TopasSettings
 
 BACKENDS = ("local", "azure")
 BUILTIN_TOPAS = "builtin:topas"
@@ -25,13 +26,14 @@ APP_KEYS = (
     "REDUCER_DOCKER_USER", "REDUCER_DOCKER_TOKEN", "RUN_AS_ROOT", "KEEP_IMAGE_ENTRYPOINT",
     "GIT_USER", "GIT_REPO", "GIT_TOKEN", "GIT_BASE_URL", "POOL_IMAGE", "NODE_AGENT_SKU_ID",
     "REGISTRY_IDENTITY", "POOL_OS_DISK_GB",
+    "GEANT4_DATA_DIR", "GEANT4_DATA_URL",
 )
 SIM_KEYS = (
     "SIM_ID", "POOL_NODE_COUNT", "TASK_COUNT", "STARTING_NODE", "POOL_VM_SIZE",
     "LOCAL_SIM_PATH", "RUN_SCRIPT", "REDUCER_SCRIPT", "REDUCER_PATH",
     "OUTPUT_FILE_PATTERNS", "TIMEOUT_MINUTES", "LOCAL_RESULTS_PATH",
     "TASK_SLOTS_PER_NODE", "MAX_TASK_RETRIES", "SEED_PARAMETER_FILES", "AUTO_DELETE_POOL",
-) + GOAL_KEYS
+) + GOAL_KEYS + TOPAS_KEYS
 
 # Longest suffix the tool adds to SIM_ID for a Batch id: "-workers-YYYYmmddHHMMSS".
 ID_SUFFIX_LEN = len("-reducer-20260101120000")
@@ -123,6 +125,8 @@ class AppConfig:
     # Container Registries without a password; the pool must carry it (see the README).
     registry_identity: str | None = None
     pool_os_disk_gb: int | None = None  # the nodes' OS disk, where Docker keeps its images
+    geant4_data_dir: Path | None = None  # a local folder of Geant4 data sets, staged on nodes
+    geant4_data_url: str | None = None  # or the data sets already in the storage account
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, for redaction of anything the tool prints or writes."""
@@ -153,6 +157,7 @@ class SimConfig:
     seed_parameter_files: tuple[str, ...] = ()  # TOPAS files whose i:Ts/Seed each task sets
     auto_delete_pool: bool = True  # Batch deletes the pool when the job ends
     goals: Goals = Goals()  # a statistical target, Spot nodes, prices, a budget (all optional)
+    topas: TopasSettings = TopasSettings()  # threads, histories, what the parameter files set
 
     @property
     def task_indices(self) -> range:

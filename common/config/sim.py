@@ -10,6 +10,7 @@ from common.config.goals import read_goals
 from common.config.model import (APP_KEYS, BUILTIN_TOPAS, DEFAULT_TIMEOUT_MINUTES, MAX_NODES,
                                  MAX_SIM_ID, MAX_TASKS, MAX_TIMEOUT_MINUTES, SIM_KEYS, SimConfig)
 from common.config.reader import Reader, json_type
+from common.config.topas import read_topas
 
 _SIM_ID_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9]|-(?!-))*[A-Za-z0-9]$")
 
@@ -89,6 +90,7 @@ def read_sim(path: Path, data: Mapping[str, Any], problems: Problems,
     timeout = r.number("TIMEOUT_MINUTES", DEFAULT_TIMEOUT_MINUTES, 0, MAX_TIMEOUT_MINUTES,
                        f"give minutes to wait for the tasks, up to {MAX_TIMEOUT_MINUTES}")
     seed_files = _seed_files(r, sim_path)
+    topas = read_topas(r, sim_path, seed_files)
     auto_delete = r.boolean("AUTO_DELETE_POOL", True, "use true (Batch deletes the pool when the "
                             "job ends: nothing bills after a crash) or false (keep a named pool "
                             "for reuse)")
@@ -108,7 +110,8 @@ def read_sim(path: Path, data: Mapping[str, Any], problems: Problems,
                      reducer_path=reducer_path, output_file_patterns=patterns,
                      timeout_minutes=timeout, local_results_path=results,
                      task_slots_per_node=slots, max_task_retries=retries,
-                     seed_parameter_files=seed_files, auto_delete_pool=auto_delete, goals=goals)
+                     seed_parameter_files=seed_files, auto_delete_pool=auto_delete, goals=goals,
+                     topas=topas)
 
 
 def _results_path(r: Reader, sim_path: Path | None) -> Path | None:

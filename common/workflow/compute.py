@@ -30,7 +30,8 @@ def start_job(run: Run, pool: PoolSpec, job: JobSpec) -> None:
     ctx, record = run.ctx, run.record
     entry = JobRecord(job_id=job.job_id, kind=run.kind, pool_id=None if job.auto_pool else pool.pool_id,
                       task_ids=tuple(t.task_id for t in job.tasks),
-                      task_indices=tuple(t.index for t in job.tasks), auto_pool=bool(job.auto_pool))
+                      task_indices=tuple(t.index for t in job.tasks), auto_pool=bool(job.auto_pool),
+                      setup=job.setup, shared_data=job.shared_data.key if job.shared_data else None)
     record.add_job(entry)
     if job.auto_pool is None:
         ctx.step("pool", f"Preparing pool {pool.pool_id}")

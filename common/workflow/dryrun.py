@@ -15,7 +15,9 @@ from common.manifest import load
 from common.reducer_source import describe
 from common.workflow.context import Context, Outcome, billing_mode
 from common.workflow.metering import estimate_lines
+from common.topas_setup import describe as describe_topas
 from common.workflow.runner import pack
+from common.workflow.shared_data import describe_data, preview
 
 
 def plan(ctx: Context, reducer: bool) -> Outcome:
@@ -24,7 +26,7 @@ def plan(ctx: Context, reducer: bool) -> Outcome:
         pool, job = cp.reducer_pool(settings, ids), cp.reducer_job(settings, ids)
     else:
         pool, job = cp.worker_pool(settings, ids), cp.worker_job(settings, ids)
-        job = replace(job, seal=not settings.sim.goals.adaptive)
+        job = replace(job, seal=not settings.sim.goals.adaptive, shared_data=preview(ctx))
         with tempfile.TemporaryFile(prefix="batch-sim-") as handle:
             archive = pack(ctx, handle)
         ctx.ui.info(f"{cp.SIM_ARCHIVE_BLOB} would hold {archive.files} file(s), {archive.size:,} bytes")
@@ -38,6 +40,7 @@ def plan(ctx: Context, reducer: bool) -> Outcome:
         earlier = load(ctx.manifest_path) if ctx.manifest_path.exists() else None
         seconds = tuple(s for j in (earlier.jobs if earlier else ()) for s in j.task_seconds)
         lines += estimate_lines(ctx, seconds)
+        lines += describe_data(ctx) + describe_topas(settings)
     for title, text in ctx.backend.describe(pool, job):
         lines += [f"--- {title}", text]
     return Outcome(EXIT_OK, tuple(lines))

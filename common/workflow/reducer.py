@@ -69,15 +69,35 @@ def check_runs(ctx: Context, store: BlobStore, runs: Runs) -> None:
                         "or merge the others with --allow-partial")
 
 
+def histories_option(ctx: Context, manifest: Manifest | None, merged: tuple[int, ...]) -> tuple[str, ...]:
+    """`--histories N` when every run merged was told the same N (the manifest's record of
+    what its parameter files said): scorers whose files report no histories get it (a
+    file's own Histories_with_Scorer_Active always wins)."""
+    told: dict[int, int | None] = {}
+    for job in manifest.jobs if manifest else ():
+        if job.kind is JobKind.WORKERS:
+            for index in job.task_indices:  # a later job (a rerun) replaces an earlier run
+                told[index] = job.setup.histories if job.setup else None
+    values = {told.get(i) for i in merged}
+    if len(values) != 1 or None in values:
+        return ()
+    histories = values.pop()
+    ctx.ui.info(f"each run was told {histories:,} histories (manifest): the merge counts them "
+                "for scorers whose files do not report their histories")
+    return ("--histories", str(histories))
+
+
 def run_reducer(ctx: Context) -> Outcome:
     settings, ids = ctx.settings, ctx.ids
     refuse_if_busy(ctx, JobKind.REDUCER)
     store = ctx.backend.blob_store(ids.container)
-    runs = survey(store, load(ctx.manifest_path))
+    manifest = load(ctx.manifest_path)
+    runs = survey(store, manifest)
     check_runs(ctx, store, runs)
     ctx.ui.step(f"Reducing {len(runs.complete)} run folder(s) of campaign {settings.sim.sim_id} "
                 f"with {describe(settings)}")
     options = ("--allow-inconsistent",) if ctx.options.allow_inconsistent else ()
+    options += histories_option(ctx, manifest, runs.complete)
     job = cp.reducer_job(settings, ids, leave_out=runs.incomplete, merge_options=options)
     run = Run(ctx, store, open_for_run(ctx), JobKind.REDUCER)
     record = run.record

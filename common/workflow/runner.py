@@ -20,6 +20,7 @@ from common.backends.base import BlobStore
 from common.errors import EXIT_OK, ToolError, usage_error
 from common.model import JobKind, JobSpec, Script, TaskCounts
 from common.packaging import Archive, build_archive
+from common.topas_setup import notes as topas_notes
 from common.transfer import download_prefix, upload_if_changed
 from common.workflow.compute import start_job, wait
 from common.workflow.context import Context, Outcome, Run
@@ -27,6 +28,7 @@ from common.workflow.ending import finish
 from common.workflow.metering import Metering, start_metering
 from common.workflow.records import claimed, existing, open_for_run, refuse_if_busy
 from common.workflow.safety import guarded
+from common.workflow.shared_data import check_data, stage_data
 
 
 def run_simulation(ctx: Context) -> Outcome:
@@ -39,16 +41,20 @@ def run_simulation(ctx: Context) -> Outcome:
                           "an uncertainty needs: remove the key and set TASK_COUNT, or use "
                           "another backend")
     refuse_if_busy(ctx, JobKind.WORKERS)
+    for note in topas_notes(settings):
+        ctx.ui.info(note)
     store = ctx.backend.blob_store(ids.container)
     replaced = runs_in_the_way(ctx, store, tuple(sim.task_indices))
     metering = start_metering(ctx)  # a budget it could not enforce is refused here
     with tempfile.TemporaryFile(prefix="batch-sim-") as handle:
         archive = pack(ctx, handle)  # refuses (exit 2) before the manifest or anything exists
+        data = check_data(ctx)  # the Geant4 data too
         run = Run(ctx, store, open_for_run(ctx), JobKind.WORKERS)
         with claimed(ctx, run.record, Script.RUNNER):
             guarded(run, set(), lambda: upload_simulation(run, handle, archive))
+            shared = guarded(run, set(), lambda: stage_data(run, data))
             set_aside_old_results(run, replaced)
-            job = cp.worker_job(settings, ids)
+            job = replace(cp.worker_job(settings, ids), shared_data=shared)
             if sim.goals.adaptive:
                 return run_adaptive_job(run, replace(job, seal=False), metering)
             return run_worker_job(run, job, metering)
@@ -106,7 +112,8 @@ def pack(ctx: Context, handle: BinaryIO) -> Archive:
     # An anonymous file: nothing is left in the temporary folder whatever kills the process.
     # Refuses (exit 2) links leaving the folder, FIFOs, unreadable files and secrets.
     archive = build_archive(sim.local_sim_path, handle,
-                            exclude=(sim.local_results_path, app.local_storage_path),
+                            exclude=(sim.local_results_path, app.local_storage_path)
+                            + ((app.geant4_data_dir,) if app.geant4_data_dir else ()),
                             exclude_files=(app.path,), secrets=app.secrets())
     ctx.ui.info(f"{archive.files} file(s), {archive.size:,} bytes")
     return archive
@@ -254,7 +261,9 @@ def rerun_failed(ctx: Context) -> Outcome:
     if not store.exists():
         raise ToolError(f"container {store.container} is gone: run the campaign again")
     metering = start_metering(ctx)
+    data = check_data(ctx)
     run = Run(ctx, store, record, JobKind.WORKERS)
     with claimed(ctx, record, Script.RUNNER):
         set_aside_old_results(run, [])
-        return run_worker_job(run, job, metering)
+        shared = guarded(run, set(), lambda: stage_data(run, data))
+        return run_worker_job(run, replace(job, shared_data=shared), metering)

@@ -11,8 +11,9 @@ and what this module makes the fake do:
   arguments (an override also drops the image's CMD, as Docker does);
 - on Linux the task's user is mapped into the container: an admin auto-user is root, any
   other auto-user an unprivileged uid, so files an image keeps under /root are out of reach;
-- AZ_BATCH_NODE_ROOT_DIR is mounted at the same path, the task's environment variables are
-  set, and the working directory is the task's.
+- AZ_BATCH_NODE_ROOT_DIR is mounted at the same path (or, with containerHostBatchBindMounts,
+  only the folders listed, read-only where asked: "Batch Container Isolation Task"), the
+  task's environment variables are set, and the working directory is the task's.
 
 An "image" here is a folder holding a root file system plus its config (ContainerImage);
 the container is bubblewrap (`bwrap`) with that folder as /, no network, a private /tmp and

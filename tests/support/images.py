@@ -17,6 +17,12 @@ load), Debian's busybox-static, bash, and this interpreter's Python (read-only b
   root in the container can run it, as with images built under /root.)
 - GENERIC_IMAGE, `myregistry.azurecr.io/sim:1.0` (private, user "u", password "p"): bash
   and the small tools, for the fake's own tests.
+- OPENTOPAS_IMAGE, `opentopas/opentopas:v4.3.0-geant4-11.4.2` (public): laid out as
+  OpenTOPAS's docker/Dockerfile.topas makes it — TOPAS under /Applications/TOPAS/
+  OpenTOPAS-install/bin (on PATH), an empty /Applications/G4Data (the image holds no Geant4
+  data; TOPAS_G4_DATA_DIR points there), WORKDIR /simulations, and an ENTRYPOINT that starts
+  a virtual display and then `exec topas "$@"` — with tests/support/standin_topas.py as
+  `topas` (real TOPAS is not run in CI).
 
 Nothing here needs network; `busybox` and `bwrap` come from Debian packages that
 run_tests.sh installs when it runs as root.
@@ -37,6 +43,8 @@ TOPAS_IMAGE = "myuser/topas:4.0"
 EXAMPLE_IMAGE = "myuser/waterphantom:1.0"
 PYTHON_IMAGE = "python:3.12-slim"
 GENERIC_IMAGE = "myregistry.azurecr.io/sim:1.0"
+OPENTOPAS_IMAGE = "opentopas/opentopas:v4.3.0-geant4-11.4.2"
+TOPAS_BIN = "/Applications/TOPAS/OpenTOPAS-install/bin"
 DOCKER_USER = "myuser"
 EXAMPLE_HISTORIES = "20000"  # the example image runs fewer histories than the shipped example
 
@@ -166,7 +174,7 @@ def build_images(folder: Path | None = None) -> dict[str, ContainerImage]:
     base = Path(folder or tempfile.mkdtemp(prefix="fake-batch-images-"))
     base.chmod(0o755)  # the sandbox's unprivileged user must reach the image folders
     images = [_topas(base / "topas"), _example(base / "example"), _python(base / "python"),
-              _generic(base / "generic")]
+              _generic(base / "generic"), _opentopas(base / "opentopas")]
     return {image.reference: image for image in images}
 
 
@@ -202,6 +210,33 @@ def _generic(root: Path) -> ContainerImage:
     _base(root, with_bash=True)
     return ContainerImage(normalize(GENERIC_IMAGE), root, env=(("PATH", "/usr/bin:/bin"),),
                           binds=_library_binds(root), credentials=("u", "p"))
+
+
+# The official image's entrypoint (docker/Dockerfile.topas), its Xvfb left out: there is no
+# X server here, and headless TOPAS runs need none.
+_OPENTOPAS_ENTRYPOINT = """#!/bin/bash
+set -euo pipefail
+XVFB_DISPLAY="${TOPAS_XVFB_DISPLAY:-:99}"
+echo "Starting Xvfb on ${XVFB_DISPLAY} (stand-in: no X server)"
+export DISPLAY="${XVFB_DISPLAY}"
+exec topas "$@"
+"""
+
+
+def _opentopas(root: Path) -> ContainerImage:
+    _base(root, with_bash=True)
+    _write(root / TOPAS_BIN.lstrip("/") / "topas",
+           f"#!{sys.executable}\n" + (Path(__file__).with_name("standin_topas.py")).read_text())
+    _write(root / "usr" / "local" / "bin" / "topas-entrypoint.sh", _OPENTOPAS_ENTRYPOINT)
+    for folder in ("Applications/G4Data", "simulations", "extensions"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    return ContainerImage(normalize(OPENTOPAS_IMAGE), root,
+                          entrypoint=("/usr/local/bin/topas-entrypoint.sh",),
+                          env=(("PATH", f"{TOPAS_BIN}:{_python_path()}"),
+                               ("TOPAS_G4_DATA_DIR", "/Applications/G4Data"),
+                               ("MPLCONFIGDIR", "/tmp")),
+                          workdir="/simulations",
+                          binds=_library_binds(root) + _python_binds(root))
 
 
 def remove(images: dict[str, ContainerImage]) -> None:

@@ -25,6 +25,7 @@ from common.model import (COMPLETION, BlobInfo, JobSpec, OutputFile, PoolSpec, T
 from common.workflow.compute import pattern_regex
 
 ACTIVE, RUNNING, SUCCEEDED, FAILED = "active", "running", "succeeded", "failed"
+SHARED_CONTAINER = "shared-data"
 
 
 @dataclass(frozen=True)
@@ -133,6 +134,10 @@ class MemoryBackend(Backend):
 
     def blob_store(self, container: str) -> MemoryBlobStore:
         return MemoryBlobStore(self.containers, container)
+
+    def shared_data_store(self) -> MemoryBlobStore:
+        """Data shared by every campaign (Geant4 data sets) lives in a container of its own."""
+        return MemoryBlobStore(self.containers, SHARED_CONTAINER)
 
     # -- pools and jobs ----------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from azure.core.exceptions import (ClientAuthenticationError, HttpResponseError,
                                    ServiceResponseError)
 
 from common.backends.azure import builders as bb
-from common.backends.azure import registry
+from common.backends.azure import plan
 from common.backends.azure import storage as st
 from common.backends.azure.calls import add_tasks, create_job, end_with_last_task, send
 from common.backends.azure.checks import (error_code, failure_words, identity_problem,
@@ -31,6 +31,8 @@ from common.backends.base import Backend, BlobStore, Capabilities, StatusCallbac
 from common.config import Settings
 from common.backends.azure.entra import batch_credential
 from common.errors import ToolError
+from common.geant4.upload import SHARED_CONTAINER, STAGE_BLOB, split_data_url
+from common.vm_cores import vm_cores
 from common.model import JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure, TaskStats
 from common.backends.azure.network import ReportingRetry, RequestLog, retry_scale
 
@@ -208,48 +210,38 @@ class AzureBackend(Backend):
             else st.signing_key(self.storage, self.account, expiry)
         everyone = list(job.tasks) + ([job.preparation] if job.preparation else [])
         blobs = {i.blob for t in everyone for i in t.inputs if not i.is_prefix}
+        data = job.shared_data
+        if data is not None:
+            blobs.add(STAGE_BLOB)  # the node's side of the data staging
         return bb.TaskUrls(
             read={b: st.blob_read_url(self.account, job.container, b, expiry, signing=signing)
                   for b in sorted(blobs)},
             read_list=st.container_read_list_url(self.account, job.container, expiry, signing=signing),
-            write=st.container_write_url(self.account, job.container, expiry, signing=signing))
+            write=st.container_write_url(self.account, job.container, expiry, signing=signing),
+            data_source=st.container_read_list_url(self.account, data.container, expiry,
+                                                   signing=signing)
+            if data is not None and data.container else None)
+
+    def shared_data_store(self) -> BlobStore | None:
+        return st.AzureBlobStore(self.storage, self.account, SHARED_CONTAINER)
+
+    def store_at(self, url: str) -> tuple[BlobStore, str] | None:
+        found = split_data_url(url, self.account.url)
+        if found is None:
+            return None
+        return st.AzureBlobStore(self.storage, self.account, found[0]), found[1]
+
+    def threads_per_task(self, pool: PoolSpec) -> int | None:
+        cores = vm_cores(pool.vm_size)
+        return max(1, cores // pool.slots_per_node) if cores else None
 
     def describe(self, pool: PoolSpec, job: JobSpec, shown_tasks: int = 3) -> list[tuple[str, str]]:
-        secrets = self.settings.app.secrets()
         setup = self.node_setup(pool.image)
         shown = JobSpec(job.job_id, job.pool_id, job.container, job.tasks[:shown_tasks], job.image,
                         preparation=job.preparation, run_as_root=job.run_as_root,
-                        keep_entrypoint=job.keep_entrypoint)
-        urls = self.task_urls(shown, dry_run=True)
-        tasks = [bb.task_options(t, shown, urls, setup.registry) for t in shown.tasks]
-        pool_part = [] if job.auto_pool else [
-            ("pool (POST /pools)", bb.redacted_json(bb.pool_options(pool, setup), secrets))]
-        chunks = len(bb.chunks(list(job.tasks)))
-        nodes = (job.auto_pool or pool).node_count + (job.auto_pool or pool).spot_node_count
-        images = ([("images (pulled by every node)", registry.images_text(
-            [(job.image, setup.registry)], nodes, self.settings.app.pool_os_disk_gb))]
-            if job.image else [])
-        return (pool_part
-                + [("job (POST /jobs, with its job preparation task"
-                    + (" and auto pool)" if job.auto_pool else ")"),
-                    bb.redacted_json(bb.job_options(job, setup, urls), secrets))]
-                + [(f"task {t.id} (POST /jobs/{job.job_id}/addtaskcollection)",
-                    bb.redacted_json(t, secrets)) for t in tasks]
-                + images
-                + [("requests, in order",
-                    "\n".join([f"{n}. {step}" for n, step in enumerate(
-                        (["GET /supportedimages (the VM image is offered and container-capable)"]
-                         + ([] if job.auto_pool else [f"POST /pools ({pool.pool_id})"])
-                         + [f"POST /jobs ({job.job_id}, onAllTasksComplete: noaction)",
-                            f"POST /jobs/{job.job_id}/addtaskcollection x {chunks} "
-                            f"({len(job.tasks)} task(s), up to {bb.TASKS_PER_REQUEST} each)",
-                            (f"PATCH /jobs/{job.job_id} (onAllTasksComplete: terminatejob: the job "
-                             "ends when its last task does" + (", and its auto pool with it)"
-                                                               if job.auto_pool else ")"))
-                            if job.seal else
-                            (f"while the tasks run: more tasks added in waves until the target "
-                             f"uncertainty; then PATCH /jobs/{job.job_id} (onAllTasksComplete: "
-                             "terminatejob), and the job ends with its last task")]), 1)]))])
+                        keep_entrypoint=job.keep_entrypoint, shared_data=job.shared_data)
+        return plan.describe(pool, job, setup, self.task_urls(shown, dry_run=True),
+                             self.settings.app, shown_tasks)
 
     def submit_job(self, job: JobSpec, on_status: StatusCallback) -> str:
         if job.auto_pool:

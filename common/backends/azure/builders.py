@@ -16,6 +16,7 @@ from typing import Any, Mapping
 
 import azure.batch.models as bm
 
+from common.backends.azure import shared_data as shared
 from common.config import AppConfig, PoolImage, Secret
 from common.model import SUCCESS, JobSpec, OutputFile, PoolSpec, TaskSpec
 from common.redaction import redact
@@ -53,6 +54,7 @@ class TaskUrls:
     read: Mapping[str, str]
     read_list: str
     write: str
+    data_source: str | None = None  # read+list SAS of the container holding the job's SharedData
 
 
 def _names_registry(first: str) -> bool:
@@ -188,11 +190,16 @@ def preparation_options(job: JobSpec, urls: TaskUrls | None) -> bm.BatchJobPrepa
     """Runs on the node's own OS (no containerSettings), once per node, before any task."""
     prep = job.preparation
     assert prep is not None
+    command, files = prep.command, _resource_files(prep, urls) if urls else None
+    environment = [bm.EnvironmentSetting(name=k, value=v) for k, v in prep.environment]
+    if job.shared_data is not None and urls is not None and urls.data_source:
+        command = shared.staging_command(command)  # the Geant4 data, once per node
+        files = (files or []) + [shared.stage_script_file(urls.read[shared.STAGE_BLOB])]
+        environment += shared.staging_environment(job.shared_data, urls.data_source)
     return bm.BatchJobPreparationTask(
-        id=prep.task_id, command_line=host_command_line(prep.command),
-        resource_files=_resource_files(prep, urls) if urls else None,
-        environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in prep.environment]
-        or None,
+        id=prep.task_id, command_line=host_command_line(command),
+        resource_files=files,
+        environment_settings=environment or None,
         constraints=bm.BatchTaskConstraints(max_task_retry_count=prep.max_retries),
         wait_for_success=True, user_identity=user_identity(job.run_as_root),
         rerun_on_node_reboot_after_success=True)
@@ -246,13 +253,16 @@ def _output_file(output: OutputFile, write_url: str) -> bm.OutputFile:
 
 
 def container_settings(image: str, keep_entrypoint: bool,
-                       registry: Registry | None = None) -> bm.BatchTaskContainerSettings:
+                       registry: Registry | None = None,
+                       isolated: bool = False) -> bm.BatchTaskContainerSettings:
     """A managed identity also goes on the task: a pool made outside the tool (the only kind
-    that can carry an identity) may not list the registry itself."""
+    that can carry an identity) may not list the registry itself. `isolated`: the task sees
+    only its folders and, read-only, the node's shared data."""
     return bm.BatchTaskContainerSettings(
         image_name=full_image_name(image),
         container_run_options=None if keep_entrypoint else ENTRYPOINT_OVERRIDE,
-        registry=registry.reference() if registry and registry.identity else None)
+        registry=registry.reference() if registry and registry.identity else None,
+        container_host_batch_bind_mounts=shared.isolated_mounts() if isolated else None)
 
 
 def task_options(task: TaskSpec, job: JobSpec, urls: TaskUrls,
@@ -262,7 +272,8 @@ def task_options(task: TaskSpec, job: JobSpec, urls: TaskUrls,
         id=task.task_id,
         command_line=container_command_line(task.command, job.keep_entrypoint) if image
         else host_command_line(task.command),
-        container_settings=container_settings(image, job.keep_entrypoint, registry)
+        container_settings=container_settings(image, job.keep_entrypoint, registry,
+                                              task.reads_shared_data)
         if image else None,
         resource_files=_resource_files(task, urls) or None,
         output_files=[_output_file(o, urls.write) for o in task.outputs],

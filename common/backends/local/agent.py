@@ -27,6 +27,7 @@ from pathlib import Path
 from common.backends.local import layout as lay
 from common.backends.local.reaper import MARK_VARIABLE, agent_mark, kill_marked, start_reaper
 from common.backends.local.files import collect_outputs, stage_inputs
+from common.backends.local.shared import place as place_shared_data
 from common.model import TaskSpec
 
 POLL_SECONDS = 0.05
@@ -205,11 +206,15 @@ class Agent:
             if state is None:
                 task = lay.task_from_json(spec)
                 state = {"state": lay.RUNNING, "node_id": node_id, "start_time": now()}
+                shared = place_shared_data((lay.read_json(job / "job.json") or {}).get("shared_data"),
+                                           pdir / "wd")
                 try:
+                    if shared is not None:
+                        raise OSError(shared)
                     stage_inputs(task, container, pdir / "wd")
                     code = self.execute(job, pdir, task, self.task_env(job, pdir, task, node_id))
                 except OSError as exc:
-                    code, state["failure_message"] = None, f"input not staged: {exc}"
+                    code, state["failure_message"] = None, shared or f"input not staged: {exc}"
                 state.update(state=lay.COMPLETED, result="success" if code == 0 else "failure",
                              exit_code=code, end_time=now(),
                              failure_code=None if code == 0 else "JobPreparationFailed",

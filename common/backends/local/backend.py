@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
@@ -118,6 +119,10 @@ class LocalBackend(Backend):
         # Spot is simulated by nothing here: a Spot node is a node like the others
         return max(1, min((spec.node_count + spec.spot_node_count) * spec.slots_per_node, self.cpus))
 
+    def threads_per_task(self, pool: PoolSpec) -> int | None:
+        """This machine's CPUs shared by the tasks that run at once: its "nodes" are one."""
+        return max(1, self.cpus // self.slots_for(pool))
+
     def prepare_pool(self, spec: PoolSpec, on_status: StatusCallback) -> None:
         pool = lay.pool_dir(self.root, spec.pool_id)
         slots = self.slots_for(spec)
@@ -200,10 +205,11 @@ class LocalBackend(Backend):
         for task in new:
             lay.write_json(lay.task_dir(jdir, task.task_id) / "task.json", lay.task_to_json(task))
         prep = lay.task_to_json(job.preparation) if job.preparation else None
+        shared = asdict(job.shared_data) if job.shared_data else existing.get("shared_data")
         lay.write_json(jdir / "job.json", {"job_id": job.job_id, "pool_id": job.pool_id,
                                            "container": job.container,
                                            "auto_pool": job.auto_pool is not None,
-                                           "preparation": prep,
+                                           "preparation": prep, "shared_data": shared,
                                            # tasks added later leave it as it was
                                            "sealed": existing.get("sealed", job.seal),
                                            "tasks": known + [t.task_id for t in new]})

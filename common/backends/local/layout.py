@@ -97,4 +97,5 @@ def task_from_json(data: dict[str, Any]) -> TaskSpec:
         environment=tuple((k, v) for k, v in data["environment"]),
         seed=data.get("seed"),
         max_retries=data.get("max_retries", 0),
+        reads_shared_data=data.get("reads_shared_data", False),
     )
