@@ -96,6 +96,11 @@ class TaskSpec:
     environment: tuple[tuple[str, str], ...] = ()
     seed: int | None = None
     max_retries: int = 0  # reruns after a non-zero exit, as Batch's maxTaskRetryCount
+    # Tasks of the same job that must have succeeded before this one may start (Batch's
+    # dependsOn: by id, and by inclusive ranges of integer ids). A failed one blocks it:
+    # it stays active, never runs. Needs JobSpec.task_dependencies.
+    depends_on: tuple[str, ...] = ()
+    depends_on_ranges: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,8 @@ class JobSpec:
     # False: the job waits for more tasks (an adaptive campaign) until the backend's
     # seal_job; True: it ends by itself when its last task has completed.
     seal: bool = True
+    # Its tasks may depend on each other (Batch's usesTaskDependencies, fixed at creation).
+    task_dependencies: bool = False
 
 
 @dataclass(frozen=True)

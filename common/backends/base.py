@@ -28,6 +28,9 @@ class Capabilities:
 
     bills: bool  # its pools cost money: prices, cost meter, MAX_COST, "delete the pool?"
     spot: bool = False  # Spot nodes are real (preempted, requeued); else SPOT_NODE_COUNT is a node count
+    # Tasks wait for the tasks they depend on (TaskSpec.depends_on); without it the reducer
+    # merges every run in one task.
+    task_dependencies: bool = False
 
 
 class BlobStore(ABC):

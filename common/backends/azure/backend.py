@@ -39,7 +39,7 @@ STDERR_TAIL_BYTES = 4096
 
 class AzureBackend(Backend):
     name = "azure"
-    capabilities = Capabilities(bills=True, spot=True)  # type: ignore[assignment]
+    capabilities = Capabilities(bills=True, spot=True, task_dependencies=True)  # type: ignore[assignment]
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] | None = None,
@@ -205,7 +205,8 @@ class AzureBackend(Backend):
         setup = self.node_setup(pool.image)
         shown = JobSpec(job.job_id, job.pool_id, job.container, job.tasks[:shown_tasks], job.image,
                         preparation=job.preparation, run_as_root=job.run_as_root,
-                        keep_entrypoint=job.keep_entrypoint)
+                        keep_entrypoint=job.keep_entrypoint,
+                        task_dependencies=job.task_dependencies)
         urls = self.task_urls(shown, dry_run=True)
         tasks = [bb.task_options(t, shown, urls) for t in shown.tasks]
         pool_part = [] if job.auto_pool else [
