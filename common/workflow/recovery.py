@@ -69,8 +69,9 @@ def _removed_reducer_tasks(ctx: Context, job: JobRecord) -> set[str]:
         removed = set()
     if lacking:
         # Its tasks are built from the runs found at the time: not to be guessed again here.
-        raise ToolError(f"job {job.job_id} lacks {len(lacking)} of its task(s) (the reducer "
-                        f"was stopped while submitting them): remove the job with "
+        what = ("its task (the reducer was stopped while submitting it)" if len(job.task_ids) == 1
+                else f"{len(lacking)} of its tasks (the reducer was stopped while submitting them)")
+        raise ToolError(f"job {job.job_id} lacks {what}: remove the job with "
                         f"`{command(ctx, Script.REDUCER, '--cleanup')}`, then run the reducer again")
     return removed
 
