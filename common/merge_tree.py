@@ -26,6 +26,10 @@ from common.model import SUCCESS, InputFile, JobSpec, OutputFile, TaskSpec
 PARTIALS_PREFIX = f"{cp.OUTPUT_PREFIX}partials/"
 ROOT_TASK_ID = "reducer"  # the flat reducer's task id: its logs are results/reducer_*.txt
 PARTIAL_OPTIONS = ("--no-plots",)  # nobody looks at a partial merge's pictures
+# What the merge writes (common/topas/record.py, extras.py), named here because importing
+# common.topas loads polars, whose threads would then take a Ctrl-C meant for a question.
+RECORD_SUFFIX = ".merge.json"
+SUMMARY_DIR = "merge-summary"
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,20 @@ def test_the_manifest_keeps_the_tree_and_refuses_a_forged_one(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(Exception, match="one per task id"):
         load(path)
+
+
+def test_the_names_of_what_the_merge_writes_agree_with_it():
+    from common.topas.extras import SUMMARY_DIR
+    from common.topas.record import RECORD_SUFFIX
+    assert (mt.RECORD_SUFFIX, mt.SUMMARY_DIR) == (RECORD_SUFFIX, SUMMARY_DIR)
+
+
+def test_the_scripts_do_not_load_polars_before_they_merge():
+    """polars' threads would take the SIGINT of a second Ctrl-C at a question, which then
+    never interrupts the main thread's read (tests/test_campaign_safety.py shows it)."""
+    import subprocess
+    import sys
+    code = ("import sys, common.cli, common.workflow, common.workflow.tree, common.merge_tree; "
+            "print(any('polars' in m for m in sys.modules))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False"

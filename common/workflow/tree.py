@@ -21,8 +21,6 @@ from common import campaign as cp
 from common import merge_tree as mt
 from common.manifest import JobRecord
 from common.model import TaskCounts
-from common.topas.extras import SUMMARY_DIR
-from common.topas.record import RECORD_SUFFIX
 from common.ui import counts_text
 from common.workflow.context import Run
 
@@ -113,7 +111,7 @@ def _records(run: Run, prefix: str) -> dict[str, int]:
     found = {}
     for blob in run.store.list_blobs(prefix):
         relative = blob.name[len(prefix):]
-        if not relative.endswith(RECORD_SUFFIX) or PurePosixPath(relative).parts[0] == SUMMARY_DIR:
+        if not relative.endswith(mt.RECORD_SUFFIX) or PurePosixPath(relative).parts[0] == mt.SUMMARY_DIR:
             continue
         try:
             found[relative] = int(json.loads(run.store.read_tail(blob.name, RECORD_BYTES))["runs"])
