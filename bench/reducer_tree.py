@@ -12,18 +12,27 @@ node-seconds. In this process: one flat merge of the same runs (the merge's own 
 run, t), so that a task's fixed cost (start, package check, imports, output upload: o) is
 its duration minus its inputs x t. The fake's "nodes" share this machine's CPUs: the tree's
 parallelism is real only up to them. --fan-ins also runs the tree at other fan-ins.
-Read the ratios and t and o, not the seconds; the README projects them to Azure.
+Read the ratios and t and o, not the seconds.
+
+    python -m bench.reducer_tree --project
+
+prints the README's projection for 67 M voxels x 1,000 runs on Azure: wall time, node-hours
+and the disk one node needs, by fan-in and node count, from per-run costs (the merge's, as
+measured by bench/topas_merge.py) and Microsoft's documented node and storage-account
+limits; every assumption is a field of Node or Runs below.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,6 +111,79 @@ def tree_inputs(runs: int, fan_in: int) -> dict[str, int]:
     return {t.task_id: len(t.runs) if t.level == 1 else len(t.children) for t in plan.tasks}
 
 
+# ---------------------------------------------------------------------------- on paper
+
+
+@dataclass(frozen=True)
+class Node:
+    """What one node and the storage account give (Microsoft's documented limits)."""
+
+    network: float = 12.5e9 / 8  # Standard_D16s_v5: 12,500 Mb/s
+    disk: float = 600e6  # its uncached premium SSD throughput, where downloads land
+    egress: float = 200e9 / 8  # a GPv2 account's default egress in the listed regions
+    ingress: float = 60e9 / 8  # and ingress
+    start: float = 300.0  # pool allocation and node start (assumed), billed on every node
+
+
+@dataclass(frozen=True)
+class Runs:
+    """One campaign's runs and what merging one costs."""
+
+    name: str
+    count: int
+    size: float  # bytes of one run's outputs (a partial merge is as big)
+    merge: float  # seconds to fold one run in, once it is on the node's disk
+    fixed: float = 30.0  # seconds a task costs whatever its inputs (assumed)
+
+
+def level_seconds(runs: Runs, node: Node, tasks: int, inputs: int, nodes: int) -> float:
+    """One level: its tasks in waves over the nodes, each downloading its inputs, folding
+    them in and uploading its output, all nodes sharing the account's limits."""
+    at_once = min(nodes, tasks)
+    down = min(node.network, node.disk, node.egress / at_once)
+    up = min(node.network, node.ingress / at_once)
+    task = runs.fixed + inputs * (runs.size / down + runs.merge) + runs.size / up
+    return math.ceil(tasks / nodes) * task
+
+
+def project(runs: Runs, node: Node, fan_in: int | None, nodes: int) -> tuple[float, float, float]:
+    """(wall seconds, node-hours, bytes on one node's disk) of the reduction; fan_in None: one
+    task merging every run."""
+    from common.merge_tree import plan_tree
+    plan = plan_tree(tuple(range(runs.count)), fan_in) if fan_in else None
+    if plan is None:
+        wall = node.start + level_seconds(runs, node, 1, runs.count, 1)
+        return wall, wall / 3600, runs.count * runs.size
+    used = min(nodes, plan.widest)
+    wall = node.start
+    widest = 0
+    for level in range(1, plan.levels + 1):
+        tasks = [t for t in plan.tasks if t.level == level]
+        inputs = max(len(t.runs) if level == 1 else len(t.children) for t in tasks)
+        widest = max(widest, inputs)
+        wall += level_seconds(runs, node, len(tasks), inputs, used)
+    return wall, used * wall / 3600, (widest + 1) * runs.size
+
+
+def print_projection() -> None:
+    voxels = 512 * 512 * 256
+    node = Node()
+    cases = (Runs("CSV", 1000, 6.0e9, 0.6e-6 * voxels),
+             Runs("binary", 1000, 3 * 8 * voxels, 3 * 8 * voxels / node.disk + 1.0))
+    for runs in cases:
+        print(f"{runs.count} runs of {voxels / 1e6:.0f} M voxels, {runs.name}: "
+              f"{runs.size / 1e9:.1f} GB a run, {runs.merge:.0f} s to fold one in, "
+              f"{runs.fixed:.0f} s fixed per task")
+        wall, hours, disk = project(runs, node, None, 1)
+        print(f"  one task          : {wall / 3600:6.2f} h, {hours:6.1f} node-h, "
+              f"{disk / 1e9:7.0f} GB on its disk")
+        for fan_in in (8, 16, 32):
+            for nodes in (1, 4, 16, 64):
+                wall, hours, disk = project(runs, node, fan_in, nodes)
+                print(f"  fan-in {fan_in:2d}, {nodes:2d} nodes: {wall / 3600:6.2f} h, "
+                      f"{hours:6.1f} node-h, {disk / 1e9:7.0f} GB on a node's disk")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=64)
@@ -109,7 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--shape", default="20,20,10")
     parser.add_argument("--fan-ins", default="", help="also time the tree at these fan-ins")
+    parser.add_argument("--project", action="store_true",
+                        help="only print the projection for 67 M voxels x 1,000 runs on Azure")
     args = parser.parse_args(argv)
+    if args.project:
+        print_projection()
+        return 0
     shape = tuple(int(n) for n in args.shape.split(","))
     assert len(shape) == 3
 
