@@ -127,11 +127,35 @@ def test_a_failed_leaf_names_its_runs_and_blocks_the_tasks_above_it(tree_campaig
     assert any("removed 2 reducer task(s) blocked by the failure of merge-1-2" in e
                for e in manifest["events"])
 
-    # The next reducer run starts afresh: the stale partial merges go first.
+    # The next reducer run starts afresh: the stale partial merges go first — and only they,
+    # whatever links someone left among them.
     broken.write_bytes(broken.read_bytes() + b"0\n")
+    (partials / "evil").symlink_to("../run3")
+    (partials / "1-1" / "linked.csv").symlink_to("../../run4/Dose.csv")
+    runs_before = {p: p.read_bytes() for p in (partials.parent).glob("run*/*")}
     again = reduce(tree_campaign, script_env, "--no-input", "--allow-inconsistent")
     assert again.returncode == 0, again.stderr
     assert "earlier reduction's partial merges" in again.stderr
+    assert {p: p.read_bytes() for p in runs_before} == runs_before
+    assert not [p for p in partials.rglob("*") if p.is_file() and not p.is_symlink()]
+
+
+def test_cleanup_removes_a_tree_left_running(tree_campaign, script_env):
+    proc = subprocess.Popen([sys.executable, REDUCER, str(tree_campaign.simconfig), "--no-input"],
+                            cwd=tree_campaign.root, env=script_env, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "Waiting for 8 task(s)" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    proc.communicate(timeout=60)
+    status = reduce(tree_campaign, script_env, "--status")
+    assert "reducer job tree-campaign-reducer-" in status.stdout
+    cleaned = reduce(tree_campaign, script_env, "--cleanup", "--no-input")
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert "nothing left that bills" in cleaned.stdout
+    assert not any((tree_campaign.storage / "pools").iterdir())
+    assert len(list((tree_campaign.container / "nodes_output").glob("run*/Dose.csv"))) == 20
 
 
 def test_dry_run_and_a_users_own_script_and_few_runs_stay_one_task(tree_campaign, script_env):

@@ -55,18 +55,18 @@ def _reduction(ctx: Context) -> tuple[PoolSpec, JobSpec, list[str]]:
     expected = sorted({i for j in (earlier.jobs if earlier else ()) if j.kind is JobKind.WORKERS
                        for i in j.task_indices})
     runs = tuple(expected) or tuple(settings.sim.task_indices)
-    source = "the manifest's" if expected else "the simconfig's (TASK_COUNT)"
+    source = "the manifest expects" if expected else "the simconfig names (TASK_COUNT)"
     plan = mt.wanted_plan(settings, runs, ctx.backend.capabilities.task_dependencies)
     job = mt.reduction_job(settings, ids, plan, (), ())
     if plan is None:
         return cp.reducer_pool(settings, ids), job, [
-            f"  one reducer task merges all {len(runs)} runs ({source}; "
-            f"REDUCER_FAN_IN {settings.sim.reducer_fan_in})"]
+            f"  one reducer task merges all {len(runs)} runs {source} "
+            f"(REDUCER_FAN_IN {settings.sim.reducer_fan_in})"]
     nodes = mt.node_count(plan, settings.sim.reducer_node_count)
     first = {t.task_id for t in plan.tasks if t.number == 1}  # one task of each level first
     shown = tuple(t for t in job.tasks if t.task_id in first) + tuple(
         t for t in job.tasks if t.task_id not in first)
     return cp.reducer_pool(settings, ids, nodes), replace(job, tasks=shown), [
-        f"  the merge of the {len(runs)} runs ({source}) runs as {plan.text(nodes)}; "
+        f"  the merge of the {len(runs)} runs {source} runs as {plan.text(nodes)}; "
         f"partial merges go to {mt.PARTIALS_PREFIX}<level>-<n>/ and leave storage once the "
         "result is verified"]
