@@ -46,7 +46,7 @@ class TreeTask:
     @property
     def output(self) -> str:
         """The blob prefix its merged output goes to."""
-        return cp.RESULTS_PREFIX if self.final else f"{PARTIALS_PREFIX}{self.level}-{self.number}/"
+        return output_of(self.task_id)
 
     @property
     def log_prefix(self) -> str:
@@ -89,6 +89,15 @@ class TreePlan:
         return (f"a tree of {len(self.tasks)} reducer tasks in {self.levels} levels ({levels}), "
                 f"each merging at most {self.fan_in} (REDUCER_FAN_IN) of the {len(self.runs)} "
                 f"runs or of the partial merges below it, on {nodes} node(s)")
+
+
+def output_of(task_id: str) -> str:
+    """Where the tree task `task_id` puts its merged output: the final task into results/,
+    `merge-<level>-<n>` into nodes_output/partials/<level>-<n>/."""
+    if task_id == ROOT_TASK_ID:
+        return cp.RESULTS_PREFIX
+    level, _, number = task_id.removeprefix("merge-").partition("-")
+    return f"{PARTIALS_PREFIX}{level}-{number}/"
 
 
 def split(items: tuple, fan_in: int) -> list[tuple]:

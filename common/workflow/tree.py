@@ -87,8 +87,7 @@ def log_blob(job: JobRecord, task_id: str, name: str) -> str:
     """Where a reducer task's stdout.txt or stderr.txt is kept."""
     if not is_tree(job) or task_id == mt.ROOT_TASK_ID:
         return f"{cp.RESULTS_PREFIX}reducer_{name}"
-    level, _, number = task_id.removeprefix("merge-").partition("-")
-    return f"{mt.PARTIALS_PREFIX}{level}-{number}/{name}"
+    return mt.output_of(task_id) + name
 
 
 # ---------------------------------------------------------------------------- partial merges
@@ -126,7 +125,7 @@ def result_problems(run: Run, job: JobRecord) -> list[str]:
     final = job.task_ids.index(mt.ROOT_TASK_ID)
     expected: dict[str, int] = {}
     for child in job.task_depends[final]:
-        for relative, runs in _records(run, log_blob(job, child, "")).items():
+        for relative, runs in _records(run, mt.output_of(child)).items():
             expected[relative] = expected.get(relative, 0) + runs
     merged = _records(run, cp.RESULTS_PREFIX)
     return [f"{name}: the result stands for {merged.get(name, 0)} run(s), its inputs for {runs}"
