@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 from common.config import BUILTIN_TOPAS, Settings
 from common.model import COMPLETION, SUCCESS, InputFile, JobSpec, OutputFile, PoolSpec, TaskSpec
-from common.topas_setup import environment_lines, parameter_lines, run_setup, seed_lines
+from common.worker.setup import environment_lines, parameter_lines, run_setup, seed_lines
 
 # Blob names inside the campaign's container (the same on every backend).
 SIM_ARCHIVE_BLOB = "SIM_DIR.zip"
@@ -121,7 +121,7 @@ def preparation_command(archive: str, folder: str, extra: tuple[str, ...] = (),
 def worker_command(run_script: str, index: int, seed_files: tuple[str, ...] = (),
                    environment: tuple[str, ...] = (), parameters: tuple[str, ...] = ()) -> str:
     """Copy the prepared simulation here, set the seed (and `parameters`: threads, histories,
-    the Geant4 data's folder; common/topas_setup.py) in the TOPAS parameter files named, and
+    the Geant4 data's folder; common/worker/setup.py) in the TOPAS parameter files named, and
     run RUN_SCRIPT with the task index, as the original did."""
     script = shlex.quote(f"./{run_script}")
     return "\n".join(["set -e", f'cp -R "{PREPARED}/{SIM_FOLDER}/." .', *environment,
@@ -212,14 +212,25 @@ def reducer_command(reducer_script: str, leave_out: tuple[int, ...] = (),
         lines.append("rm -rf " + " ".join(run_prefix(i).rstrip("/") for i in leave_out))
     if reducer_script == BUILTIN_TOPAS:
         lines += _merge_packages()
-        options = "".join(f"{shlex.quote(o)} " for o in merge_options)
-        lines.append(f'PYTHONPATH="$PWD/{REDUCER_FOLDER}" exec python3 -m common.topas merge '
-                     f'{options}--out {RESULTS_PREFIX} {OUTPUT_PREFIX}run*/')
+        lines.append(builtin_merge(merge_options, RESULTS_PREFIX, f"{OUTPUT_PREFIX}run*/"))
     else:
         script = shlex.quote(f"./{reducer_script}")
         lines += ['wd="$PWD"', f"cd {REDUCER_FOLDER}", f"chmod +x {script}",
                   f'exec {script} "$wd/{OUTPUT_PREFIX.rstrip("/")}" "$wd/{SIMCONFIG_BLOB}"']
     return "\n".join(lines)
+
+
+def builtin_merge(merge_options: tuple[str, ...], out: str, sources: str) -> str:
+    """The built-in merge's command line, for the one reducer task and each task of a tree:
+    `sources` is a shell glob of the folders to merge (a task's inputs are exactly those)."""
+    options = "".join(f"{shlex.quote(o)} " for o in merge_options)
+    return (f'PYTHONPATH="$PWD/{REDUCER_FOLDER}" exec python3 -m common.topas merge '
+            f'{options}--out {out} {sources}')
+
+
+def reducer_start_lines() -> list[str]:
+    """What every built-in merge task does first: the prepared code, the packages it needs."""
+    return ["set -e", f'cp -R "{PREPARED}/{REDUCER_FOLDER}" {REDUCER_FOLDER}', *_merge_packages()]
 
 
 # What the built-in merge uses on the reducer node, at the versions requirements.txt pins
@@ -240,9 +251,10 @@ def _merge_packages() -> list[str]:
     return lines
 
 
-def reducer_pool(settings: Settings, ids: CampaignIds) -> PoolSpec:
-    return PoolSpec(pool_id=ids.reducer_pool, node_count=1, vm_size=settings.sim.pool_vm_size,
-                    image=settings.app.reducer_docker_image)
+def reducer_pool(settings: Settings, ids: CampaignIds, node_count: int = 1) -> PoolSpec:
+    """One node for one reducer task; a tree's tasks share up to REDUCER_NODE_COUNT."""
+    return PoolSpec(pool_id=ids.reducer_pool, node_count=node_count,
+                    vm_size=settings.sim.pool_vm_size, image=settings.app.reducer_docker_image)
 
 
 def reducer_job(settings: Settings, ids: CampaignIds, leave_out: tuple[int, ...] = (),
@@ -255,14 +267,26 @@ def reducer_job(settings: Settings, ids: CampaignIds, leave_out: tuple[int, ...]
         # the run folders only: an earlier merged result (results/) is not an input
         inputs=(InputFile(OUTPUT_PREFIX + "run", prefix=True),),
         outputs=(OutputFile(f"{RESULTS_PREFIX}**/*", RESULTS_PREFIX, SUCCESS),
-                 OutputFile("../stdout.txt", f"{RESULTS_PREFIX}reducer_stdout.txt", COMPLETION),
-                 OutputFile("../stderr.txt", f"{RESULTS_PREFIX}reducer_stderr.txt", COMPLETION)),
+                 *reducer_logs(f"{RESULTS_PREFIX}reducer_")),
         environment=(("SIM_ID", settings.sim.sim_id),),
     )
+    return reducer_job_spec(settings, ids, (task,))
+
+
+def reducer_logs(prefix: str) -> tuple[OutputFile, OutputFile]:
+    """A reducer task's stdout and stderr, kept whatever its exit code."""
+    return (OutputFile("../stdout.txt", f"{prefix}stdout.txt", COMPLETION),
+            OutputFile("../stderr.txt", f"{prefix}stderr.txt", COMPLETION))
+
+
+def reducer_job_spec(settings: Settings, ids: CampaignIds, tasks: tuple[TaskSpec, ...],
+                     node_count: int = 1, task_dependencies: bool = False) -> JobSpec:
+    """The reducer's job: its pool, the preparation that unpacks the reducer code, `tasks`."""
     preparation = TaskSpec(task_id=PREPARATION_TASK_ID, index=0,
                            command=preparation_command(REDUCER_ARCHIVE_BLOB, REDUCER_FOLDER,
                                                        (SIMCONFIG_BLOB,)),
                            inputs=(InputFile(REDUCER_ARCHIVE_BLOB), InputFile(SIMCONFIG_BLOB)),
                            max_retries=2)
-    return _job(settings, ids.reducer_job, reducer_pool(settings, ids), ids.container, (task,),
-                settings.app.reducer_docker_image, preparation)
+    job = _job(settings, ids.reducer_job, reducer_pool(settings, ids, node_count), ids.container,
+               tasks, settings.app.reducer_docker_image, preparation)
+    return replace(job, task_dependencies=task_dependencies)

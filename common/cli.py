@@ -18,7 +18,7 @@ from rich.console import Console
 from common.backends import get_backend
 from common.config import BACKENDS, Settings, load_settings
 from common.campaign import CampaignIds, worker_pool
-from common.topas_setup import with_node_threads
+from common.worker.setup import with_node_threads
 from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, ToolError, usage_error
 from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
 from common.redaction import redact

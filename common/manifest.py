@@ -58,6 +58,10 @@ class JobRecord:
     requeues: int = 0  # tasks Batch put back after a Spot preemption
     setup: RunSetup | None = None  # TOPAS threads and histories each of its runs was told
     shared_data: str | None = None  # key of the Geant4 data its nodes staged
+    # A reducer tree (common/merge_tree.py), aligned with task_ids: the tasks each task
+    # depends on, and the runs it stands for. Empty for a job without dependencies.
+    task_depends: tuple[tuple[str, ...], ...] = ()
+    task_runs: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,7 +175,25 @@ def _job(data: Any, index: int) -> JobRecord:
                      created=str(data.get("created", "")), failed_indices=tuple(failed),
                      setup=_setup(data.get("setup"), where),
                      shared_data=_key(data.get("shared_data"), f"{where}shared_data"),
-                     **_usage(data, where), **flags)
+                     **_usage(data, where), **_tree(data, where, task_ids), **flags)
+
+
+def _tree(data: dict, where: str, task_ids: tuple[str, ...]) -> dict[str, Any]:
+    """A reducer tree's dependencies (ids of the same job) and runs, one entry per task."""
+    depends, runs = data.get("task_depends", []), data.get("task_runs", [])
+    for name, rows in (("task_depends", depends), ("task_runs", runs)):
+        if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows) or (
+                rows and len(rows) != len(task_ids)):
+            raise _Bad(f"{where}{name}", "must be a list of lists, one per task id")
+    known = set(task_ids)
+    for number, row in enumerate(depends):
+        for task_id in row:
+            if _batch_id(task_id, f"{where}task_depends[{number}]") not in known:
+                raise _Bad(f"{where}task_depends[{number}]", f"{task_id!r} is not a task of the job")
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for row in runs for n in row):
+        raise _Bad(f"{where}task_runs", "must hold run indices")
+    return {"task_depends": tuple(tuple(row) for row in depends),
+            "task_runs": tuple(tuple(row) for row in runs)}
 
 
 def _setup(data: Any, where: str) -> RunSetup | None:

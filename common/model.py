@@ -96,6 +96,11 @@ class TaskSpec:
     environment: tuple[tuple[str, str], ...] = ()
     seed: int | None = None
     max_retries: int = 0  # reruns after a non-zero exit, as Batch's maxTaskRetryCount
+    # Tasks of the same job that must have succeeded before this one may start (Batch's
+    # dependsOn: by id, and by inclusive ranges of integer ids). A failed one blocks it:
+    # it stays active, never runs. Needs JobSpec.task_dependencies.
+    depends_on: tuple[str, ...] = ()
+    depends_on_ranges: tuple[tuple[int, int], ...] = ()
     # Reads the job's SharedData (the Geant4 data): it sees it read-only, and little else
     # of the node (a container task's view is narrowed to its own folders).
     reads_shared_data: bool = False
@@ -151,6 +156,8 @@ class JobSpec:
     seal: bool = True
     shared_data: SharedData | None = None  # on every node before its first task (Geant4 data)
     setup: RunSetup | None = None  # what its runs are told (recorded in the manifest)
+    # Its tasks may depend on each other (Batch's usesTaskDependencies, fixed at creation).
+    task_dependencies: bool = False
 
 
 @dataclass(frozen=True)

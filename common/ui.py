@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from rich.console import Console
 from rich.markup import escape
@@ -117,3 +117,17 @@ class Ui:
             def update(done_files: int, done_bytes: int) -> None:
                 progress.update(bar, completed=done_bytes, files=f"{done_files}/{files} files")
             yield update
+
+
+def runs_text(indices: Iterable[int]) -> str:
+    """run1..run4, run7: runs named compactly."""
+    ordered, parts = sorted(indices), []
+    start = previous = None
+    for index in ordered + [None]:  # type: ignore[list-item]
+        if index is not None and previous is not None and index == previous + 1:
+            previous = index
+            continue
+        if start is not None:
+            parts.append(f"run{start}" if start == previous else f"run{start}..run{previous}")
+        start = previous = index
+    return ", ".join(parts)

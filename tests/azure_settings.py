@@ -1,10 +1,17 @@
 """A valid azure-backend configuration in a tmp folder, for unit tests of the Azure backend."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from common.config import Settings, load_settings
-from conftest import write_json
+
+
+def write_json(path: Path, data: object) -> Path:
+    """As conftest's (not imported from there: benchmarks use this module too)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2))
+    return path
 
 # Distinctive fake secrets: tests grep for them to prove they never leak.
 FAKE_STORAGE_KEY = "RkFLRS1TVE9SQUdFLUtFWS0xMjM0NTY3ODkwYWJjZGVm"

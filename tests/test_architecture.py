@@ -80,6 +80,18 @@ def test_the_geant4_stager_ships_alone():
     assert ours == set()
 
 
+def test_the_scripts_load_no_merge_library_before_they_merge():
+    """polars' threads would take the SIGINT of a second Ctrl-C at a question: the scripts
+    import common.topas (and polars) only where a merge runs in this process."""
+    import subprocess
+    import sys
+    code = ("import sys, common.cli, common.workflow, common.config, common.campaign; "
+            "print(sorted(m for m in sys.modules if m.startswith(('polars', 'common.topas'))))")
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           cwd=REPO)
+    assert found.stdout.strip() == "[]"
+
+
 def test_the_package_init_stays_import_free():
     tree = ast.parse((COMMON / "__init__.py").read_text())
     assert not [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]

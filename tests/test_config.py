@@ -233,6 +233,11 @@ def test_run_script_given_absolute_inside_the_folder_is_kept_relative(setup):
     ("TIMEOUT_MINUTES", "30", "must be a number, not a string"),
     ("TIMEOUT_MINUTES", True, "must be a number, not true/false"),
     ("TIMEOUT_MINUTES", 10**9, "outside the range"),
+    ("REDUCER_FAN_IN", 1, "is 1, outside 2..1000"),
+    ("REDUCER_FAN_IN", 1001, "is 1001, outside 2..1000"),
+    ("REDUCER_FAN_IN", "16", "must be a whole number, not a string"),
+    ("REDUCER_NODE_COUNT", 0, "is 0, outside 1..2000"),
+    ("REDUCER_NODE_COUNT", 4.0, "must be a whole number"),
 ])
 def test_counts_and_timeout_out_of_range_or_of_the_wrong_type_are_refused(setup, capsys, key, value,
                                                                           what):
@@ -578,6 +583,7 @@ def test_defaults(setup):
     assert list(sim.task_indices) == [1, 2]
     assert sim.local_results_path == setup.sim_dir / "nodes_output"
     assert sim.timeout_minutes == 60.0
+    assert (sim.reducer_fan_in, sim.reducer_node_count) == (16, 1)
     sim = setup.write(sim={"TASK_COUNT": 5, "STARTING_NODE": 0}).load().sim
     assert (sim.pool_node_count, sim.task_count, list(sim.task_indices)) == (2, 5, [0, 1, 2, 3, 4])
 

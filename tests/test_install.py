@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -28,9 +29,15 @@ def test_pyproject_pins_what_requirements_pins():
 def test_the_installed_commands_run_outside_the_clone(tmp_path):
     """Installed with no network (the dependencies are this venv's): the package holds every
     module the commands need, and they work from any folder."""
-    target = tmp_path / "installed"
+    target, source = tmp_path / "installed", tmp_path / "source"
+    source.mkdir()
+    # from a copy: setuptools builds in the source folder (build/, *.egg-info)
+    for name in ("pyproject.toml", "README.md", "common"):
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                            if (REPO / name).is_dir() else {}))
     build = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-                            "--no-build-isolation", "--target", str(target), str(REPO)],
+                            "--no-build-isolation", "--target", str(target), str(source)],
                            capture_output=True, text=True, cwd=tmp_path,
                            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
     assert build.returncode == 0, build.stderr

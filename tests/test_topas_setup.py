@@ -14,15 +14,15 @@ import pytest
 from rich.console import Console
 
 from common import campaign as cp
-from common import topas_setup as ts
+from common.worker import setup as ts
 from common.backends.azure import builders as bb
 from common.config import PoolImage, load_settings
 from common.errors import ToolError
 from common.manifest import Manifest, ManifestFile, JobRecord, load
 from common.model import JobKind, RunSetup, SharedData
-from common.topas.parameters import read_chain
+from common.worker.parameters import read_chain
 from common.ui import Ui
-from common.vm_cores import vm_cores
+from common.worker.cores import vm_cores
 from common.workflow.reducer import histories_option
 from conftest import write_json
 from tests.azure_settings import azure_settings

@@ -31,6 +31,9 @@ class Capabilities:
     # Tasks can be added to a job that runs (an adaptive campaign's waves). Without it,
     # add_tasks raises ToolError and adaptive campaigns are refused before anything exists.
     adds_tasks: bool = True
+    # Tasks wait for the tasks they depend on (TaskSpec.depends_on); without it the reducer
+    # merges every run in one task.
+    task_dependencies: bool = False
 
 
 class BlobStore(ABC):

@@ -33,6 +33,7 @@ SIM_KEYS = (
     "LOCAL_SIM_PATH", "RUN_SCRIPT", "REDUCER_SCRIPT", "REDUCER_PATH",
     "OUTPUT_FILE_PATTERNS", "TIMEOUT_MINUTES", "LOCAL_RESULTS_PATH",
     "TASK_SLOTS_PER_NODE", "MAX_TASK_RETRIES", "SEED_PARAMETER_FILES", "AUTO_DELETE_POOL",
+    "REDUCER_FAN_IN", "REDUCER_NODE_COUNT",
 ) + GOAL_KEYS + TOPAS_KEYS
 
 # Longest suffix the tool adds to SIM_ID for a Batch id: "-workers-YYYYmmddHHMMSS".
@@ -53,6 +54,10 @@ CLOCK_SKEW_MINUTES = 5
 # the timeout leaves room for the margin inside the key's life (9,955 minutes).
 DELEGATION_KEY_MAX_MINUTES = 7 * 24 * 60
 MAX_ENTRA_TIMEOUT_MINUTES = DELEGATION_KEY_MAX_MINUTES - SAS_MARGIN_MINUTES - CLOCK_SKEW_MINUTES
+# The built-in merge of more runs than this is a tree of reducer tasks (bench/reducer_tree.py
+# and the README say why 16).
+DEFAULT_REDUCER_FAN_IN = 16
+MAX_REDUCER_FAN_IN = 1000
 
 class Secret:
     """A secret string that never shows itself in str(), repr() or f-strings."""
@@ -158,6 +163,8 @@ class SimConfig:
     auto_delete_pool: bool = True  # Batch deletes the pool when the job ends
     goals: Goals = Goals()  # a statistical target, Spot nodes, prices, a budget (all optional)
     topas: TopasSettings = TopasSettings()  # threads, histories, what the parameter files set
+    reducer_fan_in: int = DEFAULT_REDUCER_FAN_IN  # runs (or partial merges) one reducer task merges
+    reducer_node_count: int = 1  # nodes of the reducer's pool, which runs a tree's tasks in parallel
 
     @property
     def task_indices(self) -> range:

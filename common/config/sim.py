@@ -7,7 +7,8 @@ from typing import Any, Mapping
 
 from common.config.files import Problems, display
 from common.config.goals import read_goals
-from common.config.model import (APP_KEYS, BUILTIN_TOPAS, DEFAULT_TIMEOUT_MINUTES, MAX_NODES,
+from common.config.model import (APP_KEYS, BUILTIN_TOPAS, DEFAULT_REDUCER_FAN_IN,
+                                 DEFAULT_TIMEOUT_MINUTES, MAX_NODES, MAX_REDUCER_FAN_IN,
                                  MAX_SIM_ID, MAX_TASKS, MAX_TIMEOUT_MINUTES, SIM_KEYS, SimConfig)
 from common.config.reader import Reader, json_type
 from common.config.topas import read_topas
@@ -97,12 +98,17 @@ def read_sim(path: Path, data: Mapping[str, Any], problems: Problems,
     slots = r.integer("TASK_SLOTS_PER_NODE", 1, 1, 256, "use the tasks one node runs at once, 1-256")
     retries = r.integer("MAX_TASK_RETRIES", 0, 0, 100, "use how often Batch retries a failed task, 0-100")
     results = _results_path(r, sim_path)
+    fan_in = r.integer("REDUCER_FAN_IN", DEFAULT_REDUCER_FAN_IN, 2, MAX_REDUCER_FAN_IN,
+                       f"use how many runs one reducer task merges, 2-{MAX_REDUCER_FAN_IN} "
+                       f"(default {DEFAULT_REDUCER_FAN_IN})")
+    reducer_nodes = r.integer("REDUCER_NODE_COUNT", 1, 1, MAX_NODES,
+                              f"use a node count for the reducer's pool from 1 to {MAX_NODES}")
     goals = read_goals(r, tasks)
     if nodes == 0 and not goals.spot_nodes:
         r.bad("POOL_NODE_COUNT", "is 0 and there are no Spot nodes (SPOT_NODE_COUNT)",
               f"use a node count from 1 to {MAX_NODES}, or set SPOT_NODE_COUNT")
     if None in (sim_id, nodes, tasks, start, sim_path, run_script, timeout, results, slots,
-                retries) or not patterns:
+                retries, fan_in, reducer_nodes) or not patterns:
         return None
     return SimConfig(path=path, sim_id=sim_id, pool_node_count=nodes, task_count=tasks,
                      starting_node=start, pool_vm_size=vm_size, local_sim_path=sim_path,
@@ -111,7 +117,7 @@ def read_sim(path: Path, data: Mapping[str, Any], problems: Problems,
                      timeout_minutes=timeout, local_results_path=results,
                      task_slots_per_node=slots, max_task_retries=retries,
                      seed_parameter_files=seed_files, auto_delete_pool=auto_delete, goals=goals,
-                     topas=topas)
+                     topas=topas, reducer_fan_in=fan_in, reducer_node_count=reducer_nodes)
 
 
 def _results_path(r: Reader, sim_path: Path | None) -> Path | None:

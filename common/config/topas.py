@@ -4,9 +4,9 @@
 `SEED_PARAMETER_FILES` the way the seed is — unless the files (or the files they include)
 already set `Ts/NumberOfThreads` or the source's `NumberOfHistoriesInRun`: the user's own
 setting wins, and `--dry-run` says so. To know which, each of those files is read here,
-with its includes, once, when the configuration is read (common/topas/parameters.py).
+with its includes, once, when the configuration is read (common/worker/parameters.py).
 
-Which setting applies where is decided in common/topas_setup.py; here are only the keys,
+Which setting applies where is decided in common/worker/setup.py; here are only the keys,
 their checks, and what the files hold.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common.topas.parameters import Chain, Parameter, read_chain
+from common.worker.parameters import Chain, Parameter, read_chain
 
 TOPAS_KEYS = ("TOPAS_THREADS", "HISTORIES_PER_TASK")
 MAX_THREADS = 1024

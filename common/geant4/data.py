@@ -10,7 +10,7 @@ secret).
 Each data set gets a content key (SHA-256 of its files' names, sizes and bytes), remembered
 in `~/.cache/batch-campaigns/geant4-data-keys.json` against the files' sizes and times, so
 an unchanged folder is not read again. Uploading, on a backend whose nodes fetch it, is
-upload.py's; what a task is told, common/topas_setup.py's; the node's side, stage.py.
+upload.py's; what a task is told, common/worker/setup.py's; the node's side, stage.py.
 """
 from __future__ import annotations
 

@@ -17,21 +17,26 @@ from common.backends.base import BlobStore
 from common.errors import ToolError
 from common.manifest import JobRecord
 from common.model import JobKind, JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure
-from common.ui import counts_text
+from common.ui import counts_text, runs_text
 from common.workflow.context import Context, Run, billing_mode
 from common.workflow.metering import BudgetReached, Metering
+from common.workflow.tree import log_blob, runs_held
 
 STDERR_TAIL_LINES = 10
 LOG_NAMES = ("stdout.txt", "stderr.txt")
 
 
-def start_job(run: Run, pool: PoolSpec, job: JobSpec) -> None:
-    """Create (or reuse) the pool, submit the job; the manifest knows each before it exists."""
+def start_job(run: Run, pool: PoolSpec, job: JobSpec,
+              task_runs: tuple[tuple[int, ...], ...] = ()) -> None:
+    """Create (or reuse) the pool, submit the job; the manifest knows each before it exists
+    (a reducer tree's dependencies, and the runs each of its tasks stands for, too)."""
     ctx, record = run.ctx, run.record
     entry = JobRecord(job_id=job.job_id, kind=run.kind, pool_id=None if job.auto_pool else pool.pool_id,
                       task_ids=tuple(t.task_id for t in job.tasks),
                       task_indices=tuple(t.index for t in job.tasks), auto_pool=bool(job.auto_pool),
-                      setup=job.setup, shared_data=job.shared_data.key if job.shared_data else None)
+                      setup=job.setup, shared_data=job.shared_data.key if job.shared_data else None,
+                      task_depends=tuple(t.depends_on for t in job.tasks)
+                      if job.task_dependencies else (), task_runs=task_runs)
     record.add_job(entry)
     if job.auto_pool is None:
         ctx.step("pool", f"Preparing pool {pool.pool_id}")
@@ -143,16 +148,19 @@ def report_failures(run: Run, job: JobRecord, counts: TaskCounts) -> list[TaskFa
     index_of = dict(zip(job.task_ids, job.task_indices))
     ctx.ui.error(f"{len(failures)} of {len(job.task_ids)} task(s) failed:")
     for failure in failures:
-        ctx.ui.info(f"{failure.task_id}: {failure_text(failure)}")
-        tail = failure.stderr_tail or tuple(stderr_tail(store, job, index_of.get(failure.task_id)))
+        held = runs_held(job, failure.task_id)
+        ctx.ui.info(f"{failure.task_id}: {failure_text(failure)}"
+                    + (f" — it merged {len(held)} run(s): {runs_text(held)}" if held else ""))
+        tail = failure.stderr_tail or tuple(stderr_tail(store, job, index_of.get(failure.task_id),
+                                                        failure.task_id))
         for line in tail:
             ctx.ui.info(f"    | {line}")
     return failures
 
 
-def stderr_tail(store: BlobStore, job: JobRecord, index: int | None) -> list[str]:
+def stderr_tail(store: BlobStore, job: JobRecord, index: int | None, task_id: str = "") -> list[str]:
     if job.kind is JobKind.REDUCER:
-        blob = f"{cp.RESULTS_PREFIX}reducer_stderr.txt"
+        blob = log_blob(job, task_id, "stderr.txt")
     elif index is None:
         return []
     else:

@@ -10,20 +10,23 @@ import tempfile
 from dataclasses import replace
 
 from common import campaign as cp
+from common import merge_tree as mt
 from common.errors import EXIT_OK
 from common.manifest import load
+from common.model import JobKind, JobSpec, PoolSpec
 from common.reducer_source import describe
 from common.workflow.context import Context, Outcome, billing_mode
 from common.workflow.metering import estimate_lines
-from common.topas_setup import describe as describe_topas
+from common.worker.setup import describe as describe_topas
 from common.workflow.runner import pack
 from common.workflow.shared_data import describe_data, preview
 
 
 def plan(ctx: Context, reducer: bool) -> Outcome:
     settings, ids = ctx.settings, ctx.ids
+    tree: list[str] = []
     if reducer:
-        pool, job = cp.reducer_pool(settings, ids), cp.reducer_job(settings, ids)
+        pool, job, tree = _reduction(ctx)
     else:
         pool, job = cp.worker_pool(settings, ids), cp.worker_job(settings, ids)
         job = replace(job, seal=not settings.sim.goals.adaptive, shared_data=preview(ctx))
@@ -36,6 +39,7 @@ def plan(ctx: Context, reducer: bool) -> Outcome:
              f"{len(job.tasks)} task(s); {billing_mode(ctx, job)}"]
     if reducer:
         lines.append(f"  reducer code: {describe(settings)}")
+        lines += tree
     else:
         earlier = load(ctx.manifest_path) if ctx.manifest_path.exists() else None
         seconds = tuple(s for j in (earlier.jobs if earlier else ()) for s in j.task_seconds)
@@ -44,3 +48,28 @@ def plan(ctx: Context, reducer: bool) -> Outcome:
     for title, text in ctx.backend.describe(pool, job):
         lines += [f"--- {title}", text]
     return Outcome(EXIT_OK, tuple(lines))
+
+
+def _reduction(ctx: Context) -> tuple[PoolSpec, JobSpec, list[str]]:
+    """The reducer's pool and job for the runs the campaign expects (its manifest's, else the
+    simconfig's task indices: the real reducer looks at storage), and what the tree will be."""
+    settings, ids = ctx.settings, ctx.ids
+    earlier = load(ctx.manifest_path) if ctx.manifest_path.exists() else None
+    expected = sorted({i for j in (earlier.jobs if earlier else ()) if j.kind is JobKind.WORKERS
+                       for i in j.task_indices})
+    runs = tuple(expected) or tuple(settings.sim.task_indices)
+    source = "the manifest expects" if expected else "the simconfig names (TASK_COUNT)"
+    plan = mt.wanted_plan(settings, runs, ctx.backend.capabilities.task_dependencies)
+    job = mt.reduction_job(settings, ids, plan, (), ())
+    if plan is None:
+        return cp.reducer_pool(settings, ids), job, [
+            f"  one reducer task merges all {len(runs)} runs {source} "
+            f"(REDUCER_FAN_IN {settings.sim.reducer_fan_in})"]
+    nodes = mt.node_count(plan, settings.sim.reducer_node_count)
+    first = {t.task_id for t in plan.tasks if t.number == 1}  # one task of each level first
+    shown = tuple(t for t in job.tasks if t.task_id in first) + tuple(
+        t for t in job.tasks if t.task_id not in first)
+    return cp.reducer_pool(settings, ids, nodes), replace(job, tasks=shown), [
+        f"  the merge of the {len(runs)} runs {source} runs as {plan.text(nodes)}; "
+        f"partial merges go to {mt.PARTIALS_PREFIX}<level>-<n>/ and leave storage once the "
+        "result is verified"]

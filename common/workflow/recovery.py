@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from common import campaign as cp
+from common.merge_tree import PARTIALS_PREFIX, blocked
 from common.errors import EXIT_FAILED, EXIT_OK, ToolError
 from common.manifest import JobRecord, Manifest
 from common.model import JobKind, JobSpec, Script
@@ -16,7 +17,9 @@ from common.workflow.compute import LOG_NAMES, wait
 from common.workflow.context import Context, Outcome, Run, command
 from common.workflow.ending import cleanup_questions, finish
 from common.workflow.records import claimed, existing
+from common.workflow.reducer import finish_reduction, wait_for
 from common.workflow.safety import costly, guarded
+from common.workflow.tree import depends_of, is_tree
 
 
 def attach(ctx: Context, kind: JobKind) -> Outcome:
@@ -33,14 +36,12 @@ def attach(ctx: Context, kind: JobKind) -> Outcome:
     ctx.ui.step(f"Attaching to job {job.job_id} ({len(job.task_ids)} task(s))")
     run = Run(ctx, ctx.backend.blob_store(record.manifest.container), record, kind)
     adaptive = kind is JobKind.WORKERS and ctx.settings.sim.goals.adaptive
+    removed: set[str] = set()  # a reducer tree's tasks a failure blocked: removed unrun
     if kind is JobKind.WORKERS:
         spec = cp.worker_job(ctx.settings, ctx.ids, indices=job.task_indices, job_id=job.job_id)
         _add_what_the_job_lacks(ctx, replace(spec, seal=not adaptive), state)
-    elif set(job.task_ids) - set(ctx.backend.task_ids(job.job_id)):
-        # Its task is built from the runs found at the time: not to be guessed again here.
-        raise ToolError(f"job {job.job_id} lacks its task (the reducer was stopped while "
-                        f"submitting it): remove the job with "
-                        f"`{command(ctx, Script.REDUCER, '--cleanup')}`, then run the reducer again")
+    else:
+        removed = _removed_reducer_tasks(ctx, job)
     if adaptive:  # pick the waves up where they were
         from common.workflow.metering import start_metering
         from common.workflow.runner import run_adaptive_job
@@ -48,9 +49,31 @@ def attach(ctx: Context, kind: JobKind) -> Outcome:
             return run_adaptive_job(run, replace(spec, seal=False), start_metering(ctx),
                                     started=True)
     with claimed(ctx, record, "attach"):
+        if kind is JobKind.REDUCER:
+            counts, steering = guarded(run, {job.job_id}, lambda: wait_for(run, job, removed))
+            return finish_reduction(run, job, counts, steering)
         counts = guarded(run, {job.job_id},
                          lambda: wait(ctx, job.job_id, len(job.task_ids), job.pool_id))
         return finish(run, job, counts)
+
+
+def _removed_reducer_tasks(ctx: Context, job: JobRecord) -> set[str]:
+    """The reducer's tasks the job lacks because a failure blocked them (a tree's, removed
+    unrun); any other one missing means the reducer was stopped while submitting."""
+    lacking = set(job.task_ids) - set(ctx.backend.task_ids(job.job_id))
+    if lacking and is_tree(job):
+        failed = {f.task_id for f in ctx.backend.task_failures(job.job_id)}
+        removed = lacking & blocked(depends_of(job), failed)
+        lacking -= removed
+    else:
+        removed = set()
+    if lacking:
+        # Its tasks are built from the runs found at the time: not to be guessed again here.
+        what = ("its task (the reducer was stopped while submitting it)" if len(job.task_ids) == 1
+                else f"{len(lacking)} of its tasks (the reducer was stopped while submitting them)")
+        raise ToolError(f"job {job.job_id} lacks {what}: remove the job with "
+                        f"`{command(ctx, Script.REDUCER, '--cleanup')}`, then run the reducer again")
+    return removed
 
 
 def _add_what_the_job_lacks(ctx: Context, spec: JobSpec, state: str) -> None:
@@ -136,10 +159,13 @@ def _container_line(ctx: Context, manifest: Manifest) -> str:
     if not store.exists():
         return f"  container {manifest.container}: gone"
     runs: set[str] = set()
-    outputs = logs = merged = 0
+    outputs = logs = merged = partial = 0
     for blob in store.list_blobs(cp.OUTPUT_PREFIX):
         if blob.name.startswith(cp.RESULTS_PREFIX):
             merged += 1
+            continue
+        if blob.name.startswith(PARTIALS_PREFIX):
+            partial += 1
             continue
         head, _, rest = blob.name[len(cp.OUTPUT_PREFIX):].partition("/")
         runs.add(head)
@@ -148,4 +174,5 @@ def _container_line(ctx: Context, manifest: Manifest) -> str:
         else:
             outputs += 1
     return (f"  container {manifest.container}: {outputs} output file(s) in {len(runs)} run "
-            f"folder(s) (and {logs} log file(s)), {merged} merged result file(s)")
+            f"folder(s) (and {logs} log file(s)), {merged} merged result file(s)"
+            + (f", {partial} file(s) of a reducer tree's partial merges" if partial else ""))

@@ -1,5 +1,6 @@
-"""batch_data_reducer.py: one reducer task merges the campaign's runs into
-nodes_output/results/, then the cleanup questions.
+"""batch_data_reducer.py: one reducer task — or, for the built-in merge of many runs, a
+tree of them (common/merge_tree.py, common/workflow/tree.py) — merges the campaign's runs
+into nodes_output/results/, then the cleanup questions.
 
 It never merges a campaign that is not done: while a worker job still runs it refuses (exit
 2); when runs the manifest expects are missing or failed it stops (exit 1) naming them,
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common import campaign as cp
+from common import merge_tree as mt
 from common.backends.base import BlobStore
 from common.errors import ToolError
-from common.manifest import Manifest, load
+from common.manifest import JobRecord, Manifest, load
 from common.model import JobKind, Script, TaskCounts
 from common.reducer_source import build_reducer_archive, describe
 from common.workflow.compute import LOG_NAMES, start_job, wait
@@ -24,6 +26,7 @@ from common.workflow.ending import finish
 from common.workflow.records import claimed, open_for_run, refuse_if_busy
 from common.workflow.runner import runs_text, set_aside_merged_result, upload
 from common.workflow.safety import guarded
+from common.workflow.tree import TreeSteering, is_tree, remove_stale_partials, settle
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,14 @@ def histories_option(ctx: Context, manifest: Manifest | None, merged: tuple[int,
     return ("--histories", str(histories))
 
 
+def merge_options(ctx: Context, manifest: Manifest | None = None,
+                  merged: tuple[int, ...] = ()) -> tuple[str, ...]:
+    """The built-in merge's options, the same for the one reducer task and a tree's tasks:
+    --allow-inconsistent when asked, --histories N when every run merged was told N."""
+    options = ("--allow-inconsistent",) if ctx.options.allow_inconsistent else ()
+    return options + histories_option(ctx, manifest, merged)
+
+
 def run_reducer(ctx: Context) -> Outcome:
     settings, ids = ctx.settings, ctx.ids
     refuse_if_busy(ctx, JobKind.REDUCER)
@@ -96,24 +107,45 @@ def run_reducer(ctx: Context) -> Outcome:
     check_runs(ctx, store, runs)
     ctx.ui.step(f"Reducing {len(runs.complete)} run folder(s) of campaign {settings.sim.sim_id} "
                 f"with {describe(settings)}")
-    options = ("--allow-inconsistent",) if ctx.options.allow_inconsistent else ()
-    options += histories_option(ctx, manifest, runs.complete)
-    job = cp.reducer_job(settings, ids, leave_out=runs.incomplete, merge_options=options)
+    plan = mt.wanted_plan(settings, runs.complete, ctx.backend.capabilities.task_dependencies)
+    job = mt.reduction_job(settings, ids, plan, runs.incomplete,
+                           merge_options(ctx, manifest, runs.complete))
+    nodes = mt.node_count(plan, settings.sim.reducer_node_count) if plan else 1
+    if plan is not None:
+        ctx.ui.info(f"the merge runs as {plan.text(nodes)}")
     run = Run(ctx, store, open_for_run(ctx), JobKind.REDUCER)
     record = run.record
     with claimed(ctx, record, Script.REDUCER):
         set_aside_merged_result(run)
+        remove_stale_partials(run)
 
-        def compute() -> TaskCounts | None:
+        def compute() -> tuple[TaskCounts | None, TreeSteering | None]:
             upload_reducer(run)
-            start_job(run, cp.reducer_pool(settings, ids), job)
-            return wait(ctx, job.job_id, len(job.tasks), record.manifest.job(job.job_id).pool_id)
-        counts = guarded(run, {job.job_id}, compute)
+            start_job(run, cp.reducer_pool(settings, ids, nodes), job,
+                      task_runs=tuple(t.runs for t in plan.tasks) if plan else ())
+            return wait_for(run, record.manifest.job(job.job_id))
+        counts, steering = guarded(run, {job.job_id}, compute)
         left_out = sorted(set(runs.incomplete) | set(runs.missing))
         extra = (f"  runs merged: {runs_text(runs.complete)}"
                  + (f"; left out (--allow-partial): {runs_text(left_out)}" if left_out else ""),)
-        return finish(run, record.manifest.job(job.job_id), counts,
-                      show_log=lambda: show_reducer_log(run), extra=extra)
+        return finish_reduction(run, record.manifest.job(job.job_id), counts, steering, extra)
+
+
+def wait_for(run: Run, job: JobRecord, removed: set[str] | None = None
+             ) -> tuple[TaskCounts | None, TreeSteering | None]:
+    """Until the reducer's tasks are done; a tree's blocked tasks leave the job on the way
+    (`removed`: those that left it before, when --attach picks the tree up)."""
+    steering = TreeSteering(run, job, removed=set(removed or ())) if is_tree(job) else None
+    return wait(run.ctx, job.job_id, len(job.task_ids), job.pool_id, steering=steering), steering
+
+
+def finish_reduction(run: Run, job: JobRecord, counts: TaskCounts | None,
+                     steering: TreeSteering | None, extra: tuple[str, ...] = ()) -> Outcome:
+    """The summary and the cleanup questions; a tree settled first (its partial merges)."""
+    if is_tree(job):
+        extra += guarded(run, {job.job_id}, lambda: settle(run, job, counts, steering))
+    return finish(run, run.record.manifest.job(job.job_id), counts,
+                  show_log=lambda: show_reducer_log(run), extra=extra)
 
 
 def upload_reducer(run: Run) -> None:

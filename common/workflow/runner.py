@@ -20,8 +20,9 @@ from common.backends.base import BlobStore
 from common.errors import EXIT_OK, ToolError, usage_error
 from common.model import JobKind, JobSpec, Script, TaskCounts
 from common.packaging import Archive, build_archive
-from common.topas_setup import notes as topas_notes
+from common.worker.setup import notes as topas_notes
 from common.transfer import download_prefix, upload_if_changed
+from common.ui import runs_text
 from common.workflow.compute import start_job, wait
 from common.workflow.context import Context, Outcome, Run
 from common.workflow.ending import finish
@@ -155,20 +156,6 @@ def _existing_runs(ctx: Context, store: BlobStore) -> set[int]:
         found |= {int(p.name[3:]) for p in local.iterdir()
                   if p.is_dir() and p.name.startswith("run") and p.name[3:].isdigit()}
     return found
-
-
-def runs_text(indices: list[int] | set[int]) -> str:
-    """run1..run4, run7: runs named compactly."""
-    ordered, parts = sorted(indices), []
-    start = previous = None
-    for index in ordered + [None]:  # type: ignore[list-item]
-        if index is not None and previous is not None and index == previous + 1:
-            previous = index
-            continue
-        if start is not None:
-            parts.append(f"run{start}" if start == previous else f"run{start}..run{previous}")
-        start = previous = index
-    return ", ".join(parts)
 
 
 def runs_in_the_way(ctx: Context, store: BlobStore, indices: tuple[int, ...]) -> list[int]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 from urllib.parse import quote, unquote
 
-from . import errors, odata, rules
+from . import dependencies, errors, odata, rules
 from .runner import DELETED, ENDED
 from .state import Job, Pool, Task, iso, utcnow
 
@@ -363,6 +363,7 @@ def _check_not_preparation(job: Job, task_id: str) -> None:
 
 def _new_task(fake: "FakeBatch", job: Job, body: dict[str, Any]) -> Task:
     _check_not_preparation(job, body["id"])
+    dependencies.check_task(body, job, fake.knobs)
     constraints = body.get("constraints") or {}
     retries = constraints.get("maxTaskRetryCount")
     if retries is None:

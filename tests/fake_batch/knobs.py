@@ -58,6 +58,9 @@ class Knobs:
     max_body_bytes: int = 1_000_000  # "must be less than 1MB": 413 RequestBodyTooLarge
     max_page_size: int = 1000  # list calls: page size when maxresults is not given
     clock_skew_seconds: float = 15 * 60  # ocp-date further off than this: 403
+    # dependsOn.taskIdRanges per task: "Batch status and error codes" names the error
+    # (TaskDependencyRangesTooLong) but not the number, so by default there is no limit.
+    max_dependency_ranges: int | None = None
     supported_images: list[dict[str, Any]] = field(
         default_factory=lambda: [dict(image) for image in SUPPORTED_IMAGES])
     strict_images: bool = True  # pool with an image/agent pair not listed above: 400

@@ -4,8 +4,9 @@ The schema says a pool id is a string; the description says it is at most 64 let
 digits, hyphens and underscores. These functions check such rules on bodies that already
 passed the schema and raise the first problem as a BatchServiceError (the service reports
 one problem at a time). Features this fake does not emulate (autoscale, multi-instance
-tasks, task dependencies, auto-storage resource files) are refused with a
-501 that says so, rather than silently misbehaving.
+tasks, auto-storage resource files) are refused with a 501 that says so, rather than
+silently misbehaving. Task dependencies and exit conditions are checked against their job
+in dependencies.py.
 """
 from __future__ import annotations
 
@@ -103,8 +104,6 @@ def check_job(body: dict[str, Any]) -> None:
     prep = body.get("jobPreparationTask")
     if prep is not None:
         check_preparation(prep)
-    if body.get("usesTaskDependencies"):
-        raise errors.operation_not_supported("task dependencies (usesTaskDependencies)")
 
 
 def check_preparation(prep: dict[str, Any]) -> None:
@@ -183,12 +182,13 @@ def check_task(body: dict[str, Any], path: str = "") -> None:
     if not str(body.get("commandLine") or "").strip():
         raise errors.invalid_value(f"{path}commandLine", body.get("commandLine"),
                                    "The command line must not be empty.")
-    for name in ("multiInstanceSettings", "dependsOn", "exitConditions",
-                 "applicationPackageReferences"):
+    for name in ("multiInstanceSettings", "applicationPackageReferences"):
         if body.get(name) is not None:
             raise errors.operation_not_supported(f"tasks with {name}")
     check_resource_files(body.get("resourceFiles"), f"{path}resourceFiles")
     check_identity(body.get("userIdentity"), f"{path}userIdentity")
+    for index, task_id in enumerate((body.get("dependsOn") or {}).get("taskIds") or []):
+        check_id(task_id, f"{path}dependsOn.taskIds[{index}]")
     for index, output in enumerate(body.get("outputFiles") or []):
         here = f"{path}outputFiles[{index}]"
         container = (output.get("destination") or {}).get("container")

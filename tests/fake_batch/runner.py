@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable
 
-from . import containers, errors
+from . import containers, dependencies, errors
 from .knobs import Knobs
 from .node import NodeWork, Runtime, TaskFailed, download_resource_files, failure, job_dir
 from .state import Job, Node, Pool, Preparation, Store, Task, utcnow
@@ -296,8 +296,8 @@ class Engine:
             for task in job.tasks.values():
                 if job.max_parallel_tasks != -1 and running >= job.max_parallel_tasks:
                     break
-                if task.state != "active":
-                    continue
+                if task.state != "active" or not dependencies.ready(job, task):
+                    continue  # a task waiting for others does not hold up the ones behind it
                 node = self._pick_node(pool, job, task.required_slots)
                 if node is None:
                     break  # FIFO within a job: later tasks wait too
@@ -392,7 +392,17 @@ class Engine:
                     node.total_succeeded += 1
                 task.end_time = utcnow()
                 task.set_state("completed")
+                self._after_failure(task)
             self.store.changed.notify_all()
+
+    def _after_failure(self, task: Task) -> None:
+        """The job action of a failed task, when its job asks for exit options' job actions."""
+        job = self.store.jobs.get(task.job_id.lower())
+        if (job is None or job.state != "active" or task.result != "failure"
+                or job.body.get("onTaskFailure") != dependencies.PERFORM_EXIT_OPTIONS):
+            return
+        if dependencies.job_action(task) == "terminate":
+            self.terminate_job(job, "TaskFailed")
 
     # -- start tasks ----------------------------------------------------------------------
 

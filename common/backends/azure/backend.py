@@ -32,7 +32,7 @@ from common.config import Settings
 from common.backends.azure.entra import batch_credential
 from common.errors import ToolError
 from common.geant4.upload import SHARED_CONTAINER, STAGE_BLOB, split_data_url
-from common.vm_cores import vm_cores
+from common.worker.cores import vm_cores
 from common.model import JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure, TaskStats
 from common.backends.azure.network import ReportingRetry, RequestLog, retry_scale
 
@@ -44,7 +44,7 @@ STDERR_TAIL_BYTES = 4096
 
 class AzureBackend(Backend):
     name = "azure"
-    capabilities = Capabilities(bills=True, spot=True)  # type: ignore[assignment]
+    capabilities = Capabilities(bills=True, spot=True, task_dependencies=True)  # type: ignore[assignment]
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] | None = None,
@@ -239,7 +239,8 @@ class AzureBackend(Backend):
         setup = self.node_setup(pool.image)
         shown = JobSpec(job.job_id, job.pool_id, job.container, job.tasks[:shown_tasks], job.image,
                         preparation=job.preparation, run_as_root=job.run_as_root,
-                        keep_entrypoint=job.keep_entrypoint, shared_data=job.shared_data)
+                        keep_entrypoint=job.keep_entrypoint, shared_data=job.shared_data,
+                        task_dependencies=job.task_dependencies)
         return plan.describe(pool, job, setup, self.task_urls(shown, dry_run=True),
                              self.settings.app, shown_tasks)
 

@@ -177,6 +177,7 @@ def job_options(job: JobSpec, setup: NodeSetup, urls: TaskUrls | None = None) ->
         constraints=bm.BatchJobConstraints(max_wall_clock_time=timedelta(minutes=limit))
         if limit else None,
         job_preparation_task=preparation_options(job, urls) if job.preparation else None,
+        uses_task_dependencies=True if job.task_dependencies else None,
         metadata=[bm.BatchMetadataItem(name=OWNER_METADATA, value=job.owner)] if job.owner else None)
 
 
@@ -279,7 +280,18 @@ def task_options(task: TaskSpec, job: JobSpec, urls: TaskUrls,
         output_files=[_output_file(o, urls.write) for o in task.outputs],
         environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in task.environment],
         constraints=bm.BatchTaskConstraints(max_task_retry_count=task.max_retries),
-        user_identity=user_identity(job.run_as_root))
+        user_identity=user_identity(job.run_as_root),
+        depends_on=dependencies(task))
+
+
+def dependencies(task: TaskSpec) -> bm.BatchTaskDependencies | None:
+    """Batch's dependsOn: by id, and by inclusive ranges of integer ids."""
+    if not task.depends_on and not task.depends_on_ranges:
+        return None
+    return bm.BatchTaskDependencies(
+        task_ids=list(task.depends_on) or None,
+        task_id_ranges=[bm.BatchTaskIdRange(start=a, end=b) for a, b in task.depends_on_ranges]
+        or None)
 
 
 def chunks(items: list[Any], size: int = TASKS_PER_REQUEST) -> list[list[Any]]:

@@ -7,7 +7,8 @@ its own working directory with its inputs copied from the storage folder, runs w
 as its own process group, and has its output files copied back to the container when it
 ends (logs always, results only on success, like Batch's upload conditions).
 
-At most `slots` tasks run at once. SIGTERM (pool deletion) stops every task and the agent.
+At most `slots` tasks run at once; a task that depends on others waits until they have
+succeeded, and is blocked for good when one failed (waiting.py). SIGTERM (pool deletion) stops every task and the agent.
 After IDLE_SECONDS with nothing queued or running the agent exits; the client starts a new
 one when it next needs the pool.
 """
@@ -28,6 +29,7 @@ from common.backends.local import layout as lay
 from common.backends.local.reaper import MARK_VARIABLE, agent_mark, kill_marked, start_reaper
 from common.backends.local.files import collect_outputs, stage_inputs
 from common.backends.local.shared import place as place_shared_data
+from common.backends.local.waiting import Waiting
 from common.model import TaskSpec
 
 POLL_SECONDS = 0.05
@@ -62,6 +64,9 @@ class Agent:
         self.containers: dict[Path, Path] = {}
         self.jobs: list[Path] = []  # job folders, listed again when jobs/ changes
         self.stamps: dict[Path, int | None] = {}  # folder -> mtime at the last look
+        self.waiting = Waiting()  # tasks that wait for the tasks they depend on
+        self.waiting_lock = threading.Lock()  # slots record endings; the main loop releases
+        self.cancel_stamps: dict[Path, int | None] = {}  # job -> cancelled.json mtime
 
     # -- discovery ---------------------------------------------------------------------
 
@@ -85,13 +90,66 @@ class Agent:
             self.seen_batches.add(batch)
             job = batch.parent.parent
             cancelled = set(lay.read_json(job / "cancelled.json") or [])
+            dependencies = bool((lay.read_json(job / "job.json") or {}).get("task_dependencies"))
             for task_id in lay.read_json(batch) or []:
                 if task_id in cancelled:
                     continue  # no longer needed (an adaptive campaign met its target)
                 state = lay.read_json(lay.task_dir(job, task_id) / "state.json")
                 self.tally(job, None, lay.bucket(state))  # counted before a slot can take it
-                if state is None:
+                if state is not None and state.get("state") == lay.COMPLETED:
+                    with self.waiting_lock:
+                        self.waiting.ended(job, task_id, state.get("result") == "success",
+                                           state.get("end_time") or 0.0)
+                elif dependencies and (state is None or state.get("blocked_by")):
+                    self.hold(job, task_id)
+                elif state is None:
                     self.queue.put((job, task_id))
+
+    def hold(self, job: Path, task_id: str) -> None:
+        """A task of a job with dependencies: queued at once if it depends on nothing."""
+        task = lay.task_from_json(lay.read_json(lay.task_dir(job, task_id) / "task.json"))
+        if not task.depends_on and not task.depends_on_ranges:
+            self.queue.put((job, task_id))
+            return
+        with self.waiting_lock:
+            self.waiting.add(job, task)
+
+    def release(self) -> None:
+        """Queue the waiting tasks whose dependencies all succeeded; mark the ones a failed
+        dependency blocks (they stay active and never run, as on Batch)."""
+        self.forget_cancelled()
+        with self.waiting_lock:
+            if not self.waiting.changed:
+                return
+            jobs = {job: (lay.read_json(job / "job.json") or {}).get("tasks", [])
+                    for job in self.waiting.jobs()}
+            ready, blocked = self.waiting.release(jobs)
+        for job, task_id in ready:
+            self.queue.put((job, task_id))
+        for job, task_id, why in blocked:
+            lay.write_json(lay.task_dir(job, task_id) / "state.json",
+                           {"state": lay.ACTIVE, "blocked_by": list(why)})
+            print(f"{job.name}/{task_id}: blocked by the failure of {', '.join(why)}; it will "
+                  "never run", file=sys.stderr, flush=True)
+
+    def forget_cancelled(self) -> None:
+        """Waiting tasks removed from their job (delete_tasks) leave the counts."""
+        for job in self.waiting.jobs():
+            stamp = _mtime(job / "cancelled.json")
+            if stamp == self.cancel_stamps.get(job):
+                continue
+            self.cancel_stamps[job] = stamp
+            with self.waiting_lock:
+                gone = self.waiting.cancel(job, lay.read_json(job / "cancelled.json") or [])
+            for _ in gone:
+                self.forget(job)
+
+    def forget(self, job: Path) -> None:
+        with self.lock:  # it leaves the counts, as it left job.json
+            counts = self.tallies.setdefault(job, dict.fromkeys(lay.COUNT_KEYS, 0))
+            counts["known"] -= 1
+            counts[lay.ACTIVE] -= 1
+            self.dirty.add(job)
 
     # -- counts ------------------------------------------------------------------------
 
@@ -163,11 +221,7 @@ class Agent:
         container = self.containers[job]
         wd = tdir / "wd"
         if task_id in set(lay.read_json(job / "cancelled.json") or []):
-            with self.lock:  # it leaves the counts, as it left job.json
-                counts = self.tallies.setdefault(job, dict.fromkeys(lay.COUNT_KEYS, 0))
-                counts["known"] -= 1
-                counts[lay.ACTIVE] -= 1
-                self.dirty.add(job)
+            self.forget(job)
             return
         state = {"state": lay.RUNNING, "node_id": node_id, "start_time": now()}
         lay.write_json(tdir / "state.json", state)
@@ -248,6 +302,8 @@ class Agent:
                      failure_code=failure_code, failure_message=failure_message, end_time=now())
         lay.write_json(tdir / "state.json", state)  # before the count: a reader of counts.json
         self.tally(tdir.parent.parent, lay.RUNNING, lay.bucket(state))  # finds the state there
+        with self.waiting_lock:
+            self.waiting.ended(tdir.parent.parent, tdir.name, ok, state["end_time"])
 
     def task_env(self, job: Path, tdir: Path, task: TaskSpec, node_id: str) -> dict[str, str]:
         env = dict(os.environ)
@@ -285,7 +341,12 @@ class Agent:
     def idle(self) -> bool:
         with self.lock:
             busy = bool(self.running)
-        return not busy and self.queue.empty() and now() - self.last_busy > IDLE_SECONDS
+        # A task that waits for another keeps the agent: it may yet run. One that a failure
+        # blocked does not (it never will); the next agent finds it again.
+        with self.waiting_lock:
+            pending = any(set(self.waiting.tasks[job]) - self.waiting.blocked.get(job, set())
+                          for job in self.waiting.jobs())
+        return not busy and not pending and self.queue.empty() and now() - self.last_busy > IDLE_SECONDS
 
     def serve(self) -> None:
         self.recover()
@@ -296,6 +357,7 @@ class Agent:
         while not self.stopping.is_set() and self.pool.exists() and not self.idle():
             if self.anything_new():
                 self.discover()
+            self.release()
             self.handle_deletions()
             self.flush_counts()
             time.sleep(POLL_SECONDS)

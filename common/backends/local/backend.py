@@ -100,7 +100,7 @@ def usable_cpus() -> int:
 class LocalBackend(Backend):
     name = "local"
     poll_seconds = 0.25  # reading a few small files: cheap, so progress stays live
-    capabilities = Capabilities(bills=False, spot=False)  # type: ignore[assignment]
+    capabilities = Capabilities(bills=False, spot=False, task_dependencies=True)  # type: ignore[assignment]
 
     def __init__(self, root: Path, cpus: int | None = None) -> None:
         self.root = root
@@ -200,6 +200,11 @@ class LocalBackend(Backend):
             raise ToolError(f"local pool {job.pool_id} does not exist: create it before the job")
         jdir = lay.job_dir(pool, job.job_id)
         existing = lay.read_json(jdir / "job.json") or {}
+        dependencies = existing.get("task_dependencies", job.task_dependencies)
+        dependent = [t.task_id for t in job.tasks if t.depends_on or t.depends_on_ranges]
+        if dependent and not dependencies:  # as Batch: TaskDependenciesNotSpecifiedOnJob
+            raise ToolError(f"local job {job.job_id}: task {dependent[0]} depends on other tasks, "
+                            "but the job was not made with task dependencies")
         known = existing.get("tasks", [])
         new = [t for t in job.tasks if t.task_id not in known]
         for task in new:
@@ -212,6 +217,7 @@ class LocalBackend(Backend):
                                            "preparation": prep, "shared_data": shared,
                                            # tasks added later leave it as it was
                                            "sealed": existing.get("sealed", job.seal),
+                                           "task_dependencies": dependencies,
                                            "tasks": known + [t.task_id for t in new]})
         batch = len(list((jdir / "queue").glob("*.json")))
         lay.write_json(jdir / "queue" / f"{batch:06d}.json", [t.task_id for t in new])

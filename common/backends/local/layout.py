@@ -10,6 +10,10 @@
     <root>/pools/<pool>/jobs/<job>/tasks/<task>/      task.json, state.json, stdout.txt,
                                                       stderr.txt and wd/ (its working dir)
 
+A task that depends on others (a job with "task_dependencies") waits, state.json absent,
+until they have all succeeded; when one failed its state.json says "active" with
+"blocked_by": it never runs, as on Batch.
+
 Every JSON file is written whole (temp file + rename), so a reader never sees half of one.
 """
 from __future__ import annotations
@@ -98,4 +102,6 @@ def task_from_json(data: dict[str, Any]) -> TaskSpec:
         seed=data.get("seed"),
         max_retries=data.get("max_retries", 0),
         reads_shared_data=data.get("reads_shared_data", False),
+        depends_on=tuple(data.get("depends_on", ())),
+        depends_on_ranges=tuple((a, b) for a, b in data.get("depends_on_ranges", ())),
     )
