@@ -25,6 +25,7 @@ from common.ui import Ui
 from common.model import Script
 from common.workflow import (Context, Options, Outcome, attach, cleanup, plan, rerun_failed,
                              run_reducer, run_simulation, status)
+from common.workflow.context import carried_options
 
 RUNNER, REDUCER = Script.RUNNER, Script.REDUCER
 _DESCRIPTIONS = {
@@ -126,7 +127,9 @@ def _run(script: Script, argv: Sequence[str], console: Console, prog: str | None
         options = Options(overwrite=getattr(args, "overwrite", False),
                           allow_partial=getattr(args, "allow_partial", False),
                           allow_inconsistent=getattr(args, "allow_inconsistent", False),
-                          script=script)
+                          script=script, carried=carried_options(args.appconfig, args.backend),
+                          answers=("--yes",) if args.yes else ("--no-input",) if args.no_input
+                          else ())
         ctx = Context(settings=settings, backend=backend, prompter=_prompter(args, ui), ui=ui,
                       poll_seconds=backend.poll_seconds, options=options)
         kind = script.job_kind

@@ -30,6 +30,7 @@ SIM_KEYS = (
     "LOCAL_SIM_PATH", "RUN_SCRIPT", "REDUCER_SCRIPT", "REDUCER_PATH",
     "OUTPUT_FILE_PATTERNS", "TIMEOUT_MINUTES", "LOCAL_RESULTS_PATH",
     "TASK_SLOTS_PER_NODE", "MAX_TASK_RETRIES", "SEED_PARAMETER_FILES", "AUTO_DELETE_POOL",
+    "DOWNLOAD_TASK_OUTPUTS",
 ) + GOAL_KEYS
 
 # Longest suffix the tool adds to SIM_ID for a Batch id: "-workers-YYYYmmddHHMMSS".
@@ -40,6 +41,7 @@ MAX_NODES = 2000
 MAX_TASKS = 100_000
 MAX_TIMEOUT_MINUTES = 7 * 24 * 60
 DEFAULT_TIMEOUT_MINUTES = 60.0
+DOWNLOAD_CHOICES = ("all", "logs", "none")  # DOWNLOAD_TASK_OUTPUTS; unset: asked
 
 class Secret:
     """A secret string that never shows itself in str(), repr() or f-strings."""
@@ -138,6 +140,7 @@ class SimConfig:
     seed_parameter_files: tuple[str, ...] = ()  # TOPAS files whose i:Ts/Seed each task sets
     auto_delete_pool: bool = True  # Batch deletes the pool when the job ends
     goals: Goals = Goals()  # a statistical target, Spot nodes, prices, a budget (all optional)
+    download_task_outputs: str | None = None  # "all", "logs", "none"; None: asked, size said
 
     @property
     def task_indices(self) -> range:

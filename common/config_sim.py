@@ -7,7 +7,8 @@ from typing import Any, Mapping
 
 from common.config_files import Problems, display
 from common.config_goals import read_goals
-from common.config_model import (APP_KEYS, BUILTIN_TOPAS, DEFAULT_TIMEOUT_MINUTES, MAX_NODES,
+from common.config_model import (APP_KEYS, BUILTIN_TOPAS, DEFAULT_TIMEOUT_MINUTES, DOWNLOAD_CHOICES,
+                                 MAX_NODES,
                                  MAX_SIM_ID, MAX_TASKS, MAX_TIMEOUT_MINUTES, SIM_KEYS, SimConfig)
 from common.config_reader import Reader, json_type
 
@@ -96,6 +97,7 @@ def read_sim(path: Path, data: Mapping[str, Any], problems: Problems,
     retries = r.integer("MAX_TASK_RETRIES", 0, 0, 100, "use how often Batch retries a failed task, 0-100")
     results = _results_path(r, sim_path)
     goals = read_goals(r, tasks)
+    download = _download_choice(r)
     if nodes == 0 and not goals.spot_nodes:
         r.bad("POOL_NODE_COUNT", "is 0 and there are no Spot nodes (SPOT_NODE_COUNT)",
               f"use a node count from 1 to {MAX_NODES}, or set SPOT_NODE_COUNT")
@@ -108,7 +110,18 @@ def read_sim(path: Path, data: Mapping[str, Any], problems: Problems,
                      reducer_path=reducer_path, output_file_patterns=patterns,
                      timeout_minutes=timeout, local_results_path=results,
                      task_slots_per_node=slots, max_task_retries=retries,
-                     seed_parameter_files=seed_files, auto_delete_pool=auto_delete, goals=goals)
+                     seed_parameter_files=seed_files, auto_delete_pool=auto_delete, goals=goals,
+                     download_task_outputs=download)
+
+
+def _download_choice(r: Reader) -> str | None:
+    fix = (f"use one of: {', '.join(map(repr, DOWNLOAD_CHOICES))}, or remove the key to be "
+           "asked (the question says how much)")
+    value = r.string("DOWNLOAD_TASK_OUTPUTS", False, fix)
+    if value is not None and value not in DOWNLOAD_CHOICES:
+        r.bad("DOWNLOAD_TASK_OUTPUTS", f"is {value!r}", fix)
+        return None
+    return value
 
 
 def _results_path(r: Reader, sim_path: Path | None) -> Path | None:
