@@ -20,6 +20,7 @@ from common.config import BACKENDS, Settings, load_settings
 from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, ToolError, usage_error
 from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
 from common.redaction import redact
+from common.terminal_text import printable
 from common.signals import Terminated, signals_as_interrupts
 from common.ui import Ui
 from common.model import Script
@@ -99,7 +100,7 @@ def _ask(prompt: str) -> str:
     """Prompts go to stderr (stdout carries only the final summary) — the real one, as typed:
     not through a live progress display, which would restyle them."""
     err = sys.__stderr__ or sys.stderr
-    err.write(prompt)
+    err.write(printable(prompt))
     err.flush()
     line = sys.stdin.readline()
     if not line:
@@ -158,7 +159,8 @@ def main(script: Script, argv: Sequence[str], prog: str | None = None) -> int:
             outcome = _run(script, argv, console, prog)
     except ToolError as exc:
         for line in exc.lines:
-            console.print(f"error: {redact(line)}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"error: {printable(redact(line))}", markup=False, highlight=False,
+                          soft_wrap=True)
         return exc.exit_code
     except Terminated as exc:
         console.print(f"{exc.signal_name}: stopped; nothing was deleted", markup=False)
@@ -172,11 +174,11 @@ def main(script: Script, argv: Sequence[str], prog: str | None = None) -> int:
         if verbose:
             traceback.print_exc()
         hint = "" if verbose else " (run with -v for the traceback)"
-        console.print(f"internal error: {redact(repr(exc))}{hint}",
+        console.print(f"internal error: {printable(redact(repr(exc)))}{hint}",
                       markup=False, highlight=False, soft_wrap=True)
         return EXIT_FAILED
     for line in outcome.summary:
-        print(line)
+        print(printable(line))
     return outcome.exit_code
 
 

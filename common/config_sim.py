@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from common.config_files import Problems, display
-from common.config_goals import read_goals
+from common.config_goals import check_goals, read_goals
 from common.config_model import (APP_KEYS, BUILTIN_TOPAS, DEFAULT_TIMEOUT_MINUTES, DOWNLOAD_CHOICES,
                                  MAX_NODES,
                                  MAX_SIM_ID, MAX_TASKS, MAX_TIMEOUT_MINUTES, SIM_KEYS, SimConfig)
@@ -97,6 +97,7 @@ def read_sim(path: Path, data: Mapping[str, Any], problems: Problems,
     retries = r.integer("MAX_TASK_RETRIES", 0, 0, 100, "use how often Batch retries a failed task, 0-100")
     results = _results_path(r, sim_path)
     goals = read_goals(r, tasks)
+    check_goals(r, goals, patterns, nodes)
     download = _download_choice(r)
     if nodes == 0 and not goals.spot_nodes:
         r.bad("POOL_NODE_COUNT", "is 0 and there are no Spot nodes (SPOT_NODE_COUNT)",
