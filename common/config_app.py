@@ -119,7 +119,9 @@ def read_app(path: Path, data: Mapping[str, Any], problems: Problems,
     for user, token, key in (("DOCKER_USER", "DOCKER_TOKEN", "docker_token"),
                              ("REDUCER_DOCKER_USER", "REDUCER_DOCKER_TOKEN", "reducer_docker_token")):
         user_given = r.has(user) and not PLACEHOLDER.search(str(r.data.get(user)))  # said already
-        token_given = r.has(token) or (values[key] is not None and (azure or token not in r.from_env))
+        token_given = values[key] is not None or r.has(token)
+        if not azure and not user_given and token in r.from_env and not r.has(token):
+            continue
         if user_given != token_given:
             r.bad(token if user_given else user, "is missing while its pair is given",
                   f"give both {user} and {token} for a private registry (the token may come "
