@@ -16,7 +16,7 @@ from dataclasses import replace
 
 from common import campaign as cp
 from common.errors import EXIT_OK, ToolError
-from common.manifest import load
+from common.manifest import Manifest, load
 from common.model import Script
 from common.reducer_source import describe
 from common.workflow.context import Context, Outcome, billing_mode, command
@@ -50,22 +50,20 @@ def plan(ctx: Context, reducer: bool) -> Outcome:
     return Outcome(EXIT_OK, tuple(lines))
 
 
-def _refusals(ctx: Context, reducer: bool):
+def _refusals(ctx: Context, reducer: bool) -> Manifest | None:
     """The real run's first checks, read-only; returns the campaign's manifest, if any."""
     earlier = load(ctx.manifest_path)
-    if earlier is None:
-        return None
-    belongs(ctx, earlier)
     script = Script.REDUCER if reducer else Script.RUNNER
-    busy = [c for c in earlier.claims if c.script in tuple(Script) and c.alive()]
-    if busy:
-        claim = busy[0]
-        raise ToolError(f"campaign {earlier.sim_id} is in use by another {claim.script} "
-                        f"(pid {claim.pid} on {claim.host}): the real run would stop here; "
-                        f"`{command(ctx, script, '--status')}` shows where it is", exit_code=2)
-    if not reducer and not earlier.container_deleted:
-        runs_in_the_way(ctx, ctx.backend.blob_store(ctx.ids.container),
+    if earlier is not None:
+        belongs(ctx, earlier)
+        busy = [c for c in earlier.claims if c.script in tuple(Script) and c.alive()]
+        if busy:
+            claim = busy[0]
+            raise ToolError(f"campaign {earlier.sim_id} is in use by another {claim.script} "
+                            f"(pid {claim.pid} on {claim.host}): the real run would stop here; "
+                            f"`{command(ctx, script, '--status')}` shows where it is", exit_code=2)
+    if not reducer:  # storage is asked only where the manifest says there is a container
+        asked = earlier is not None and not earlier.container_deleted
+        runs_in_the_way(ctx, ctx.backend.blob_store(ctx.ids.container) if asked else None,
                         tuple(ctx.settings.sim.task_indices))
-    elif not reducer:
-        runs_in_the_way(ctx, None, tuple(ctx.settings.sim.task_indices))
     return earlier

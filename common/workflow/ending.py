@@ -8,6 +8,7 @@ which the reducer reads — is not answered by --yes.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,15 @@ from common.workflow.safety import costly, guarded, offer_compute_deletion
 # Above this, the task outputs are downloaded only when a person at a terminal says yes (or
 # DOWNLOAD_TASK_OUTPUTS says "all"): the laptop's disk and link are not the cloud's.
 DOWNLOAD_ASK_BYTES = 2 * 1024 ** 3
+DOWNLOAD_ASK_ENV = "BATCH_TOOL_DOWNLOAD_ASK_BYTES"  # another threshold (tests, small disks)
+
+
+def download_threshold() -> int:
+    try:
+        value = int(os.environ.get(DOWNLOAD_ASK_ENV, DOWNLOAD_ASK_BYTES))
+    except ValueError:
+        return DOWNLOAD_ASK_BYTES
+    return value if value >= 0 else DOWNLOAD_ASK_BYTES
 
 
 @dataclass(frozen=True)
@@ -82,7 +92,7 @@ def is_log(blob: BlobInfo) -> bool:
 def offer_download(run: Run, reducing: bool) -> tuple[Path | None, bool]:
     """The download question, with the size it means. The reducer's is the merged result
     only. The runner's follows DOWNLOAD_TASK_OUTPUTS when set; else it is asked — and above
-    DOWNLOAD_ASK_BYTES nobody but a person at a terminal says yes to it (not --yes, not
+    the threshold (DOWNLOAD_ASK_BYTES) nobody but a person at a terminal says yes to it (not --yes, not
     --no-input): the logs are downloaded, and the way to fetch the rest is said."""
     ctx, store = run.ctx, run.store
     prefix = cp.RESULTS_PREFIX if reducing else cp.OUTPUT_PREFIX
@@ -99,7 +109,7 @@ def offer_download(run: Run, reducing: bool) -> tuple[Path | None, bool]:
     choice = ctx.settings.sim.download_task_outputs
     size = sum(b.size for b in blobs)
     if choice is None:
-        big = size > DOWNLOAD_ASK_BYTES
+        big = size > download_threshold()
         question = f"Download the task outputs ({amount(blobs)}) to {dest}?"
         if big:
             question += f" No: only the tasks' logs ({amount(logs)})."
