@@ -321,8 +321,9 @@ def format_estimate(estimate: Estimate, prices: PriceInfo) -> str:
         return f"{estimate.basis}: {format_hours(estimate.hours)}; cost unknown (no price)"
     assert isinstance(prices, Prices)
     amount = cost_of(estimate.hours, prices) or 0.0
+    used = NodeCounts(1 if estimate.hours.dedicated else 0, 1 if estimate.hours.spot else 0)
     return (f"{estimate.basis}: {format_hours(estimate.hours)}, "
-            f"{format_money(amount, prices.currency)} at {format_rates(prices)}")
+            f"{format_money(amount, prices.currency)} at {format_rates(_of_kinds(prices, used))}")
 
 
 def format_prices(prices: PriceInfo, nodes: NodeCounts | None = None) -> str:
@@ -337,7 +338,16 @@ def format_prices(prices: PriceInfo, nodes: NodeCounts | None = None) -> str:
         unused = ("spot", "low priority") if not nodes.spot else ()
         unused += ("dedicated",) if not nodes.dedicated else ()
         notes = [n for n in notes if not any(word in n.lower() for word in unused)]
-        if not nodes.spot and prices.dedicated_per_hour is not None:
-            prices = Prices(prices.dedicated_per_hour, None, prices.currency, prices.source)
+        prices = _of_kinds(prices, nodes)
     return "; ".join([f"{format_rates(prices)} ({prices.source})", *notes])
+
+
+def _of_kinds(prices: Prices, nodes: NodeCounts) -> Prices:
+    """The prices of the kinds of node there are (both when that would leave none)."""
+    dedicated = prices.dedicated_per_hour if nodes.dedicated or not nodes.spot else None
+    spot = prices.spot_per_hour if nodes.spot else None
+    if dedicated is None and spot is None:
+        return prices
+    return Prices(dedicated, spot, prices.currency, prices.source, prices.fetched_at,
+                  prices.cached, prices.notes)
 
