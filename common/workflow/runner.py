@@ -38,9 +38,9 @@ def run_simulation(ctx: Context) -> Outcome:
     ctx.ui.step(f"Campaign {sim.sim_id}: {sim.task_count} task(s) on {sim.pool_node_count} "
                 f"node(s), {settings.backend} backend")
     refuse_if_busy(ctx, JobKind.WORKERS)
+    metering = start_metering(ctx)  # a budget it could not enforce is refused here
     store = ctx.backend.blob_store(ids.container)
     replaced = runs_in_the_way(ctx, store, tuple(sim.task_indices))
-    metering = start_metering(ctx)  # a budget it could not enforce is refused here
     with tempfile.TemporaryFile(prefix="batch-sim-") as handle:
         archive = pack(ctx, handle)  # refuses (exit 2) before the manifest or anything exists
         run = Run(ctx, store, open_for_run(ctx), JobKind.WORKERS)
