@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, stop_local_pools, write_json
-from test_hostile_state import FAKE_KEY, azure_app
+from conftest import REPO, write_json
+from test_hostile_state import azure_app
 
 RUNNER = str(REPO / "batch_simulation_runner.py")
 REDUCER = str(REPO / "batch_data_reducer.py")

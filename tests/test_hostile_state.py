@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import shutil
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -242,8 +242,7 @@ def test_a_price_no_vm_has_is_refused_naming_its_source(prices, price):
 def write_cache(prices, dedicated: float, source: str = "Azure retail prices") -> None:
     key = price_key("STANDARD_D2S_V3", "westeurope", "USD")
     entry = cache_entry(key, prices.url, Prices(dedicated, 0.02, "USD", source,
-                                                fetched_at=__import__("datetime").datetime.now(
-                                                    __import__("datetime").timezone.utc)))
+                                                fetched_at=datetime.now(timezone.utc)))
     write_json(prices.cache_file, entry)
 
 

@@ -194,7 +194,14 @@ def finish(run: Run, job: JobRecord, counts: TaskCounts | None, show_log=None,
            extra: tuple[str, ...] = (), metering: Metering | None = None, verdict=None) -> Outcome:
     """Report, ask the cleanup questions, sum up. The exit code is 0 only when every task
     submitted succeeded and produced its outputs, and every download was verified — or, in
-    an adaptive campaign (`verdict`), when the target was met (failed tasks were replaced)."""
+    an adaptive campaign (`verdict`), when the target was met (failed tasks were replaced).
+    Guarded as a whole: an error between its steps still offers to delete the job."""
+    return guarded(run, {job.job_id}, lambda: _finish(run, job, counts, show_log, extra,
+                                                      metering, verdict))
+
+
+def _finish(run: Run, job: JobRecord, counts: TaskCounts | None, show_log,
+            extra: tuple[str, ...], metering: Metering | None, verdict) -> Outcome:
     ctx, store, record = run.ctx, run.store, run.record
     job = record.manifest.job(job.job_id)  # an adaptive campaign added tasks to it
     workers = job.kind is JobKind.WORKERS

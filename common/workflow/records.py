@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from common.config_files import display
-from common.errors import ToolError
+from common.errors import EXIT_FAILED, EXIT_USAGE, ToolError
 from common.manifest import JobRecord, Manifest, ManifestFile, RunClaim, check_belongs, load
 from common.model import JobKind, Script
 from common.workflow.context import Context, command
@@ -89,10 +89,16 @@ def refuse_if_busy(ctx: Context, kind: JobKind) -> None:
 @contextmanager
 def claimed(ctx: Context, record: ManifestFile, script: str) -> Iterator[None]:
     """This script's claim on the manifest, for as long as it runs (`script`: a Script, or
-    what else holds it: "attach", "cleanup")."""
+    what else holds it: "attach", "cleanup"). Inside it something exists already, so an
+    error that would say "nothing was created" (exit 2) leaves with exit 1."""
     record.claim(RunClaim(ctx.run_token, os.getpid(), socket.gethostname(), script))
     try:
         yield
+    except ToolError as error:
+        if error.exit_code != EXIT_USAGE:
+            raise
+        # exit 2 promises nothing was created: past the claim, the manifest at least was
+        raise ToolError(*error.lines, exit_code=EXIT_FAILED) from error
     finally:
         try:
             record.release(ctx.run_token)
