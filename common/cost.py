@@ -19,11 +19,11 @@ from enum import Enum
 from typing import Callable, Sequence
 
 SECONDS_PER_HOUR = 3600.0
-# What a node-hour may cost, in any currency: from the cheapest Spot B-series in USD to the
-# largest M-series in yen, with room on both sides. Outside it a price is a hostile or broken
+# What a node-hour may cost, in any currency the price list offers: from the cheapest Spot
+# B-series in USD to the largest M-series in Korean won, with room on both sides. Outside it a price is a hostile or broken
 # answer (1e300 would print as 300 digits and never let a budget stop; 1e-300 would never
 # let it be reached), and it is refused with its source named.
-MIN_PRICE, MAX_PRICE = 1e-4, 1e5
+MIN_PRICE, MAX_PRICE = 1e-4, 1e6
 
 
 def price_in_range(per_hour: float) -> bool:
