@@ -386,7 +386,7 @@ def test_a_big_campaign_downloads_only_the_logs_unasked_and_says_how_to_fetch_th
     assert (campaign.results / "run1" / "stdout.txt").exists()
     assert not (campaign.results / "run1" / "big_1.dat").exists()
     [fetch] = re.findall(r"the other 4 file\(s\), 5\.7\d MiB stay in container tiny-campaign: "
-                         r"fetch them with `([^`]+)` at a terminal", result.stderr)
+                         r"to fetch them, run `([^`]+)` at a terminal", result.stderr)
     assert "--yes" not in fetch and "--no-input" not in fetch
     child = pexpect.spawn("/bin/bash", ["-c", fetch], cwd=str(campaign.root), env=big,
                           encoding="utf-8", timeout=60)

@@ -92,8 +92,8 @@ def is_log(blob: BlobInfo) -> bool:
 def offer_download(run: Run, reducing: bool) -> tuple[Path | None, bool]:
     """The download question, with the size it means. The reducer's is the merged result
     only. The runner's follows DOWNLOAD_TASK_OUTPUTS when set; else it is asked — and above
-    the threshold (DOWNLOAD_ASK_BYTES) nobody but a person at a terminal says yes to it (not --yes, not
-    --no-input): the logs are downloaded, and the way to fetch the rest is said."""
+    the threshold (DOWNLOAD_ASK_BYTES) only a person at a terminal says yes to it (not
+    --yes, not --no-input): the logs are downloaded, and the way to fetch the rest said."""
     ctx, store = run.ctx, run.store
     prefix = cp.RESULTS_PREFIX if reducing else cp.OUTPUT_PREFIX
     blobs = store.list_blobs(prefix) if store.exists() else []
@@ -106,7 +106,7 @@ def offer_download(run: Run, reducing: bool) -> tuple[Path | None, bool]:
             return download(run, prefix, blobs)
         return None, True
     logs = [b for b in blobs if is_log(b)]
-    choice = ctx.settings.sim.download_task_outputs
+    configured = choice = ctx.settings.sim.download_task_outputs
     size = sum(b.size for b in blobs)
     if choice is None:
         big = size > download_threshold()
@@ -124,10 +124,12 @@ def offer_download(run: Run, reducing: bool) -> tuple[Path | None, bool]:
     rest = [b for b in blobs if not is_log(b)]
     got = download(run, prefix, logs) if logs else (dest, True)
     if rest:
-        ctx.ui.info(f"the other {amount(rest)} stay in container {store.container}: fetch them "
-                    f"with `{command(ctx, Script.RUNNER, '--cleanup', answers=False)}` at a "
-                    "terminal (answer yes to the download), or set DOWNLOAD_TASK_OUTPUTS to "
-                    '"all" in the simconfig first')
+        cleanup = command(ctx, Script.RUNNER, '--cleanup', answers=False)
+        how = (f'set DOWNLOAD_TASK_OUTPUTS to "all" (or remove it) and run `{cleanup}`'
+               if configured else f"run `{cleanup}` at a terminal and answer yes to the "
+               'download, or set DOWNLOAD_TASK_OUTPUTS to "all" first')
+        ctx.ui.info(f"the other {amount(rest)} stay in container {store.container}: to fetch "
+                    f"them, {how}")
     return got
 
 
