@@ -138,8 +138,8 @@ def test_overwrite_deletes_nothing_when_no_copy_can_be_made(campaign, script_env
                   prompter=Prompter(NO_INPUT, ask=input, say=lambda _: None, is_terminal=False),
                   ui=Ui(Console(file=io.StringIO())))
     step = Run(ctx, ctx.backend.blob_store(ctx.ids.container), existing(ctx), JobKind.WORKERS)
-    with pytest.raises(ToolError, match=r"could not keep a copy of run1 \(nodes_output/run1/"
-                                        r"out_1.txt: disk full\) before replacing it; nothing"):
+    with pytest.raises(ToolError, match=r"could not keep a copy of run1/out_1.txt \(disk full\) "
+                                        r"before replacing it; nothing was deleted from storage"):
         runner.set_aside_old_results(step, [1, 2])
     assert sorted(campaign.container.glob("nodes_output/run1/*")) == stored
 

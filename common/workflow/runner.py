@@ -18,18 +18,18 @@ from typing import BinaryIO
 from common import campaign as cp
 from common.backends.base import BlobStore
 from common.errors import EXIT_OK, ToolError
-from common.model import JobKind, JobSpec, Script, TaskCounts
-from common.packaging import Archive, build_archive
 from common.config_files import display
 from common.manifest import load
-from common.transfer import download_prefix, unverified_blobs, upload_if_changed
+from common.model import BlobInfo, JobKind, JobSpec, Script, TaskCounts
+from common.packaging import Archive, build_archive
+from common.transfer import download_prefix, is_verified, local_path, upload_if_changed
 from common.workflow.compute import start_job, wait
 from common.workflow.context import Context, Outcome, Run, command
 from common.workflow.ending import finish
 from common.workflow.metering import Metering, start_metering
 from common.workflow.records import claimed, existing, open_for_run, refuse_if_busy
-from common.workflow.runs import (holder_of, local_runs, recorded_failures, runs_text,
-                                  stored_runs, unfinished)
+from common.workflow.runs import (holder_of, local_runs, recorded_failures, run_index,
+                                  runs_text, stored_runs, unfinished)
 from common.workflow.safety import guarded
 
 
@@ -192,11 +192,11 @@ def set_aside_old_results(run: Run, replaced: list[int]) -> None:
     aside = _aside(ctx) if old else None
     for path in old:
         shutil.move(str(path), str(aside / path.name))
-    stored = [i for i in replaced if store.exists() and store.list_blobs(cp.run_prefix(i))]
-    if stored:
+    blobs = _stored_blobs(store, set(replaced))
+    if blobs:
         aside = aside or _aside(ctx)
-        blobs = [b.name for i in stored for b in _keep_a_copy(run, i, aside)]
-        store.delete_blobs(blobs)
+        _keep_copies(run, blobs, aside)
+        store.delete_blobs([b.name for b in blobs])
         record.note(f"removed {len(blobs)} blob(s) of replaced runs, kept in {aside}")
         ctx.ui.info(f"removed the replaced runs from storage ({len(blobs)} file(s)) after "
                     f"downloading and verifying a copy")
@@ -204,20 +204,31 @@ def set_aside_old_results(run: Run, replaced: list[int]) -> None:
         ctx.ui.info(f"the replaced runs ({runs_text(replaced)}) were moved aside: {aside}")
 
 
-def _keep_a_copy(run: Run, index: int, aside: Path) -> list:
-    """A verified copy of a stored run in `aside` (beside the local copy moved there, when it
-    differs); ToolError before anything is deleted if none can be made."""
-    store, prefix = run.store, cp.run_prefix(index)
-    blobs = store.list_blobs(prefix)
-    if unverified_blobs(store, prefix, aside, cp.OUTPUT_PREFIX):
-        # where the local copy is not the stored one, both are kept
-        target = aside / "from-storage" if (aside / f"run{index}").exists() else aside
-        report = download_prefix(store, prefix, target, cp.OUTPUT_PREFIX)
+def _stored_blobs(store: BlobStore, indices: set[int]) -> list[BlobInfo]:
+    """The blobs of these runs, from one listing."""
+    if not indices or not store.exists():
+        return []
+    return [b for b in store.list_blobs(cp.OUTPUT_PREFIX + "run")
+            if run_index(b.name[len(cp.OUTPUT_PREFIX):].partition("/")[0]) in indices]
+
+
+def _keep_copies(run: Run, blobs: list[BlobInfo], aside: Path) -> None:
+    """A verified copy of every stored file of the replaced runs in `aside`, beside the local
+    copies moved there (in from-storage/ where a local copy differs); ToolError before
+    anything is deleted if one cannot be made."""
+    missing = [b for b in blobs if not is_verified(b, local_path(aside, b.name, cp.OUTPUT_PREFIX))]
+    local = {b.name for b in missing
+             if (aside / b.name[len(cp.OUTPUT_PREFIX):].partition("/")[0]).exists()}
+    for target, names in ((aside / "from-storage", local),
+                          (aside, {b.name for b in missing} - local)):
+        if not names:
+            continue
+        report = download_prefix(run.store, cp.OUTPUT_PREFIX + "run", target, cp.OUTPUT_PREFIX,
+                                 select=lambda b, chosen=names: b.name in chosen)
         if not report.ok:
             name, why = report.failed[0]
-            raise ToolError(f"could not keep a copy of run{index} ({name}: {why}) before "
-                            f"replacing it; nothing was deleted from storage")
-    return blobs
+            raise ToolError(f"could not keep a copy of {name[len(cp.OUTPUT_PREFIX):]} ({why}) "
+                            "before replacing it; nothing was deleted from storage")
 
 
 def set_aside_merged_result(run: Run) -> None:
