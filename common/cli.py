@@ -22,11 +22,13 @@ from common.worker.setup import with_node_threads
 from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, ToolError, usage_error
 from common.prompts import ASSUME_YES, INTERACTIVE, NO_INPUT, Prompter
 from common.redaction import redact
+from common.terminal_text import printable
 from common.signals import Terminated, signals_as_interrupts
 from common.ui import Ui
 from common.model import Script
 from common.workflow import (Context, Options, Outcome, attach, cleanup, plan, rerun_failed,
                              run_reducer, run_simulation, status)
+from common.workflow.context import carried_options
 
 RUNNER, REDUCER = Script.RUNNER, Script.REDUCER
 _DESCRIPTIONS = {
@@ -100,7 +102,7 @@ def _ask(prompt: str) -> str:
     """Prompts go to stderr (stdout carries only the final summary) — the real one, as typed:
     not through a live progress display, which would restyle them."""
     err = sys.__stderr__ or sys.stderr
-    err.write(prompt)
+    err.write(printable(prompt))
     err.flush()
     line = sys.stdin.readline()
     if not line:
@@ -130,7 +132,9 @@ def _run(script: Script, argv: Sequence[str], console: Console, prog: str | None
         options = Options(overwrite=getattr(args, "overwrite", False),
                           allow_partial=getattr(args, "allow_partial", False),
                           allow_inconsistent=getattr(args, "allow_inconsistent", False),
-                          script=script)
+                          script=script, carried=carried_options(args.appconfig, args.backend),
+                          answers=("--yes",) if args.yes else ("--no-input",) if args.no_input
+                          else ())
         ctx = Context(settings=settings, backend=backend, prompter=_prompter(args, ui), ui=ui,
                       poll_seconds=backend.poll_seconds, options=options)
         kind = script.job_kind
@@ -159,7 +163,8 @@ def main(script: Script, argv: Sequence[str], prog: str | None = None) -> int:
             outcome = _run(script, argv, console, prog)
     except ToolError as exc:
         for line in exc.lines:
-            console.print(f"error: {redact(line)}", markup=False, highlight=False, soft_wrap=True)
+            console.print(f"error: {printable(redact(line))}", markup=False, highlight=False,
+                          soft_wrap=True)
         return exc.exit_code
     except Terminated as exc:
         console.print(f"{exc.signal_name}: stopped; nothing was deleted", markup=False)
@@ -173,11 +178,11 @@ def main(script: Script, argv: Sequence[str], prog: str | None = None) -> int:
         if verbose:
             traceback.print_exc()
         hint = "" if verbose else " (run with -v for the traceback)"
-        console.print(f"internal error: {redact(repr(exc))}{hint}",
+        console.print(f"internal error: {printable(redact(repr(exc)))}{hint}",
                       markup=False, highlight=False, soft_wrap=True)
         return EXIT_FAILED
     for line in outcome.summary:
-        print(line)
+        print(printable(line))
     return outcome.exit_code
 
 

@@ -8,14 +8,14 @@ loses track of a pool that bills or of results not yet saved: `--status`, `--att
 Two processes may work on one campaign (a runner and a later `--cleanup`, or two runners
 started by mistake): every change is a read-modify-write of the file on disk under an
 exclusive lock (fcntl, on a `.lock` file beside it), so no process ever loses another's
-record. A running script also leaves a *claim* in it (pid, host), which is how a second
+record (common/manifest_lock.py: waited for a bounded time, its holder named). A running
+script also leaves a *claim* in it (pid, host), which is how a second
 runner learns that the campaign is busy. The file is read, not obeyed: every field is
 checked (ids by Batch's rules, the container by the storage service's, SIM_ID and backend
 against the configuration) and anything else is refused with exit 2, naming the field.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -28,8 +28,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from common.errors import ToolError
+from common.manifest_lock import PID_MAX, held, process_start
 from common.model import JobKind, RunSetup
 MAX_BYTES = 16 * 1024 * 1024  # a manifest is a few KB; anything this big is not one
+# Seeds are a bijection of the index below 2**31 (common/campaign.py: sim_seed): an index
+# past it would run with the seed of another run.
+MAX_TASK_INDEX = 2 ** 31 - 1
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?!-))*[a-z0-9]$")
 
@@ -75,16 +79,27 @@ class RunClaim:
     started: str = field(default_factory=_now)
 
     def alive(self) -> bool:
-        """Whether its process still runs (a claim from another host is taken as alive)."""
+        """Whether its process still runs (a claim from another host is taken as alive).
+        A pid no process of ours can have (0, 1, negative, past the largest) is no claim,
+        nor is a process that started after the claim was made (its pid was reused)."""
         if self.host != socket.gethostname():
             return True
+        if not 1 < self.pid <= PID_MAX:
+            return False
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
             return False
         except PermissionError:
+            pass
+        started = process_start(self.pid)
+        try:
+            claimed = datetime.fromisoformat(self.started).timestamp()
+        except (ValueError, TypeError, OverflowError):
             return True
-        return True
+        # a minute of slack: the claim's time is whole seconds, and the kernel's boot time
+        # (from which a start time is reckoned) may differ from the wall clock by a step
+        return started is None or started <= claimed + 60
 
 
 @dataclass(frozen=True)
@@ -159,8 +174,13 @@ def _job(data: Any, index: int) -> JobRecord:
     failed = data.get("failed_indices", [])
     for name, numbers in (("task_indices", indices), ("failed_indices", failed)):
         if not isinstance(numbers, list) or not all(isinstance(n, int) and not isinstance(n, bool)
-                                                    and n >= 0 for n in numbers):
-            raise _Bad(f"{where}{name}", "must be a list of task indices")
+                                                    and 0 <= n <= MAX_TASK_INDEX for n in numbers):
+            raise _Bad(f"{where}{name}", f"must be a list of task indices (0 to {MAX_TASK_INDEX})")
+    if len(set(indices)) != len(indices):
+        raise _Bad(f"{where}task_indices", "names a task index twice")
+    strangers = sorted(set(failed) - set(indices))
+    if strangers:
+        raise _Bad(f"{where}failed_indices", f"{strangers[0]} is not a task index of this job")
     task_ids = _strings(data, "task_ids", where)
     for number, task_id in enumerate(task_ids):
         _batch_id(task_id, f"{where}task_ids[{number}]")
@@ -289,12 +309,16 @@ def load(path: Path) -> Manifest | None:
         raise _refuse(path, "is nested too deeply") from None
     except json.JSONDecodeError as exc:
         raise _refuse(path, f"is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except ValueError:  # e.g. an integer of thousands of digits
+        raise _refuse(path, "holds a number too long to be one") from None
     except _Bad as bad:
         raise _refuse(path, str(bad)) from None
 
 
-def check_belongs(manifest: Manifest, path: Path, sim_id: str, backend: str) -> None:
-    """A manifest of another campaign or backend is never acted on."""
+def check_belongs(manifest: Manifest, path: Path, sim_id: str, backend: str,
+                  elsewhere: str = "") -> None:
+    """A manifest of another campaign or backend is never acted on. `elsewhere`: the way to
+    start the campaign afresh on `backend` instead (said after the way to work on it)."""
     if manifest.sim_id != sim_id:
         raise ToolError(f"{path}: sim_id is {manifest.sim_id[:60]!r}, not this campaign's "
                         f"{sim_id!r}: move it aside, or use the simconfig it belongs to", exit_code=2)
@@ -304,7 +328,8 @@ def check_belongs(manifest: Manifest, path: Path, sim_id: str, backend: str) -> 
                         exit_code=2)
     if manifest.backend != backend:
         raise ToolError(f"{path}: the campaign ran on the {manifest.backend!r} backend, not "
-                        f"{backend}: pass --backend {manifest.backend}", exit_code=2)
+                        f"{backend}: to work on it there, pass --backend {manifest.backend}"
+                        + (f"; {elsewhere}" if elsewhere else ""), exit_code=2)
 
 
 # ---------------------------------------------------------------------------- writing, locked
@@ -314,9 +339,11 @@ class ManifestFile:
     """The manifest on disk. Every change is applied to what is on disk *now*, under an
     exclusive lock, and written whole (temp file + rename); `manifest` is the latest state."""
 
-    def __init__(self, path: Path, manifest: Manifest) -> None:
+    def __init__(self, path: Path, manifest: Manifest,
+                 say: Callable[[str], None] | None = None) -> None:
         self.path = path
         self.manifest = manifest
+        self.say = say  # told when the lock must be waited for
 
     @property
     def lock_path(self) -> Path:
@@ -324,18 +351,14 @@ class ManifestFile:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with held(self.lock_path, self.path, self.say):
             yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     @classmethod
-    def open(cls, path: Path, fresh: Manifest) -> "ManifestFile":
+    def open(cls, path: Path, fresh: Manifest,
+             say: Callable[[str], None] | None = None) -> "ManifestFile":
         """The existing manifest of this SIM_ID (a campaign can be extended), or a new one."""
-        made = cls(path, fresh)
+        made = cls(path, fresh, say)
         made._change(lambda current: _continued(current, fresh))
         return made
 

@@ -110,14 +110,16 @@ def threads_for(store: BlobStore) -> int:
 
 def download_prefix(store: BlobStore, prefix: str, dest_root: Path, strip_prefix: str,
                     on_progress: ProgressCallback | None = None,
-                    threads: int | None = None) -> DownloadReport:
-    """Fetch every blob under `prefix` into dest_root, in parallel, each one verified.
+                    threads: int | None = None,
+                    select: Callable[[BlobInfo], bool] | None = None) -> DownloadReport:
+    """Fetch every blob under `prefix` (that `select` accepts, when given) into dest_root,
+    in parallel, each one verified.
 
     A file is written to a temporary name and renamed only once verified, so a partial file
     never passes for a result.
     """
     with latched() as latch:  # from the start: listing thousands of blobs takes a while too
-        blobs = store.list_blobs(prefix)
+        blobs = [b for b in store.list_blobs(prefix) if select is None or select(b)]
         latch.check()
         pool = ThreadPoolExecutor(max_workers=max(1, threads or threads_for(store)))
         try:

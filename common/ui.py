@@ -17,6 +17,7 @@ from rich.progress import (BarColumn, DownloadColumn, MofNCompleteColumn, Progre
 
 from common.model import TaskCounts
 from common.redaction import redact
+from common.terminal_text import printable
 
 PLAIN_INTERVAL_SECONDS = 5.0
 
@@ -35,8 +36,8 @@ class Ui:
     steps: list[tuple[str, float]] = field(default_factory=list)
 
     def _print(self, text: str, style: str | None = None) -> None:
-        self.console.print(escape(redact(text, self.secrets)), style=style, highlight=False,
-                           soft_wrap=True)
+        self.console.print(escape(printable(redact(text, self.secrets))), style=style,
+                           highlight=False, soft_wrap=True)
 
     def step(self, text: str) -> None:
         self.steps.append((text, time.monotonic()))
@@ -85,7 +86,7 @@ class Ui:
 
             def update(counts: TaskCounts, extra: str = "", total: int | None = None) -> None:
                 text = counts_text(counts) + (f" · {extra}" if extra else "")
-                progress.update(bar, completed=counts.completed, counts=escape(text),
+                progress.update(bar, completed=counts.completed, counts=escape(printable(text)),
                                 **({"total": total} if total is not None else {}))
             yield update
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import shutil
 import signal
 import subprocess
@@ -84,6 +85,12 @@ def test_the_target_is_met_with_about_as_many_tasks_as_the_law_says(adaptive, sc
     tasks = submitted(result.stdout)
     assert 6 <= tasks <= 9, result.stdout  # the law's ~6.7, not twice as many
     assert "adding " in result.stderr and "uncertainty" in result.stderr
+    # "adding 6 task(s) ... ~7 more task(s) needed" did not add up: now every wave's numbers do
+    waves = re.findall(r"adding (\d+) task\(s\) .*~(\d+) run\(s\) in all: (\d+) done \+ "
+                       r"(\d+) under way \+ (\d+) added$", result.stderr, re.M)
+    assert waves, result.stderr
+    for added, needed, done, under_way, said in waves:
+        assert int(added) == int(said) and int(done) + int(under_way) + int(said) == int(needed)
     results = adaptive / "examples" / "water_phantom" / "nodes_output"
     assert (results / "convergence" / "convergence.csv").exists()
     assert (results / "convergence" / "convergence.png").exists()

@@ -256,7 +256,7 @@ def test_attach_to_a_reducer_job_without_its_task_says_so_instead_of_waiting(
     result = topas.run(REDUCER, "--attach", "--no-input", env=azure_env)
     assert result.returncode == 1, result.stderr
     assert "lacks its task (the reducer was stopped while submitting it)" in result.stderr
-    assert "--cleanup`, then run the reducer again" in result.stderr
+    assert "--cleanup --no-input`, then run the reducer again" in result.stderr
     cleaned = topas.run(REDUCER, "--cleanup", "--no-input", env=azure_env)
     assert cleaned.returncode == 0, cleaned.stderr
     assert "nothing left that bills" in cleaned.stdout

@@ -145,7 +145,7 @@ def test_reducer_without_worker_outputs_says_what_to_run(campaign, script_env):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: container tiny-campaign does not exist on the local backend: run `")
-    assert last.endswith("batch_simulation_runner.py simconfig.json` first")
+    assert last.endswith("batch_simulation_runner.py simconfig.json --no-input` first")
 
 
 def test_starting_node_adds_runs_without_overwriting(campaign, script_env):

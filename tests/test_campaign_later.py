@@ -88,7 +88,7 @@ def test_rerun_failed_resubmits_only_the_failed_tasks(campaign, script_env):
     fixed.touch()
     rerun = run(campaign, script_env, "--rerun-failed", "--no-input")
     assert rerun.returncode == 0, rerun.stderr
-    assert "Rerunning 1 failed task(s)" in rerun.stderr and "1 of 1 task(s) succeeded" in rerun.stdout
+    assert "Rerunning 1 task(s) of tiny-campaign (failed: run2): task-2" in rerun.stderr and "1 of 1 task(s) succeeded" in rerun.stdout
     jobs = manifest(campaign)["jobs"]
     assert jobs[-1]["task_ids"] == ["task-2-r1"] and jobs[-1]["task_indices"] == [2]
     seeds = {(campaign.results / f"run{i}" / f"out_{i}.txt").read_text().split()[-1] for i in (1, 2, 3)}

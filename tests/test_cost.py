@@ -132,7 +132,7 @@ def test_the_upper_bound_is_every_node_for_the_whole_time():
     assert estimate.hours == NodeHours(6.0, 3.0)
     assert estimate.cost(PRICES) == pytest.approx(6.0 * 0.10 + 3.0 * 0.02)
     assert format_estimate(estimate, PRICES) == (
-        "at most 6 nodes (4 dedicated, 2 Spot) x 1.50 h: 9.00 node-hours (6.00 dedicated, "
+        "6 nodes (4 dedicated, 2 Spot) x 1.50 h: 9.00 node-hours (6.00 dedicated, "
         "3.00 Spot), 0.66 USD at 0.10/0.02 USD per node-hour")
 
 
@@ -209,8 +209,8 @@ def test_format_prices_says_where_they_come_from():
     assert format_prices(prices) == (
         "0.05/0.01 EUR per node-hour (Azure retail prices, westeurope, Standard_A1_v2, Linux); "
         "no Spot meter: using the Low Priority price")
-    assert format_prices(PriceUnknown("offline")) == "price unknown: offline"
-    assert format_prices(None) == "price unknown: no price given"
+    assert format_prices(PriceUnknown("offline")) == "unknown: offline"
+    assert format_prices(None) == "unknown: no price given"
 
 
 def test_cost_of_is_zero_for_no_hours_even_without_prices_for_a_kind():

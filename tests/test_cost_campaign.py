@@ -133,4 +133,4 @@ def test_offline_prices_mean_node_hours_only(spot, azure_env, tmp_path):
            "XDG_CACHE_HOME": str(tmp_path / "cache")}
     dry = spot.run(RUNNER, "--dry-run", env=env)
     assert dry.returncode == 0, dry.stderr
-    assert "price unknown" in dry.stdout and "node-hours" in dry.stdout
+    assert "prices: unknown: cannot reach the price list" in dry.stdout and "node-hours" in dry.stdout

@@ -248,7 +248,9 @@ def test_no_secret_anywhere(az, azure_env, azurite, tmp_path):
     write_json(az.root / "appconfig.json", az.app)
     az.update(REDUCER_SCRIPT="reduce.sh", TASK_COUNT=2, POOL_NODE_COUNT=2)
     outputs = []
-    for script, args in ((RUNNER, ["--no-input"]), (RUNNER, ["--dry-run"]), (RUNNER, ["--status"]),
+    # (a dry run of the campaign again needs --overwrite, as the real run would: its runs exist)
+    for script, args in ((RUNNER, ["--no-input"]), (RUNNER, ["--dry-run", "--overwrite"]),
+                         (RUNNER, ["--status"]),
                          (REDUCER, ["--no-input", "-v"])):
         done = az.run(script, *args, env=azure_env)
         assert done.returncode == 0, done.stderr

@@ -215,7 +215,8 @@ def test_histories_and_threads_are_written_unless_the_files_set_them(
 
     # The user's own setting wins, and the dry run (and the run) say so.
     main.write_text(main.read_text() + "\ni:Ts/NumberOfThreads = 2\ni:So/Beam/NumberOfHistoriesInRun = 7000\n")
-    dry = campaign.run(RUNNER, "--dry-run", env=topas_env)
+    dry = campaign.run(RUNNER, "--dry-run", "--overwrite", env=topas_env)  # runs 1-2 exist
+    assert dry.returncode == 0, dry.stderr
     assert "your own setting wins: Ts/NumberOfThreads = 2 (water_phantom.txt) — TOPAS_THREADS is not applied" in dry.stdout
     assert "So/Beam/NumberOfHistoriesInRun = 7000 (water_phantom.txt) — HISTORIES_PER_TASK is not applied" in dry.stdout
 

@@ -109,3 +109,52 @@ def test_bin_centres_of_box_and_cylinder_axes() -> None:
     lines = [line.replace("# X in", "# R in") for line in grid_header().lines]
     r = axes(parse_header(lines))[0]
     np.testing.assert_allclose(r.centres()[:2], [0.1, 0.3])  # radii start at 0
+
+
+def test_a_band_too_thin_to_see_says_so_and_no_offset_text_sits_over_a_title() -> None:
+    """A 0.4 % band is thinner than the line: the legend gives its width. A dose of 1e-12 Gy
+    per history gets its power of ten in the colour bar's label, not as offset text above
+    the bar (where it overlapped the panel's title)."""
+    estimate = bragg_grid(2, entering_high=True) * 3e-12
+    view = ScorerView(header=grid_header(), runs=3, histories=300, per_history=True,
+                      estimate=estimate, relative_error=np.full(SHAPE, 0.004),
+                      relative_batch_error=None)
+    figure = plots._draw(plt, view, "t")
+    try:
+        figure.canvas.draw()
+        plane, error_map, depth_dose, lateral, *bars = figure.axes
+        for panel in (depth_dose, lateral):
+            legend = [text.get_text() for text in panel.get_legend().get_texts()]
+            assert legend[1] == "±1 standard error (up to 0.4 %: thinner than the line)"
+            assert panel.yaxis.get_offset_text().get_text() == ""
+            assert panel.get_ylabel().endswith("(× 1e-12)")
+        assert [bar.yaxis.get_offset_text().get_text() for bar in bars] == ["", ""]
+        assert bars[0].get_ylabel().endswith("(× 1e-12)")
+        assert bars[0].get_yticks().max() < 10  # the values shown are of order one
+    finally:
+        plt.close("all")
+    wide = ScorerView(header=grid_header(), runs=3, histories=300, per_history=True,
+                      estimate=bragg_grid(2, True), relative_error=np.full(SHAPE, 0.05),
+                      relative_batch_error=None)
+    figure = plots._draw(plt, wide, "t")
+    try:
+        legend = [t.get_text() for t in figure.axes[2].get_legend().get_texts()]
+        assert legend[1] == "±1 standard error (up to 5 %)"
+    finally:
+        plt.close("all")
+
+
+def test_the_convergence_plot_writes_its_uncertainties_as_numbers() -> None:
+    """A log axis between 0.3 % and 2 % labelled 4×10⁻¹ reads badly: plain numbers."""
+    from common.workflow.convergence import plain_log_ticks
+    figure, axis = plt.subplots()
+    try:
+        axis.loglog([1e5, 1e6, 4e6], [1.9, 0.62, 0.31], "o")
+        plain_log_ticks(axis.yaxis)
+        figure.canvas.draw()
+        labels = [t.get_text() for t in axis.yaxis.get_ticklabels(which="both") if t.get_text()]
+        assert labels and not any("10" in label and "^" in label or "×" in label
+                                  or "\\times" in label for label in labels)
+        assert "0.5" in labels and "1" in labels
+    finally:
+        plt.close("all")

@@ -118,7 +118,7 @@ def test_a_backend_that_cannot_add_tasks_refuses_an_adaptive_campaign_before_any
     from dataclasses import replace
     backend = MemoryBackend()
     backend.capabilities = replace(backend.capabilities, adds_tasks=False)
-    tiny.update(TARGET_UNCERTAINTY_PERCENT=1.0, TARGET_SCORER="Dose.csv")
+    tiny.update(TARGET_UNCERTAINTY_PERCENT=1.0, TARGET_SCORER="Dose.csv", OUTPUT_FILE_PATTERNS=["Dose.csv"])
     run = Run(tiny, backend)
     with pytest.raises(ToolError) as refused:
         run_simulation(run.ctx)

@@ -19,6 +19,15 @@ from enum import Enum
 from typing import Callable, Sequence
 
 SECONDS_PER_HOUR = 3600.0
+# What a node-hour may cost, in any currency the price list offers: from the cheapest Spot
+# B-series in USD to the largest M-series in Korean won, with room on both sides. Outside it a price is a hostile or broken
+# answer (1e300 would print as 300 digits and never let a budget stop; 1e-300 would never
+# let it be reached), and it is refused with its source named.
+MIN_PRICE, MAX_PRICE = 1e-4, 1e6
+
+
+def price_in_range(per_hour: float) -> bool:
+    return math.isfinite(per_hour) and MIN_PRICE <= per_hour <= MAX_PRICE
 
 
 class Unknown(Enum):
@@ -207,7 +216,7 @@ def upper_bound(nodes: NodeCounts, max_minutes: float) -> Estimate:
         raise ValueError(f"max_minutes must be finite and not negative: {max_minutes}")
     wall = max_minutes / 60.0
     return Estimate(NodeHours(nodes.dedicated * wall, nodes.spot * wall), wall,
-                    f"at most {_node_phrase(nodes)} x {wall:.2f} h")
+                    f"{_node_phrase(nodes)} x {wall:.2f} h")
 
 
 def expected(task_seconds: Sequence[float], tasks: int, slots_per_node: int,
@@ -229,7 +238,7 @@ def expected(task_seconds: Sequence[float], tasks: int, slots_per_node: int,
     makespan_h = makespan_seconds(task_seconds, tasks, slots) / SECONDS_PER_HOUR
     return Estimate(NodeHours(nodes.dedicated * makespan_h, nodes.spot * makespan_h),
                     makespan_h,
-                    f"expected: {tasks} task(s) on {_node_phrase(nodes)} x {slots_per_node} "
+                    f"{tasks} task(s) on {_node_phrase(nodes)} x {slots_per_node} "
                     f"slot(s), {makespan_h:.2f} h from an earlier campaign's task times")
 
 
@@ -305,16 +314,40 @@ def format_usage(hours: NodeHours, prices: PriceInfo) -> str:
 
 
 def format_estimate(estimate: Estimate, prices: PriceInfo) -> str:
-    """'<basis>: <usage line>', e.g. for --dry-run."""
-    return f"{estimate.basis}: {format_usage(estimate.hours, prices)}"
+    """'<basis>: <node-hours>, <cost>' for --dry-run; where a needed price is unknown, the
+    node-hours and 'cost unknown' (the reason is said once, on the prices line)."""
+    reason = missing_price(estimate.hours, prices)
+    if reason is not None:
+        return f"{estimate.basis}: {format_hours(estimate.hours)}; cost unknown (no price)"
+    assert isinstance(prices, Prices)
+    amount = cost_of(estimate.hours, prices) or 0.0
+    used = NodeCounts(1 if estimate.hours.dedicated else 0, 1 if estimate.hours.spot else 0)
+    return (f"{estimate.basis}: {format_hours(estimate.hours)}, "
+            f"{format_money(amount, prices.currency)} at {format_rates(_of_kinds(prices, used))}")
 
 
-def format_prices(prices: PriceInfo) -> str:
-    """Where the prices come from, with their notes, for the start of a run."""
+def format_prices(prices: PriceInfo, nodes: NodeCounts | None = None) -> str:
+    """Where the prices come from, with their notes, for the start of a run. With `nodes`,
+    only what concerns the kinds of node the pool has (no word on Spot without Spot nodes)."""
     if prices is None:
-        return "price unknown: no price given"
+        return "unknown: no price given"
     if isinstance(prices, PriceUnknown):
-        return f"price unknown: {prices.reason}"
-    parts = [f"{format_rates(prices)} ({prices.source})", *prices.notes]
-    return "; ".join(parts)
+        return f"unknown: {prices.reason}"
+    notes = list(prices.notes)
+    if nodes is not None:
+        unused = ("spot", "low priority") if not nodes.spot else ()
+        unused += ("dedicated",) if not nodes.dedicated else ()
+        notes = [n for n in notes if not any(word in n.lower() for word in unused)]
+        prices = _of_kinds(prices, nodes)
+    return "; ".join([f"{format_rates(prices)} ({prices.source})", *notes])
+
+
+def _of_kinds(prices: Prices, nodes: NodeCounts) -> Prices:
+    """The prices of the kinds of node there are (both when that would leave none)."""
+    dedicated = prices.dedicated_per_hour if nodes.dedicated or not nodes.spot else None
+    spot = prices.spot_per_hour if nodes.spot else None
+    if dedicated is None and spot is None:
+        return prices
+    return Prices(dedicated, spot, prices.currency, prices.source, prices.fetched_at,
+                  prices.cached, prices.notes)
 

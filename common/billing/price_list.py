@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Iterable, Mapping
 from urllib.parse import quote, urlsplit
 
-from common.billing.cost import PriceUnknown, Prices, Unknown
+from common.billing.cost import MAX_PRICE, MIN_PRICE, PriceUnknown, Prices, Unknown, price_in_range
 
 
 class BadAnswer(ValueError):
@@ -214,6 +214,8 @@ def parse_page(body: bytes) -> Page:
     """One answer of the price list; BadAnswer when it is not the API's JSON."""
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise BadAnswer("the price list answered JSON nested too deeply to be its answer") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadAnswer(f"the price list answered something that is not JSON ({exc})") from None
     if not isinstance(data, dict) or not isinstance(data.get("Items"), list):
@@ -234,6 +236,11 @@ def choose_prices(meters: Iterable[Meter], key: PriceKey, source: str,
     if not mine:
         return PriceUnknown(f"the price list has no {key.vm_size} in {key.region}: check "
                             "POOL_VM_SIZE and the region", Unknown.UNKNOWN_SIZE)
+    insane = next((m for m in mine if not price_in_range(m.per_hour or 0.0)), None)
+    if insane is not None:
+        return PriceUnknown(f"{source}: the price list gave {insane.per_hour:g} {insane.currency[:3]} "
+                            f"per hour for {key.vm_size} ({insane.meter_name[:60]!r}), outside "
+                            f"{MIN_PRICE:g}-{MAX_PRICE:g}: refused", Unknown.BAD_ANSWER)
     foreign = sorted({m.currency for m in mine if m.currency.upper() != key.currency})
     if foreign:
         return PriceUnknown(f"the price list answered in {', '.join(foreign)}, not "

@@ -8,9 +8,12 @@ A lookup never raises: an offline machine gets a `PriceUnknown` with the reason 
 """
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
+import socket
+import stat
 import tempfile
 import threading
 import urllib.error
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 from urllib.parse import urlsplit
 
-from common.billing.cost import PriceUnknown, Prices, Unknown
+from common.billing.cost import PriceUnknown, Prices, Unknown, price_in_range
 from common.billing.price_list import (BadAnswer, Meter, PriceKey, choose_prices, parse_page, price_key,
                                query_url, region_from_batch_url, same_origin)
 
@@ -41,11 +44,27 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is followed only to the same scheme, host and port: a price list that
+    sends the lookup to another host is not the price list asked."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[override]
+        from common.billing.price_list import same_origin
+        if not same_origin(newurl, req.full_url):
+            raise BadAnswer(f"the price list ({_host(req.full_url)}) redirected the lookup to "
+                            f"another host ({_host(newurl)}): not followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_SameHostRedirects())
+
+
 def http_get(url: str, timeout: float) -> bytes:
-    """GET `url` (environment proxies honoured); HTTPError for a status other than 2xx."""
+    """GET `url` (environment proxies honoured, redirects within its host only); HTTPError
+    for a status other than 2xx."""
     request = urllib.request.Request(url, headers={"Accept": "application/json",
                                                    "User-Agent": "batch-campaigns-pricing"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with _OPENER.open(request, timeout=timeout) as response:
         body = response.read(MAX_BODY + 1)
     if len(body) > MAX_BODY:
         raise BadAnswer(f"the price list answered more than {MAX_BODY} bytes")
@@ -102,9 +121,14 @@ def cache_entry(key: PriceKey, price_list: str, prices: Prices) -> dict[str, Any
             "notes": list(prices.notes)}
 
 
+class CacheRefused(ValueError):
+    """A cache entry that is well-formed but holds a price no VM has (a hostile file)."""
+
+
 def prices_from_entry(entry: Any, key: PriceKey, price_list: str,
                       now: datetime) -> Prices | None:
-    """A fresh cache entry for exactly this key and price list, else None (never raises)."""
+    """A fresh cache entry for exactly this key and price list, else None; CacheRefused for
+    one whose prices are outside the sane range."""
     try:
         same = (entry["format"] == CACHE_FORMAT and entry["price_list"] == price_list
                 and entry["vm_size"].lower() == key.vm_size.lower()
@@ -116,10 +140,16 @@ def prices_from_entry(entry: Any, key: PriceKey, price_list: str,
         notes = entry["notes"]
         if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
             return None
-        return Prices(_price(entry["dedicated_per_hour"]), _price(entry["spot_per_hour"]),
-                      key.currency, str(entry["source"]), fetched, cached=True,
-                      notes=tuple(notes))
-    except (KeyError, TypeError, ValueError, AttributeError):
+        dedicated, spot = _price(entry["dedicated_per_hour"]), _price(entry["spot_per_hour"])
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        return None
+    for price in (dedicated, spot):
+        if price is not None and not price_in_range(price):
+            raise CacheRefused(f"{price:g} {key.currency} per node-hour")
+    try:
+        return Prices(dedicated, spot, key.currency, str(entry["source"])[:200], fetched,
+                      cached=True, notes=tuple(n[:300] for n in notes))
+    except ValueError:  # no price at all
         return None
 
 
@@ -132,12 +162,21 @@ def _price(value: Any) -> float | None:
 
 
 def read_cache(path: Path, key: PriceKey, price_list: str, now: datetime) -> Prices | None:
+    """The cached prices, or None (missing, unreadable, corrupt, stale: ask the price list
+    instead). Never waits on a FIFO; CacheRefused for prices no VM has."""
     try:
-        with path.open("rb") as handle:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                return None  # a FIFO, a device: not a cache file
             raw = handle.read(64 * 1024)
-        return prices_from_entry(json.loads(raw), key, price_list, now)
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None  # missing, unreadable or corrupt: ask the price list instead
+        entry = json.loads(raw)
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return prices_from_entry(entry, key, price_list, now)
 
 
 def write_cache(path: Path, entry: Mapping[str, Any]) -> None:
@@ -177,12 +216,20 @@ def lookup(vm_size: str, region: str, currency: str = "USD",
     if isinstance(base, PriceUnknown):
         return base
     path = _cache_file(key, options)
-    cached = read_cache(path, key, base, options.now()) if path is not None else None
+    refused = None
+    try:
+        cached = read_cache(path, key, base, options.now()) if path is not None else None
+    except CacheRefused as why:
+        cached, refused = None, f"the price cache {path} held {why}, outside any VM's price: refused"
     if cached is not None:
         return cached
     result = _ask(key, vm_size.strip(), base, options)
     if path is not None and isinstance(result, Prices):
         write_cache(path, cache_entry(key, base, result))
+    if refused and isinstance(result, Prices):
+        return replace(result, notes=result.notes + (refused,))
+    if refused:
+        return PriceUnknown(f"{result.reason}; {refused}", result.kind)
     return result
 
 
@@ -213,11 +260,13 @@ def _ask(key: PriceKey, as_given: str, base: str, options: LookupOptions) -> Pri
         if isinstance(exc.reason, TimeoutError):
             return PriceUnknown(f"the price list ({_host(base)}) did not answer within "
                                 f"{options.timeout:g} s", Unknown.TIMEOUT)
-        return PriceUnknown(f"cannot reach the price list ({_host(base)}): {exc.reason} "
-                            "(offline?)", Unknown.OFFLINE)
+        if isinstance(exc.reason, BadAnswer):  # a redirect elsewhere, from the opener
+            return PriceUnknown(str(exc.reason), Unknown.BAD_ANSWER)
+        return PriceUnknown(f"cannot reach the price list ({_host(base)}): "
+                            f"{_why(exc.reason)} (offline?)", Unknown.OFFLINE)
     except (OSError, http.client.HTTPException) as exc:
         return PriceUnknown(f"cannot reach the price list ({_host(base)}): "
-                            f"{str(exc) or type(exc).__name__} (offline?)", Unknown.OFFLINE)
+                            f"{_why(exc)} (offline?)", Unknown.OFFLINE)
     except BadAnswer as exc:
         return PriceUnknown(str(exc), Unknown.BAD_ANSWER)
     except ValueError as exc:  # urllib's InvalidURL and kin: the URL cannot be asked
@@ -243,6 +292,17 @@ def _ask_once(key: PriceKey, spelling: str, base: str,
 
 def _host(url: str) -> str:
     return urlsplit(url).netloc
+
+
+def _why(reason: object) -> str:
+    """A network failure in words ('the host name does not resolve'), not '[Errno -2] ...'."""
+    if isinstance(reason, socket.gaierror):
+        return "the host name does not resolve"
+    if isinstance(reason, ConnectionRefusedError) or getattr(reason, "errno", None) == errno.ECONNREFUSED:
+        return "nothing answers on that address and port"
+    if isinstance(reason, OSError) and reason.strerror:
+        return reason.strerror.rstrip(".")
+    return str(reason) or type(reason).__name__
 
 
 class _Timeout(Exception):

@@ -35,6 +35,16 @@ def find_appconfig(simconfig: Path, explicit: Path | None) -> Path:
     return Path("appconfig.json")
 
 
+def _not_found(simconfig: Path, explicit: Path | None, chosen: Path) -> tuple[str, str]:
+    """What to say when the appconfig is not there: where it was looked for, and --appconfig."""
+    if explicit is not None:
+        return "file not found (given with --appconfig)", "check the path given to --appconfig"
+    beside = simconfig.parent / "appconfig.json"
+    return (f"file not found: looked beside the simconfig ({beside.absolute()}) and in the "
+            f"current folder ({chosen.absolute()})",
+            "pass --appconfig PATH, or put appconfig.json beside the simconfig")
+
+
 def load_settings(simconfig: Path, appconfig: Path | None = None, *,
                   backend: str | None = None, for_reducer: bool = False,
                   env: Mapping[str, str] | None = None) -> Settings:
@@ -46,7 +56,7 @@ def load_settings(simconfig: Path, appconfig: Path | None = None, *,
                      f"use one of: {', '.join(BACKENDS)}")
         problems.raise_if_any()
     app_path = find_appconfig(simconfig, appconfig)
-    app_data = read_json_object(app_path, problems)
+    app_data = read_json_object(app_path, problems, _not_found(simconfig, appconfig, app_path))
     sim_data = read_json_object(simconfig, problems)
     app = read_app(app_path, app_data, problems, backend, env) if app_data is not None else None
     chosen = app.backend if app else backend

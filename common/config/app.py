@@ -131,11 +131,15 @@ def read_app(path: Path, data: Mapping[str, Any], problems: Problems,
               "parameter file", "set it to false (the default): the task runs /bin/sh itself")
     if azure:
         _check_azure(r, values)
-    # Given = present in the file (even with a wrong type, reported already) or the environment.
+    # Given = present in the file (even with a wrong type, reported already) or — where a
+    # registry is used at all (Azure) — the environment: a DOCKER_TOKEN exported for other
+    # work says nothing about a local campaign.
     for user, token, key in (("DOCKER_USER", "DOCKER_TOKEN", "docker_token"),
                              ("REDUCER_DOCKER_USER", "REDUCER_DOCKER_TOKEN", "reducer_docker_token")):
         user_given = r.has(user) and not PLACEHOLDER.search(str(r.data.get(user)))  # said already
         token_given = values[key] is not None or r.has(token)
+        if not azure and not user_given and token in r.from_env and not r.has(token):
+            continue
         if user_given != token_given:
             r.bad(token if user_given else user, "is missing while its pair is given",
                   f"give both {user} and {token} for a private registry (the token may come "
@@ -255,5 +259,12 @@ def _check_azure(r: Reader, values: dict[str, Any]) -> None:
     _check_url(r, "STORAGE_ACCOUNT_URL", values["storage_account_url"],
                "give the blob endpoint, e.g. https://myaccount.blob.core.windows.net, or remove "
                "the key to build it from STORAGE_ACCOUNT_NAME and STORAGE_ACCOUNT_DOMAIN")
+    for url_key, key in (("STORAGE_ACCOUNT_URL", "storage_account_key"),
+                         ("BATCH_ACCOUNT_URL", "batch_account_key")):
+        url = values[url_key.lower()]
+        if values[key] is None and isinstance(url, str) and url.lower().startswith("http://"):
+            r.bad(url_key, f"is http://, but without {key.upper()} the tool signs in with "
+                  "Entra ID, whose tokens are sent over https only",
+                  f"use the https:// endpoint, or set {key.upper()}")
     _check_image(r, "WORKER_DOCKER_IMAGE", values["worker_docker_image"], True)
     _check_image(r, "REDUCER_DOCKER_IMAGE", values["reducer_docker_image"], True)

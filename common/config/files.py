@@ -110,7 +110,10 @@ def _read_bytes(path: Path) -> bytes:
         return handle.read(MAX_CONFIG_BYTES + 1)
 
 
-def read_json_object(path: Path, problems: Problems) -> dict[str, Any] | None:
+def read_json_object(path: Path, problems: Problems,
+                     not_found: tuple[str, str] | None = None) -> dict[str, Any] | None:
+    """The file's JSON object, or None with the problem recorded; `not_found`: what to say
+    (and the fix) when there is no such file."""
     where = display(path)
     try:
         raw = _read_bytes(path)
@@ -119,7 +122,8 @@ def read_json_object(path: Path, problems: Problems) -> dict[str, Any] | None:
                               "remove the byte-order mark (save the file as UTF-8 without BOM)")
         text = raw.decode("utf-8")
     except FileNotFoundError:
-        problems.add(where, None, "file not found", "check the path, or pass the right one")
+        what, fix = not_found or ("file not found", "check the path, or pass the right one")
+        problems.add(where, None, what, fix)
         return None
     except _Unreadable as exc:
         problems.add(where, None, exc.what, exc.fix)

@@ -33,7 +33,7 @@ SIM_KEYS = (
     "LOCAL_SIM_PATH", "RUN_SCRIPT", "REDUCER_SCRIPT", "REDUCER_PATH",
     "OUTPUT_FILE_PATTERNS", "TIMEOUT_MINUTES", "LOCAL_RESULTS_PATH",
     "TASK_SLOTS_PER_NODE", "MAX_TASK_RETRIES", "SEED_PARAMETER_FILES", "AUTO_DELETE_POOL",
-    "REDUCER_FAN_IN", "REDUCER_NODE_COUNT",
+    "REDUCER_FAN_IN", "REDUCER_NODE_COUNT", "DOWNLOAD_TASK_OUTPUTS",
 ) + GOAL_KEYS + TOPAS_KEYS
 
 # Longest suffix the tool adds to SIM_ID for a Batch id: "-workers-YYYYmmddHHMMSS".
@@ -58,6 +58,7 @@ MAX_ENTRA_TIMEOUT_MINUTES = DELEGATION_KEY_MAX_MINUTES - SAS_MARGIN_MINUTES - CL
 # and the README say why 16).
 DEFAULT_REDUCER_FAN_IN = 16
 MAX_REDUCER_FAN_IN = 1000
+DOWNLOAD_CHOICES = ("all", "logs", "none")  # DOWNLOAD_TASK_OUTPUTS; unset: asked
 
 class Secret:
     """A secret string that never shows itself in str(), repr() or f-strings."""
@@ -165,6 +166,7 @@ class SimConfig:
     topas: TopasSettings = TopasSettings()  # threads, histories, what the parameter files set
     reducer_fan_in: int = DEFAULT_REDUCER_FAN_IN  # runs (or partial merges) one reducer task merges
     reducer_node_count: int = 1  # nodes of the reducer's pool, which runs a tree's tasks in parallel
+    download_task_outputs: str | None = None  # "all", "logs", "none"; None: asked, size said
 
     @property
     def task_indices(self) -> range:

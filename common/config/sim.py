@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from common.config.files import Problems, display
-from common.config.goals import read_goals
+from common.config.goals import check_goals, read_goals
 from common.config.model import (APP_KEYS, BUILTIN_TOPAS, DEFAULT_REDUCER_FAN_IN,
-                                 DEFAULT_TIMEOUT_MINUTES, MAX_NODES, MAX_REDUCER_FAN_IN,
+                                 DEFAULT_TIMEOUT_MINUTES, DOWNLOAD_CHOICES, MAX_NODES,
+                                 MAX_REDUCER_FAN_IN,
                                  MAX_SIM_ID, MAX_TASKS, MAX_TIMEOUT_MINUTES, SIM_KEYS, SimConfig)
 from common.config.reader import Reader, json_type
 from common.config.topas import read_topas
@@ -104,6 +105,8 @@ def read_sim(path: Path, data: Mapping[str, Any], problems: Problems,
     reducer_nodes = r.integer("REDUCER_NODE_COUNT", 1, 1, MAX_NODES,
                               f"use a node count for the reducer's pool from 1 to {MAX_NODES}")
     goals = read_goals(r, tasks)
+    check_goals(r, goals, patterns, nodes)
+    download = _download_choice(r)
     if nodes == 0 and not goals.spot_nodes:
         r.bad("POOL_NODE_COUNT", "is 0 and there are no Spot nodes (SPOT_NODE_COUNT)",
               f"use a node count from 1 to {MAX_NODES}, or set SPOT_NODE_COUNT")
@@ -117,7 +120,18 @@ def read_sim(path: Path, data: Mapping[str, Any], problems: Problems,
                      timeout_minutes=timeout, local_results_path=results,
                      task_slots_per_node=slots, max_task_retries=retries,
                      seed_parameter_files=seed_files, auto_delete_pool=auto_delete, goals=goals,
-                     topas=topas, reducer_fan_in=fan_in, reducer_node_count=reducer_nodes)
+                     topas=topas, reducer_fan_in=fan_in, reducer_node_count=reducer_nodes,
+                     download_task_outputs=download)
+
+
+def _download_choice(r: Reader) -> str | None:
+    fix = (f"use one of: {', '.join(map(repr, DOWNLOAD_CHOICES))}, or remove the key to be "
+           "asked (the question says how much)")
+    value = r.string("DOWNLOAD_TASK_OUTPUTS", False, fix)
+    if value is not None and value not in DOWNLOAD_CHOICES:
+        r.bad("DOWNLOAD_TASK_OUTPUTS", f"is {value!r}", fix)
+        return None
+    return value
 
 
 def _results_path(r: Reader, sim_path: Path | None) -> Path | None:

@@ -102,13 +102,26 @@ def _depths(view: ScorerView, beam: Beam) -> tuple[np.ndarray, str]:
     return np.abs(centres - face), f"depth along {name} from the {side} face {unit}"
 
 
+def band_label(values: np.ndarray, relative: np.ndarray) -> str:
+    """The band's legend entry, with how wide it is where the curve matters (bins at or
+    above 10 % of its maximum): a band of 0.4 % is thinner than the line drawn over it, and
+    a reader must not take its absence for no uncertainty."""
+    top = np.nanmax(values) if np.isfinite(values).any() else 0.0
+    shown = relative[np.isfinite(relative) & (values >= THRESHOLD * top)] if top > 0 else []
+    if len(shown) == 0:
+        return "±1 standard error"
+    width = 100 * float(np.nanmax(shown))
+    thin = ": thinner than the line" if width < 1.0 else ""
+    return f"±1 standard error (up to {width:.2g} %{thin})"
+
+
 def _band(axis: Any, x: np.ndarray, values: np.ndarray, relative: np.ndarray | None,
           label: str) -> None:
     axis.plot(x, values, "-", lw=1.4, color="C0", label=label)
     if relative is not None:
         spread = np.nan_to_num(values * relative)
         axis.fill_between(x, values - spread, values + spread, color="C0", alpha=0.3,
-                          lw=0, label="+-1 standard error")
+                          lw=0, label=band_label(values, relative))
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
 
@@ -116,11 +129,11 @@ def _band(axis: Any, x: np.ndarray, values: np.ndarray, relative: np.ndarray | N
 def _depth_dose(axis: Any, view: ScorerView, error: np.ndarray | None, beam: Beam) -> None:
     depths, label = _depths(view, beam)
     order = np.argsort(depths)
-    values = _line(view.estimate, beam.depth, beam.centre)[order]
+    values, y_label = scaled(_line(view.estimate, beam.depth, beam.centre)[order], view.label)
     relative = None if error is None else _line(error, beam.depth, beam.centre)[order]
     _band(axis, depths[order], values, relative, "central axis")
     axis.set_xlabel(label)
-    axis.set_ylabel(view.label)
+    axis.set_ylabel(y_label)
     axis.set_title("depth-dose curve on the central axis", fontsize=10)
     axis.set_ylim(bottom=0)
 
@@ -129,13 +142,13 @@ def _lateral(axis: Any, view: ScorerView, error: np.ndarray | None, beam: Beam,
              peak: tuple[Any, ...]) -> None:
     positions, label = _positions(view, beam.lateral)
     through = tuple(int(i) for i in peak)
-    values = _line(view.estimate, beam.lateral, through)
+    values, y_label = scaled(_line(view.estimate, beam.lateral, through), view.label)
     relative = None if error is None else _line(error, beam.lateral, through)
     _band(axis, positions, values, relative, "through the maximum")
     depths, depth_label = _depths(view, beam)
     unit = depth_label.rsplit(" ", 1)[-1] if depth_label.endswith(")") else "bins"
     axis.set_xlabel(label)
-    axis.set_ylabel(view.label)
+    axis.set_ylabel(y_label)
     axis.set_title(f"lateral profile at the depth of the maximum, "
                    f"{depths[through[beam.depth]]:.3g} {unit.strip('()')}", fontsize=10)
     axis.set_ylim(bottom=0)
@@ -168,6 +181,17 @@ def _plane(figure: Any, left: Any, right: Any, view: ScorerView, error: np.ndarr
     right.set_title("relative standard error", fontsize=10)
 
 
+def scaled(values: np.ndarray, label: str) -> tuple[np.ndarray, str]:
+    """Values of a colour bar in a readable range, the power of ten in the label (matplotlib
+    would write it as offset text above the bar, over the panel's title)."""
+    finite = np.abs(np.asarray(values, dtype=float)[np.isfinite(values)])
+    top = float(finite.max()) if finite.size else 0.0
+    if top == 0 or 1e-2 <= top < 1e4:
+        return values, label
+    power = int(np.floor(np.log10(top)))
+    return values / 10.0 ** power, f"{label} (× 1e{power})"
+
+
 def _in_plane(grid: np.ndarray, plane: list[Any], beam: Beam) -> np.ndarray:
     """The plane as an image: rows along the lateral axis, columns along the depth from
     the entrance."""
@@ -179,9 +203,12 @@ def _image(figure: Any, axis: Any, values: np.ndarray, extent: list[float], labe
            x_label: str, y_label: str, masked_note: str | None) -> None:
     import matplotlib
     colours = matplotlib.colormaps["viridis"].with_extremes(bad=_MASK_COLOUR)
+    values, label = scaled(values, label)
     shown = axis.imshow(values, origin="lower", extent=extent, aspect="auto",
                         interpolation="nearest", cmap=colours)
-    figure.colorbar(shown, ax=axis, label=label)
+    bar = figure.colorbar(shown, ax=axis, label=label)
+    bar.formatter.set_useOffset(False)  # no offset text over the panel's title
+    bar.update_ticks()
     axis.set_xlabel(x_label, fontsize=9)
     axis.set_ylabel(y_label, fontsize=9)
     if masked_note:

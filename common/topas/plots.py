@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from common.topas.doseplots import draw_grid
+from common.topas.doseplots import band_label, draw_grid
 from common.topas.geometry import axes, extra_axis
 from common.topas.summary import ScorerView
 
@@ -89,12 +89,12 @@ def _with_band(top: Any, bottom: Any, x: np.ndarray, values: np.ndarray,
         top.stairs(values, edges, color="C0", lw=1.2, label=label)
         if spread is not None:
             top.stairs(values + spread, edges, baseline=values - spread, fill=True,
-                       color="C0", alpha=0.3, label="+-1 standard error")
+                       color="C0", alpha=0.3, label=band_label(values, relative))
     else:
         top.plot(x, values, ".-", ms=3, lw=1.2, color="C0", label=label)
         if spread is not None:
             top.fill_between(x, values - spread, values + spread, color="C0", alpha=0.3,
-                             lw=0, label="+-1 standard error")
+                             lw=0, label=band_label(values, relative))
     top.legend(fontsize=8)
     top.grid(alpha=0.3)
     if relative is None:

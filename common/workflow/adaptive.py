@@ -100,9 +100,22 @@ class AdaptiveSteering:
     def text(self) -> str:
         reached = (f"{100 * self.last.relative_error:.3g} %" if self.last and
                    self.last.relative_error is not None else "—")
-        more = f", ~{max(0, self.needed - len(self.folded))} more task(s) needed" \
+        more = f", ~{self.needed} run(s) needed in all" \
             if self.needed is not None and not self.met else ""
         return f"uncertainty {reached} (target {100 * self.target.relative_error:g} %){more}"
+
+    def _adding_text(self, count: int) -> str:
+        """Why `count` tasks are added, in numbers that add up: the runs the law asks for
+        in all are those done, those under way and those added (unless MAX_TASK_COUNT cut)."""
+        reached = (f"uncertainty {100 * self.last.relative_error:.3g} % (target "
+                   f"{100 * self.target.relative_error:g} %)" if self.last and
+                   self.last.relative_error is not None else "no uncertainty measured yet")
+        under_way = self.submitted - len(self.failed) - len(self.folded)
+        if self.needed is None:
+            return f"{reached}: a wave of the first wave's size"
+        cut = " (MAX_TASK_COUNT allows no more)" if self.capped else ""
+        return (f"{reached}; the 1/sqrt(N) law asks ~{self.needed} run(s) in all: "
+                f"{len(self.folded)} done + {under_way} under way + {count} added{cut}")
 
     @property
     def met(self) -> bool:
@@ -142,7 +155,7 @@ class AdaptiveSteering:
         if self.scorer is None:
             scorers = sorted(n for n in names if n.endswith(SCORER_SUFFIXES))
             if len(scorers) != 1:
-                raise ToolError(f"simconfig.json: TARGET_SCORER: the tasks write "
+                raise ToolError(f"{self.ctx.settings.sim.path.name}: TARGET_SCORER: the tasks write "
                                 f"{len(scorers)} scorer file(s) ({', '.join(scorers) or 'none'}): "
                                 "name the one whose uncertainty decides", exit_code=2)
             self.scorer = scorers[0]
@@ -159,7 +172,14 @@ class AdaptiveSteering:
             if scorer.name.endswith(".binheader"):
                 data = next(b for b in blobs if b.name == scorer.name[:-6])
                 self.run.store.download_blob(data, Path(folder) / Path(data.name).name)
-            self.accumulator.add(read_scorer(local), scorer.name)
+            try:
+                self.accumulator.add(read_scorer(local), scorer.name)
+            except (ToolError, ValueError, OSError) as error:
+                # said with the run's file in storage, not the temporary copy read here
+                words = str(error).replace(str(local), scorer.name).splitlines()[0][:300]
+                raise ToolError(f"TARGET_SCORER {self.scorer!r}: {scorer.name} cannot be "
+                                f"measured ({words}): name a TOPAS scorer output in "
+                                "TARGET_SCORER") from None
         self.folded.add(index)
 
     # -- steering -----------------------------------------------------------------------
@@ -185,8 +205,8 @@ class AdaptiveSteering:
     def _add(self, count: int) -> None:
         start = max(t.index for t in self.job.tasks) + 1
         new = tuple(cp.worker_task(self.ctx.settings, i) for i in range(start, start + count))
-        self.ctx.ui.info(f"adding {count} task(s) (task-{start}..task-{start + count - 1}): "
-                         f"{self.text()}")
+        tasks = f"task-{start}" if count == 1 else f"task-{start}..task-{start + count - 1}"
+        self.ctx.ui.info(f"adding {count} task(s) ({tasks}): {self._adding_text(count)}")
         self.run.record.change_job(self.job.job_id,
                                task_ids=self.run.record.manifest.job(self.job.job_id).task_ids
                                + tuple(t.task_id for t in new),

@@ -17,6 +17,7 @@ from common.backends.base import BlobStore
 from common.errors import ToolError
 from common.manifest import JobRecord
 from common.model import JobKind, JobSpec, PoolHealth, PoolSpec, TaskCounts, TaskFailure
+from common.output_patterns import pattern_regex
 from common.ui import counts_text, runs_text
 from common.workflow.context import Context, Run, billing_mode
 from common.workflow.metering import BudgetReached, Metering
@@ -169,25 +170,6 @@ def stderr_tail(store: BlobStore, job: JobRecord, index: int | None, task_id: st
 
 
 # ---------------------------------------------------------------------------- outputs
-
-
-def pattern_regex(pattern: str) -> re.Pattern[str]:
-    """The blob names (below the run's prefix) that files matching an output pattern get:
-    the pattern's fixed leading folders are dropped when it has a wildcard, as Batch does."""
-    parts = [p for p in pattern.split("/") if p not in ("", ".")]
-    wild = [i for i, p in enumerate(parts) if re.search(r"[*?\[]", p)]
-    if not wild:
-        return re.compile(re.escape("/".join(parts)) + r"\Z")
-    rest, text = parts[wild[0]:], ""
-    for number, part in enumerate(rest):
-        last = number == len(rest) - 1
-        if part == "**":
-            text += "(?:[^/]+/)*" if not last else ".*"
-            continue
-        piece = re.escape(part).replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
-        piece = re.sub(r"\\\[(!?)(.*?)\\\]", lambda m: "[" + ("^" if m.group(1) else "") + m.group(2).replace("\\", "") + "]", piece)
-        text += piece + ("" if last else "/")
-    return re.compile(text + r"\Z")
 
 
 def missing_outputs(store: BlobStore, job: JobRecord, patterns: tuple[str, ...],

@@ -4,6 +4,7 @@ the commands to run next."""
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
 import uuid
@@ -31,6 +32,11 @@ class Options:
     allow_partial: bool = False  # reducer: merge the runs that are there, name the others
     allow_inconsistent: bool = False  # reducer: merge runs that disagree, and record it
     script: Script = Script.RUNNER  # which script runs
+    # Options given that every command printed for the campaign must carry to run as
+    # printed (--appconfig PATH, --backend NAME), and how questions were answered (--yes,
+    # --no-input), carried unless the command is for a person to answer.
+    carried: tuple[str, ...] = ()
+    answers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,12 +108,26 @@ def _shortest(path: Path) -> str:
     return relative if len(relative) < len(absolute) else absolute
 
 
-def command(ctx: Context, script: Script, *arguments: str) -> str:
+def command(ctx: Context, script: Script, *arguments: str, answers: bool = True) -> str:
     """A command line that runs here: this interpreter (the venv's) and the script of a clone,
-    or the installed command (`pip install .`), then the simconfig — so "Next:" lines work
-    when pasted, outside an activated venv too."""
+    or the installed command (`pip install .`), then the simconfig and the options that chose
+    the configuration (--appconfig, --backend) — so "Next:" lines work when pasted, outside
+    an activated venv too. `answers`: carry --yes/--no-input (not for a person's question)."""
     clone = _SCRIPTS / script.file
     program = ([_shortest(Path(sys.executable)), _shortest(clone)] if clone.is_file()
                else [script.command])
-    parts = [*program, _shortest(ctx.settings.sim.path), *arguments]
-    return " ".join(f"'{p}'" if " " in p else p for p in parts)
+    options = ctx.options
+    parts = [*program, _shortest(ctx.settings.sim.path), *arguments, *options.carried,
+             *(options.answers if answers else ())]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def carried_options(appconfig: Path | None, backend: str | None) -> tuple[str, ...]:
+    """The command-line options that chose the configuration, as a later command needs them
+    (a path made absolute where relative would be longer)."""
+    carried: list[str] = []
+    if appconfig is not None:
+        carried += ["--appconfig", _shortest(appconfig.absolute())]
+    if backend is not None:
+        carried += ["--backend", backend]
+    return tuple(carried)

@@ -65,6 +65,7 @@ def _plot(steering: AdaptiveSteering, law: list[float], path: Path) -> Path | No
                  label=f"target {100 * steering.target.relative_error:g} %")
     axes.set_xlabel("histories" if steering.points[-1].histories else "runs")
     axes.set_ylabel("relative standard error (%)")
+    plain_log_ticks(axes.yaxis)
     axes.set_title(f"Convergence of {steering.scorer}")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8)
@@ -72,6 +73,16 @@ def _plot(steering: AdaptiveSteering, law: list[float], path: Path) -> Path | No
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def plain_log_ticks(axis) -> None:  # noqa: ANN001 (a matplotlib Axis)
+    """Tick labels of a log axis as numbers (0.4, 1, 2), not powers of ten (4×10⁻¹): an
+    uncertainty in % reads as a number."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+    words = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.set_major_formatter(words)
+    axis.set_minor_locator(LogLocator(base=10, subs=(2.0, 3.0, 5.0)))
+    axis.set_minor_formatter(words)
 
 
 def conclude(run: Run, steering: AdaptiveSteering) -> Verdict:

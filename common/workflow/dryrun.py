@@ -1,8 +1,13 @@
-"""--dry-run: what a script would create and send, built in full but never sent.
+"""--dry-run: what a script would create and send, built in full but never sent — and every
+refusal the real run would meet, met here the same way (exit 2).
 
 The request bodies (secrets and SAS signatures hidden), the order they would go in — create
 the job with onAllTasksComplete noaction, add the tasks, then terminatejob, which is what
 makes the job (and its auto pool) end by itself — and where the reducer's code comes from.
+Before that, what the real run checks first: the campaign's manifest (another backend,
+another SIM_ID, a live claim), runs it would overwrite, a budget it could not enforce. Only
+reading is done: storage is asked for the runs only when a manifest says the campaign has
+a container; Batch is asked nothing.
 """
 from __future__ import annotations
 
@@ -11,20 +16,22 @@ from dataclasses import replace
 
 from common import campaign as cp
 from common import merge_tree as mt
-from common.errors import EXIT_OK
-from common.manifest import load
-from common.model import JobKind, JobSpec, PoolSpec
+from common.errors import EXIT_OK, ToolError
+from common.manifest import Manifest, load
+from common.model import JobKind, JobSpec, PoolSpec, Script
 from common.reducer_source import describe
-from common.workflow.context import Context, Outcome, billing_mode
+from common.workflow.context import Context, Outcome, billing_mode, command
 from common.workflow.metering import estimate_lines
 from common.worker.setup import describe as describe_topas
-from common.workflow.runner import pack
 from common.workflow.shared_data import describe_data, preview
+from common.workflow.records import belongs
+from common.workflow.runner import pack, runs_in_the_way
 
 
 def plan(ctx: Context, reducer: bool) -> Outcome:
     settings, ids = ctx.settings, ctx.ids
     tree: list[str] = []
+    earlier = _refusals(ctx, reducer)
     if reducer:
         pool, job, tree = _reduction(ctx)
     else:
@@ -41,7 +48,6 @@ def plan(ctx: Context, reducer: bool) -> Outcome:
         lines.append(f"  reducer code: {describe(settings)}")
         lines += tree
     else:
-        earlier = load(ctx.manifest_path) if ctx.manifest_path.exists() else None
         seconds = tuple(s for j in (earlier.jobs if earlier else ()) for s in j.task_seconds)
         lines += estimate_lines(ctx, seconds)
         lines += describe_data(ctx) + describe_topas(settings)
@@ -73,3 +79,22 @@ def _reduction(ctx: Context) -> tuple[PoolSpec, JobSpec, list[str]]:
         f"  the merge of the {len(runs)} runs {source} runs as {plan.text(nodes)}; "
         f"partial merges go to {mt.PARTIALS_PREFIX}<level>-<n>/ and leave storage once the "
         "result is verified"]
+
+
+def _refusals(ctx: Context, reducer: bool) -> Manifest | None:
+    """The real run's first checks, read-only; returns the campaign's manifest, if any."""
+    earlier = load(ctx.manifest_path)
+    script = Script.REDUCER if reducer else Script.RUNNER
+    if earlier is not None:
+        belongs(ctx, earlier)
+        busy = [c for c in earlier.claims if c.script in tuple(Script) and c.alive()]
+        if busy:
+            claim = busy[0]
+            raise ToolError(f"campaign {earlier.sim_id} is in use by another {claim.script} "
+                            f"(pid {claim.pid} on {claim.host}): the real run would stop here; "
+                            f"`{command(ctx, script, '--status')}` shows where it is", exit_code=2)
+    if not reducer:  # storage is asked only where the manifest says there is a container
+        asked = earlier is not None and not earlier.container_deleted
+        runs_in_the_way(ctx, ctx.backend.blob_store(ctx.ids.container) if asked else None,
+                        tuple(ctx.settings.sim.task_indices))
+    return earlier

@@ -8,20 +8,35 @@ which the reducer reads — is not answered by --yes.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from common import campaign as cp
 from common.errors import EXIT_FAILED, EXIT_OK
 from common.manifest import JobRecord
-from common.model import JobKind, Script, TaskCounts
+from common.model import BlobInfo, JobKind, Script, TaskCounts
 from common.transfer import download_prefix, unverified_blobs
-from common.workflow.compute import (missing_outputs, report_failures,
-                                         report_missing_outputs)
+from common.workflow.compute import (LOG_NAMES, missing_outputs, report_failures,
+                                     report_missing_outputs)
 from common.workflow.context import Outcome, Run, billing_mode, command
 from common.workflow.metering import Metering
-from common.workflow.records import active_jobs, reducer_has_run
+from common.workflow.records import active_jobs, runs_merged
+from common.ui import runs_text
 from common.workflow.safety import costly, guarded, offer_compute_deletion
+
+# Above this, the task outputs are downloaded only when a person at a terminal says yes (or
+# DOWNLOAD_TASK_OUTPUTS says "all"): the laptop's disk and link are not the cloud's.
+DOWNLOAD_ASK_BYTES = 2 * 1024 ** 3
+DOWNLOAD_ASK_ENV = "BATCH_TOOL_DOWNLOAD_ASK_BYTES"  # another threshold (tests, small disks)
+
+
+def download_threshold() -> int:
+    try:
+        value = int(os.environ.get(DOWNLOAD_ASK_ENV, DOWNLOAD_ASK_BYTES))
+    except ValueError:
+        return DOWNLOAD_ASK_BYTES
+    return value if value >= 0 else DOWNLOAD_ASK_BYTES
 
 
 @dataclass(frozen=True)
@@ -35,20 +50,87 @@ class Ending:
     container_kept_for_reducer: bool = False
 
 
-def download(run: Run, prefix: str) -> tuple[Path, bool]:
+def size_text(size: int) -> str:
+    """62 bytes, 4.5 MiB, 2.31 GiB."""
+    if size < 1024:
+        return f"{size} bytes"
+    for unit, power in (("KiB", 1), ("MiB", 2), ("GiB", 3), ("TiB", 4)):
+        if size < 1024 ** (power + 1) or unit == "TiB":
+            return f"{size / 1024 ** power:.3g} {unit}"
+    return f"{size} bytes"  # not reached
+
+
+def amount(blobs: list[BlobInfo]) -> str:
+    return f"{len(blobs)} file(s), {size_text(sum(b.size for b in blobs))}"
+
+
+def download(run: Run, prefix: str, blobs: list[BlobInfo] | None = None) -> tuple[Path, bool]:
+    """Every blob under `prefix` (or those of `blobs`), verified, into the results folder."""
     ctx, store, record = run.ctx, run.store, run.record
     dest = ctx.settings.sim.local_results_path
-    blobs = store.list_blobs(prefix)
-    size = sum(b.size for b in blobs)
-    ctx.step("download", f"Downloading {len(blobs)} file(s), {size:,} bytes, from {prefix} to {dest}")
-    with ctx.ui.transfer_progress(len(blobs), size, "download") as update:
-        report = download_prefix(store, prefix, dest, cp.OUTPUT_PREFIX, on_progress=update)
+    chosen = store.list_blobs(prefix) if blobs is None else blobs
+    names = {b.name for b in chosen}
+    size = sum(b.size for b in chosen)
+    ctx.step("download", f"Downloading {len(chosen)} file(s), {size:,} bytes, from {prefix} to {dest}")
+    with ctx.ui.transfer_progress(len(chosen), size, "download") as update:
+        report = download_prefix(store, prefix, dest, cp.OUTPUT_PREFIX, on_progress=update,
+                                 select=None if blobs is None else (lambda b: b.name in names))
     record.downloaded(dest)
     ctx.ui.info(f"{len(report.downloaded)} downloaded, {len(report.skipped)} already present "
                 f"and verified, {len(report.failed)} failed")
     for name, why in report.failed:
         ctx.ui.error(f"{name}: not downloaded: {why}")
     return dest, report.ok
+
+
+def is_log(blob: BlobInfo) -> bool:
+    """A task's stdout.txt or stderr.txt (in its run folder)."""
+    head, _, rest = blob.name[len(cp.OUTPUT_PREFIX):].partition("/")
+    return head.startswith("run") and rest in LOG_NAMES
+
+
+def offer_download(run: Run, reducing: bool) -> tuple[Path | None, bool]:
+    """The download question, with the size it means. The reducer's is the merged result
+    only. The runner's follows DOWNLOAD_TASK_OUTPUTS when set; else it is asked — and above
+    the threshold (DOWNLOAD_ASK_BYTES) only a person at a terminal says yes to it (not
+    --yes, not --no-input): the logs are downloaded, and the way to fetch the rest said."""
+    ctx, store = run.ctx, run.store
+    prefix = cp.RESULTS_PREFIX if reducing else cp.OUTPUT_PREFIX
+    blobs = store.list_blobs(prefix) if store.exists() else []
+    if not blobs:
+        return None, True
+    dest = ctx.settings.sim.local_results_path
+    if reducing:
+        if ctx.prompter.confirm(f"Download the merged result ({amount(blobs)}) to "
+                                f"{dest / 'results'}?", True):
+            return download(run, prefix, blobs)
+        return None, True
+    logs = [b for b in blobs if is_log(b)]
+    configured = choice = ctx.settings.sim.download_task_outputs
+    size = sum(b.size for b in blobs)
+    if choice is None:
+        big = size > download_threshold()
+        question = f"Download the task outputs ({amount(blobs)}) to {dest}?"
+        if big:
+            question += f" No: only the tasks' logs ({amount(logs)})."
+        choice = "all" if ctx.prompter.confirm(question, not big, risky=big) else \
+            "logs" if big else "none"
+    else:
+        ctx.ui.info(f"DOWNLOAD_TASK_OUTPUTS is {choice!r} (the task outputs are {amount(blobs)})")
+    if choice == "none":
+        return None, True
+    if choice == "all":
+        return download(run, prefix, blobs)
+    rest = [b for b in blobs if not is_log(b)]
+    got = download(run, prefix, logs) if logs else (dest, True)
+    if rest:
+        cleanup = command(ctx, Script.RUNNER, '--cleanup', answers=False)
+        how = (f'set DOWNLOAD_TASK_OUTPUTS to "all" (or remove it) and run `{cleanup}`'
+               if configured else f"run `{cleanup}` at a terminal and answer yes to the "
+               'download, or set DOWNLOAD_TASK_OUTPUTS to "all" first')
+        ctx.ui.info(f"the other {amount(rest)} stay in container {store.container}: to fetch "
+                    f"them, {how}")
+    return got
 
 
 def offer_container_deletion(run: Run, question: str, needed_later: bool = False) -> bool:
@@ -88,14 +170,8 @@ def cleanup_questions(run: Run, only: set[str] | None) -> Ending:
     compute_deleted = not costly(record, kind, only)
     if reducing:
         remove_reducer_code(run)
-    prefix = cp.RESULTS_PREFIX if reducing else cp.OUTPUT_PREFIX
-    dest, ok = None, True
-    where = ctx.settings.sim.local_results_path / ("results" if reducing else "")
-    what = "the merged result" if reducing else "results"
-    if store.exists() and store.list_blobs(prefix) and ctx.prompter.confirm(
-            f"Download {what} ({prefix}) to {where}?", True):
-        dest, ok = download(run, prefix)
-    merged = reducer_has_run(record.manifest)
+    dest, ok = offer_download(run, reducing)
+    merged = runs_merged(record.manifest)
     if reducing or merged:
         question = (f"Delete storage container {store.container} with all task outputs and "
                     "the merged result?")
@@ -120,7 +196,14 @@ def finish(run: Run, job: JobRecord, counts: TaskCounts | None, show_log=None,
            extra: tuple[str, ...] = (), metering: Metering | None = None, verdict=None) -> Outcome:
     """Report, ask the cleanup questions, sum up. The exit code is 0 only when every task
     submitted succeeded and produced its outputs, and every download was verified — or, in
-    an adaptive campaign (`verdict`), when the target was met (failed tasks were replaced)."""
+    an adaptive campaign (`verdict`), when the target was met (failed tasks were replaced).
+    Guarded as a whole: an error between its steps still offers to delete the job."""
+    return guarded(run, {job.job_id}, lambda: _finish(run, job, counts, show_log, extra,
+                                                      metering, verdict))
+
+
+def _finish(run: Run, job: JobRecord, counts: TaskCounts | None, show_log,
+            extra: tuple[str, ...], metering: Metering | None, verdict) -> Outcome:
     ctx, store, record = run.ctx, run.store, run.record
     job = record.manifest.job(job.job_id)  # an adaptive campaign added tasks to it
     workers = job.kind is JobKind.WORKERS
@@ -190,8 +273,7 @@ def summary(run: Run, job: JobRecord, counts: TaskCounts | None, ending: Ending,
              f"  job {job.job_id}, pool {pool}: "
              + ("deleted" if ending.compute_deleted else "still exist (delete with --cleanup)"),
              f"  {billing_mode(ctx, job)}"]
-    runs = (f"{cp.OUTPUT_PREFIX}run{min(job.task_indices)}..run{max(job.task_indices)}/"
-            if workers else cp.RESULTS_PREFIX)
+    runs = f"{cp.OUTPUT_PREFIX}{runs_text(job.task_indices)}/" if workers else cp.RESULTS_PREFIX
     lines.append(f"  {'task outputs' if workers else 'merged result'}: container "
                  f"{store.container}, {runs}"
                  + (" (container deleted)" if ending.container_deleted else f" ({store.location})"))

@@ -69,38 +69,53 @@ def campaign_prices(ctx: Context) -> Prices | PriceUnknown | None:
                                goals.currency, dedicated=goals.price, spot=goals.spot_price)
 
 
+def _nodes(ctx: Context) -> NodeCounts:
+    return NodeCounts(ctx.settings.sim.pool_node_count, ctx.settings.sim.goals.spot_nodes)
+
+
+def check_budget(ctx: Context, prices: Prices | PriceUnknown) -> None:
+    """Exit 2 for a MAX_COST that cannot be enforced (a price the pool needs is unknown):
+    the real run and --dry-run alike."""
+    goals, nodes = ctx.settings.sim.goals, _nodes(ctx)
+    hours = NodeHours(1.0 if nodes.dedicated else 0.0, 1.0 if nodes.spot else 0.0)
+    why = missing_price(hours, prices)
+    if goals.max_cost is not None and why:
+        raise ToolError(f"{ctx.settings.sim.path.name}: MAX_COST: "
+                        f"{format_money(goals.max_cost, goals.currency)} cannot be enforced: "
+                        f"{why}: set PRICE_PER_NODE_HOUR (and SPOT_PRICE_PER_NODE_HOUR for "
+                        "Spot nodes)", exit_code=2)
+
+
 def start_metering(ctx: Context) -> Metering | None:
     """Prices for this campaign, said once; refuses (exit 2) a budget it could not enforce."""
     prices = campaign_prices(ctx)
     goals = ctx.settings.sim.goals
     if prices is None:
         return None
-    ctx.ui.info(f"prices: {format_prices(prices)}")
-    hours = NodeHours(1.0 if ctx.settings.sim.pool_node_count else 0.0, 1.0 if goals.spot_nodes else 0.0)
-    if goals.max_cost is not None and missing_price(hours, prices):
-        raise ToolError(f"simconfig.json: MAX_COST: {format_money(goals.max_cost, goals.currency)} "
-                        f"cannot be enforced: {missing_price(hours, prices)}: set "
-                        "PRICE_PER_NODE_HOUR (and SPOT_PRICE_PER_NODE_HOUR for Spot nodes)",
-                        exit_code=2)
+    ctx.ui.info(f"prices: {format_prices(prices, _nodes(ctx))}")
+    check_budget(ctx, prices)
     return Metering(prices, goals.max_cost, CostMeter(prices, ctx.clock), goals.currency)
 
 
 def estimate_lines(ctx: Context, task_seconds: tuple[float, ...] = ()) -> list[str]:
     """For --dry-run: the most the campaign can cost (every node for the job's longest life)
-    and, from an earlier campaign's task durations, what it is expected to cost."""
+    and, from an earlier campaign's task durations, what it is expected to cost — and the
+    budget as the real run will treat it (refused, exit 2, when it cannot be enforced)."""
     from common.billing.cost import expected
     prices = campaign_prices(ctx)
     if prices is None:
         return [f"  cost: none ({ctx.backend.name} backend)"]
-    sim = ctx.settings.sim
-    nodes = NodeCounts(sim.pool_node_count, sim.goals.spot_nodes)
+    check_budget(ctx, prices)
+    sim, nodes = ctx.settings.sim, _nodes(ctx)
     minutes = sim.timeout_minutes + WALL_CLOCK_MARGIN_MINUTES
-    lines = [f"  prices: {format_prices(prices)}",
+    lines = [f"  prices: {format_prices(prices, nodes)}",
              f"  at most: {format_estimate(upper_bound(nodes, minutes), prices)}"]
     if task_seconds:
         tasks = sim.goals.max_task_count or sim.task_count
-        lines.append(f"  expected: {format_estimate(expected(task_seconds, tasks, sim.task_slots_per_node, nodes), prices)}")
+        estimate = expected(task_seconds, tasks, sim.task_slots_per_node, nodes)
+        lines.append(f"  expected: {format_estimate(estimate, prices)}")
     if sim.goals.max_cost is not None:
         lines.append(f"  budget (MAX_COST): {format_money(sim.goals.max_cost, sim.goals.currency)}: "
-                     "the campaign stops when it is reached")
+                     "the wait stops within one poll of the cost reaching it, and the job and "
+                     "pool are deleted (the data is kept)")
     return lines

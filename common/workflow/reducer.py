@@ -24,7 +24,8 @@ from common.workflow.compute import LOG_NAMES, start_job, wait
 from common.workflow.context import Context, Outcome, Run, command
 from common.workflow.ending import finish
 from common.workflow.records import claimed, open_for_run, refuse_if_busy
-from common.workflow.runner import runs_text, set_aside_merged_result, upload
+from common.ui import runs_text
+from common.workflow.runner import set_aside_merged_result, upload
 from common.workflow.safety import guarded
 from common.workflow.tree import TreeSteering, is_tree, remove_stale_partials, settle
 

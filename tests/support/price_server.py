@@ -8,7 +8,7 @@ of `page_size` items whose `NextPageLink` points back at this server with `$skip
 Knobs inject what a real network does: `fail_status` (with `fail_after` good answers
 first), `hold` (answer nothing until the server stops), `close_without_answer`, `endless`
 (a next page for ever), `next_link_base` (a next page somewhere else), `body` (answer
-these bytes). Every request is logged in `requests`; handler crashes in `errors`.
+these bytes), `redirect_to` (answer 302 to this URL). Every request is logged in `requests`; handler crashes in `errors`.
 The prices in `sample_items()` are invented round numbers, not Azure's.
 """
 from __future__ import annotations
@@ -113,6 +113,7 @@ class PriceServer:
         self.endless = False
         self.next_link_base: str | None = None
         self.body: bytes | None = None
+        self.redirect_to: str | None = None
         self.requests: list[SeenRequest] = []
         self.errors: list[str] = []
         self._lock = threading.Lock()
@@ -201,6 +202,12 @@ class PriceServer:
                 if parts.path != PATH:
                     return self._send(404, {"Error": {"Code": "NotFound", "Message": parts.path}})
                 status, body = server.answer(parts.query)
+                if server.redirect_to is not None:
+                    self.send_response(302)
+                    self.send_header("Location", server.redirect_to)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if server.hold:
                     server._released.wait()
                 if server.close_without_answer:

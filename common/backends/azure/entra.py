@@ -9,15 +9,18 @@ Batch account URL names, so sovereign clouds work as the public one does.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 from urllib.parse import urlsplit
 
 from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import ClientAuthenticationError
 from azure.identity import AzureAuthorityHosts
 
 from common.config import AppConfig
+from common.errors import ToolError
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,54 @@ def cloud_of(batch_url: str | None) -> Cloud:
 def entra_credential(authority: str) -> Any:
     """One DefaultAzureCredential per authority, shared by Batch and storage (one sign-in)."""
     from azure.identity import DefaultAzureCredential
-    return DefaultAzureCredential(authority=authority)
+    return SignIn(DefaultAzureCredential(authority=authority))
+
+
+# DefaultAzureCredential's members, as a user knows them.
+_KNOWN = {"EnvironmentCredential": "environment variables (AZURE_CLIENT_ID...)",
+          "WorkloadIdentityCredential": "workload identity",
+          "ManagedIdentityCredential": "a managed identity",
+          "SharedTokenCacheCredential": "the shared token cache",
+          "VisualStudioCodeCredential": "VS Code", "AzureCliCredential": "Azure CLI",
+          "AzurePowerShellCredential": "Azure PowerShell",
+          "AzureDeveloperCliCredential": "Azure Developer CLI", "BrokerCredential": "a broker"}
+_SERVICE = {STORAGE_SCOPE: ("storage", "STORAGE_ACCOUNT_KEY")}
+
+
+class SignIn:
+    """A token credential that fails once, in one line, at once. azure-identity's failure is
+    a ClientAuthenticationError of ~15 lines, which the storage SDK's retry policy retries
+    like a network error (six times, over two minutes, 'no answer'); a ToolError is no
+    AzureError, so it leaves the SDK's pipeline at the first attempt. Once failed, every
+    later request fails the same way without asking again."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self._failed: ToolError | None = None
+
+    def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+        if self._failed is not None:
+            raise self._failed
+        try:
+            return self._inner.get_token(*scopes, **kwargs)
+        except ClientAuthenticationError as error:
+            self._failed = not_signed_in(error, scopes)
+            raise self._failed from None
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def not_signed_in(error: Exception, scopes: tuple[str, ...] = ()) -> ToolError:
+    """The sign-in failure as one line: which credentials were tried, how to sign in."""
+    tried = [f"{_KNOWN.get(name, name)}" + (" (not installed)" if re.search(
+        r"not (?:found|installed)|could not be found", why, re.I) else "")
+             for name, why in re.findall(r"^\s*(\w+Credential): (.*)$", str(error), re.M)]
+    service, key = _SERVICE.get(scopes[0] if scopes else "", ("Batch", "BATCH_ACCOUNT_KEY"))
+    what = f"tried {', '.join(tried)}" if tried else str(error).strip().splitlines()[0][:200]
+    return ToolError(f"{service}: not signed in to Entra ID ({what}): sign in with `az login`, "
+                     f"run on a machine with a managed identity, or set {key} (and the other "
+                     "account key) in appconfig.json or the environment", exit_code=2)
 
 
 def batch_credential(app: AppConfig) -> tuple[Any, list[str]]:
