@@ -123,7 +123,7 @@ def test_worker_job_and_task_golden(settings):
     assert body["containerSettings"] == {"imageName": "docker.io/myuser/topas:4.0",
                                          "containerRunOptions": "--entrypoint /bin/sh"}
     assert body["userIdentity"] == {"autoUser": {"scope": "pool", "elevationLevel": "admin"}}
-    assert body["constraints"] == {"maxTaskRetryCount": 1}
+    assert body["constraints"] == {"maxTaskRetryCount": 1, "retentionTime": "PT01H00M00S"}
 
 
 def test_image_entrypoint_and_user_can_be_kept(tmp_path):
@@ -166,3 +166,20 @@ def test_the_reducer_node_installs_the_versions_requirements_pin():
               if "==" in line}
     wanted = set(MERGE_NEEDS) | {pin for _, pins in MERGE_OPTIONAL for pin in pins}
     assert wanted <= pinned
+
+
+def test_tasks_go_in_dependency_order_and_keep_their_folders_an_hour(settings):
+    """A task never names one the job does not have yet; a task's folder on the node (a copy
+    of the simulation, and its outputs) is removed an hour after it ends, not 7 days."""
+    from common.model import TaskSpec
+    leaves = [TaskSpec(f"merge-1-{n}", 0, "true") for n in (1, 2)]
+    final = TaskSpec("reducer", 0, "true", depends_on=("merge-2-1",))
+    middle = TaskSpec("merge-2-1", 0, "true", depends_on=("merge-1-1", "merge-1-2"))
+    ranged = TaskSpec("7", 0, "true", depends_on_ranges=((1, 3),))
+    numbered = [TaskSpec(str(n), 0, "true") for n in (1, 2, 3)]
+    groups = bb.in_dependency_order([final, middle, ranged, *leaves, *numbered])
+    assert [[t.task_id for t in g] for g in groups] == [
+        ["merge-1-1", "merge-1-2", "1", "2", "3"], ["merge-2-1", "7"], ["reducer"]]
+    assert bb.in_dependency_order(leaves) == [leaves]  # no dependencies: one request as before
+    body = bb.task_options(leaves[0], cp.worker_job(settings, IDS), URLS).as_dict()
+    assert body["constraints"]["retentionTime"] in ("PT1H", "PT01H00M00S")

@@ -73,7 +73,8 @@ class TopasCampaign:
 @pytest.fixture
 def topas_env(script_env, tmp_path) -> dict[str, str]:
     # Each test's own cache of content keys: the "read once" of one test is not another's.
-    return {**script_env, "BATCH_TOOL_POLL_SECONDS": "0.2", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return {**script_env, "BATCH_TOOL_POLL_SECONDS": "0.2", "BATCH_TOOL_HEALTH_SECONDS": "0.5",
+            "BATCH_TOOL_RETRY_SCALE": "0.05", "XDG_CACHE_HOME": str(tmp_path / "cache")}
 
 
 @pytest.fixture

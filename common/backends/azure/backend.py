@@ -251,8 +251,7 @@ class AzureBackend(Backend):
         setup = self.node_setup(job.image)
         options = bb.job_options(job, setup, urls)
         create_job(self.client, options, job.owner, self.backoff)
-        add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls, setup.registry)
-                                            for t in job.tasks], sleep=self.backoff)
+        self._add(job, urls, setup.registry)
         if job.seal:
             end_with_last_task(self.client, job.job_id, self.backoff)
         if job.auto_pool is None:
@@ -264,10 +263,13 @@ class AzureBackend(Backend):
         return pool_id
 
     def add_tasks(self, job: JobSpec) -> None:
-        urls = self.task_urls(job)
-        registry = self.node_setup(job.image).registry
-        add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls, registry)
-                                            for t in job.tasks], sleep=self.backoff)
+        self._add(job, self.task_urls(job), self.node_setup(job.image).registry)
+
+    def _add(self, job: JobSpec, urls: bb.TaskUrls, registry: Any) -> None:
+        """Every task, a task's dependencies always before it (a reducer tree's levels)."""
+        for group in bb.in_dependency_order(list(job.tasks)):
+            add_tasks(self.client, job.job_id, [bb.task_options(t, job, urls, registry)
+                                                for t in group], sleep=self.backoff)
 
     def seal_job(self, job_id: str) -> None:
         end_with_last_task(self.client, job_id, self.backoff)

@@ -22,6 +22,10 @@ from common.model import SUCCESS, JobSpec, OutputFile, PoolSpec, TaskSpec
 from common.redaction import redact
 
 TASKS_PER_REQUEST = 100  # the service's limit for addtaskcollection
+# A task's folder on the node is kept this long after it ends (Batch's default: 7 days). Its
+# outputs and logs are in storage by then, and each task holds a copy of the simulation
+# folder: kept for days, a node running many tasks with large inputs fills its disk.
+TASK_RETENTION = timedelta(hours=1)
 DOCKER_HUB = "docker.io"
 _WILDCARD = re.compile(r"[*?\[]")
 
@@ -279,9 +283,33 @@ def task_options(task: TaskSpec, job: JobSpec, urls: TaskUrls,
         resource_files=_resource_files(task, urls) or None,
         output_files=[_output_file(o, urls.write) for o in task.outputs],
         environment_settings=[bm.EnvironmentSetting(name=k, value=v) for k, v in task.environment],
-        constraints=bm.BatchTaskConstraints(max_task_retry_count=task.max_retries),
+        constraints=bm.BatchTaskConstraints(max_task_retry_count=task.max_retries,
+                                            retention_time=TASK_RETENTION),
         user_identity=user_identity(job.run_as_root),
         depends_on=dependencies(task))
+
+
+def in_dependency_order(tasks: list[TaskSpec]) -> list[list[TaskSpec]]:
+    """The tasks in groups, each group's dependencies all in earlier groups: sent one group
+    after another, no task names a task the job does not have yet (the docs do not say that
+    Batch accepts one; parallel chunks of one collection would otherwise race)."""
+    placed: set[str] = set()
+    waiting, groups = list(tasks), []
+    ids = {t.task_id for t in tasks}
+    while waiting:
+        ready = [t for t in waiting if all(d in placed or d not in ids for d in t.depends_on)
+                 and all(not _in_ranges(other, t.depends_on_ranges) or other.task_id in placed
+                         for other in waiting if other is not t)]
+        if not ready:  # a cycle: let the service refuse it in its own words
+            ready = waiting
+        groups.append(ready)
+        placed |= {t.task_id for t in ready}
+        waiting = [t for t in waiting if t.task_id not in placed]
+    return groups
+
+
+def _in_ranges(task: TaskSpec, ranges: tuple[tuple[int, int], ...]) -> bool:
+    return task.task_id.isdigit() and any(a <= int(task.task_id) <= b for a, b in ranges)
 
 
 def dependencies(task: TaskSpec) -> bm.BatchTaskDependencies | None:
