@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 from rich.console import Console
 
 from common.backends import get_backend
-from common.config import BACKENDS, Settings, load_settings
+from common.config import BACKENDS, load_settings
 from common.campaign import CampaignIds, worker_pool
 from common.worker.setup import with_node_threads
 from common.errors import EXIT_FAILED, EXIT_INTERRUPTED, ToolError, usage_error

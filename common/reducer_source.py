@@ -30,7 +30,7 @@ esac
 
 
 def describe(settings: Settings) -> str:
-    sim, app = settings.sim, settings.app
+    sim = settings.sim
     if sim.reducer_script in (None, BUILTIN_TOPAS):
         return "the built-in TOPAS merge (builtin:topas)"
     if sim.reducer_path is not None:

@@ -8,7 +8,6 @@ the nodes (an auto pool's nodes are gone when its job ends).
 """
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 from typing import Protocol
 

@@ -26,7 +26,8 @@ import uuid
 from pathlib import Path
 
 from common.backends.local import layout as lay
-from common.backends.local.reaper import MARK_VARIABLE, agent_mark, kill_marked, start_reaper
+from common.backends.local.reaper import agent_mark, kill_marked, start_reaper
+from common.backends.local.environment import task_environment
 from common.backends.local.files import collect_outputs, stage_inputs
 from common.backends.local.shared import place as place_shared_data
 from common.backends.local.waiting import Waiting
@@ -306,23 +307,7 @@ class Agent:
             self.waiting.ended(tdir.parent.parent, tdir.name, ok, state["end_time"])
 
     def task_env(self, job: Path, tdir: Path, task: TaskSpec, node_id: str) -> dict[str, str]:
-        env = dict(os.environ)
-        env.update({
-            "AZ_BATCH_POOL_ID": self.pool_id,
-            "AZ_BATCH_JOB_ID": job.name,
-            "AZ_BATCH_TASK_ID": task.task_id,
-            "AZ_BATCH_NODE_ID": node_id,
-            "AZ_BATCH_TASK_DIR": str(tdir),
-            "AZ_BATCH_TASK_WORKING_DIR": str(tdir / "wd"),
-            "AZ_BATCH_JOB_PREP_DIR": str(job / "prep"),
-            "AZ_BATCH_JOB_PREP_WORKING_DIR": str(job / "prep" / "wd"),
-        })
-        env.update(dict(task.environment))
-        env[MARK_VARIABLE] = self.mark  # inherited by all it starts: see reaper.py
-        # Tasks call `python3`: make it the interpreter (and venv) the tool itself runs in.
-        env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
-        env.pop("PYTHONPATH", None)
-        return env
+        return task_environment(self.pool_id, job, tdir, task, node_id, self.mark)
 
     def kill(self, which) -> None:
         with self.lock:
