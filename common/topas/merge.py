@@ -33,6 +33,7 @@ from common.topas.combine import ScorerAccumulator
 from common.topas.consistency import ConsistencyReport
 # SUMMARY_DIR is imported for callers too: they name the summary folder from here.
 from common.topas.extras import SUMMARY_DIR, write_extras  # noqa: F401
+from common.topas.ledger import LedgerFile, read_ledger, write_ledger
 from common.topas.header import NotAScorerFile, ScorerHeader, read_header
 from common.topas.phasespace import NotAPhaseSpace, merge_phase_spaces, \
     read_phase_space_header
@@ -161,6 +162,7 @@ def _merge_one(runs: tuple[Path, ...], relative: Path, kind: str, out_dir: Path,
     write_record(out_dir / relative, MergeRecord(
         runs=_runs_stood_for(sources, accumulator), histories=histories,
         inconsistent_runs=tuple(run.source for run in consistency.inconsistent)))
+    write_ledger(out_dir / relative, accumulator.ledger)
     written = write_extras(out_dir, relative, merged, accumulator.batch(), accumulator.runs,
                            histories, options.plots, consistency, warnings)
     report = MergedFile(path=relative, scorer_name=merged.header.scorer_name,
@@ -206,24 +208,40 @@ def _runs_stood_for(sources: Sequence[Path], accumulator: ScorerAccumulator) -> 
 
 
 def _accumulate(sources: Sequence[Path], histories: int | None,
-                workers: int) -> ScorerAccumulator:
+                 workers: int) -> ScorerAccumulator:
     """Fold the runs in order while `workers - 1` threads read the next ones."""
     first_source = Path(sources[0])
     first = read_header(first_source)
-    per_run = {str(source): _input_histories(Path(source), histories) for source in sources}
+    inputs = {str(source): _input(Path(source), histories) for source in sources}
 
     def read(source: Path) -> RunContribution:
-        return _read_run(Path(source), first, first_source, per_run[str(source)])
+        return _read_run(Path(source), first, first_source, inputs[str(source)].histories)
 
-    accumulator = ScorerAccumulator(histories)
+    accumulator = ScorerAccumulator(histories, sum(i.runs for i in inputs.values()))
     for source, run in _in_order(sources, read, workers):
-        accumulator.add_contribution(run, source)
+        accumulator.add_contribution(run, source, inputs[str(source)].ledger())
     return accumulator
 
 
-def _input_histories(source: Path, per_run: int | None) -> int | None:
+@dataclass(frozen=True)
+class _Input:
+    """One input file: a run, or a merged output standing for `runs` runs."""
+
+    path: Path
+    runs: int
+    histories: int | None
+
+    def ledger(self) -> LedgerFile | None:
+        if self.runs == 1 and read_record(self.path) is None:
+            return None
+        return read_ledger(self.path, self.runs, self.histories)
+
+
+def _input(source: Path, per_run: int | None) -> _Input:
     record = read_record(source)
-    return per_run if record is None else record.histories_for(per_run)
+    if record is None:
+        return _Input(source, 1, per_run)
+    return _Input(source, record.runs, record.histories_for(per_run))
 
 
 def _read_run(path: Path, first: ScorerHeader, first_source: Path,
