@@ -10,7 +10,8 @@ the environment variable TOPAS_MERGE_ENGINE=numpy forces the numpy path.
 Either way every value is bit for bit what float() gives for its text, and a written
 value reads back to the same double (TOPAS's own "%.16g" does not for 43.5 % of doubles,
 so the merge does not imitate it). Rows are written "i, j, k, v1, v2, ..." with ", "
-between values as TOPAS does, so scripts that split on ", " keep working.
+between values as TOPAS does, so scripts that split on ", " keep working, and whole
+numbers without a ".0" (Count_in_Bin 308, not 308.0), as TOPAS writes them.
 """
 from __future__ import annotations
 
@@ -205,7 +206,7 @@ def _polars_block(indices: np.ndarray, values: np.ndarray) -> str:
     data.update({f"v{n}": values[:, n] for n in range(values.shape[1])})
     text = _polars.DataFrame(data).write_csv(include_header=False)
     # Numbers hold no comma, so this gives TOPAS's ", " between values.
-    return text.replace(",", ", ")
+    return _as_topas_integers(text.replace(",", ", "))
 
 
 def _numpy_block(indices: np.ndarray, values: np.ndarray) -> str:
@@ -214,4 +215,13 @@ def _numpy_block(indices: np.ndarray, values: np.ndarray) -> str:
     # tolist() gives Python ints and floats, whose %r is the shortest exact text.
     numbers: list[Any] = np.hstack([indices.astype(object), values.astype(object)]
                                    ).ravel().tolist()
-    return (row * indices.shape[0]) % tuple(numbers)
+    return _as_topas_integers((row * indices.shape[0]) % tuple(numbers))
+
+
+def _as_topas_integers(text: str) -> str:
+    """Whole numbers as TOPAS (a C++ stream) prints them: 308, not 308.0.
+
+    The shortest round-trip text of a double ends in ".0" only when it is a whole number
+    (then the digits before it read back to the same double), so cutting ".0" at the end
+    of a value changes no value: Count_in_Bin, the histories and zeros read as TOPAS's."""
+    return text.replace(".0,", ",").replace(".0\n", "\n")
