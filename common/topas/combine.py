@@ -57,10 +57,12 @@ class ScorerAccumulator:
     """
 
     def __init__(self, histories_per_run: int | None = None,
-                 expected_runs: int | None = None) -> None:
+                 expected_runs: int | None = None, keep_ledger: bool = True) -> None:
         """`histories_per_run`: N of each run, for files that do not report it;
-        `expected_runs`: the original runs the merge will hold (sizes the ledger)."""
+        `expected_runs`: the original runs the merge will hold (sizes the ledger);
+        `keep_ledger` False: no consistency test (a block of a merge that keeps its own)."""
         self.runs = 0
+        self._keep_ledger = keep_ledger
         self.empty_runs: list[str] = []
         self._histories_per_run = histories_per_run
         self.ledger = RunLedger(expected_runs)
@@ -113,7 +115,8 @@ class ScorerAccumulator:
             self.empty_runs.append(str(source))
             return
         self._fold(run)
-        self._record(run, source, nested)
+        if self._keep_ledger:
+            self._record(run, source, nested)
         if run.keys is None:
             self._present[:] = True
         else:
@@ -147,15 +150,18 @@ class ScorerAccumulator:
             return ConsistencyReport(False, ledger.untestable, identical=identical)
         if self._total is None or self._within is None or not self._histories:
             return ConsistencyReport(False, "no spread statistic", identical=identical)
-        assert self._between is not None
-        elements = ledger.elements
+        return test_runs(ledger.runs, self.pooled(ledger.elements), identical)
+
+    def pooled(self, elements: np.ndarray) -> Pooled:
+        """The pooled statistics at these flat elements (bin x energy bins + energy bin)."""
+        assert self._total is not None and self._within is not None
+        assert self._between is not None and self._histories is not None
         usable = np.ones(elements.shape, dtype=bool)
         if self._outside is not None:
             usable = ~self._outside.ravel()[elements]
-        pooled = Pooled(self._histories, self._total.ravel()[elements],
-                        self._within.ravel()[elements] + self._between.ravel()[elements],
-                        usable)
-        return test_runs(ledger.runs, pooled, identical)
+        return Pooled(self._histories, self._total.ravel()[elements],
+                      self._within.ravel()[elements] + self._between.ravel()[elements],
+                      usable)
 
     def result(self) -> Scorer:
         """The combined scorer: the first run's header, rows in its order convention.
@@ -222,10 +228,9 @@ class ScorerAccumulator:
     def _record(self, run: RunContribution, source: object,
                 nested: LedgerFile | None) -> None:
         """What the consistency test keeps of this run (a few kB, ledger.py)."""
-        digest = run_digest(run)
         if not run.histories:
             self.ledger.add_untestable("the files do not report their histories (nor "
-                                       "were they given)", str(source), digest)
+                                       "were they given)", str(source), run_digest(run))
             return
         if nested is not None:
             self.ledger.add_nested(nested)
@@ -235,7 +240,7 @@ class ScorerAccumulator:
         sums = (run.at(run.total, elements) if run.total is not None else
                 run.at(run.mean, elements) * n)  # type: ignore[arg-type]
         m2 = None if run.m2 is None else run.at(run.m2, elements)
-        self.ledger.add(RunValues(str(source), run.histories, sums, m2, digest))
+        self.ledger.add(RunValues(str(source), run.histories, sums, m2))
 
     def _check_same_layout(self, header: ScorerHeader, source: object) -> None:
         assert self._header is not None

@@ -17,6 +17,7 @@ input reads them back and tests the original runs instead of the merged one.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -49,12 +50,17 @@ def element_hash(elements: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def below(elements: np.ndarray, threshold: int) -> np.ndarray:
+    """Which of these elements are candidates under `threshold`."""
+    if threshold >= _ALL:
+        return np.ones(elements.shape, dtype=bool)
+    return element_hash(elements) < np.uint64(threshold)
+
+
 def candidates_between(start: int, stop: int, threshold: int) -> np.ndarray:
     """The candidate element numbers in [start, stop), ascending."""
     elements = np.arange(start, stop, dtype=np.int64)
-    if threshold >= _ALL:
-        return elements
-    return elements[element_hash(elements) < np.uint64(threshold)]
+    return elements if threshold >= _ALL else elements[below(elements, threshold)]
 
 
 def all_candidates(elements: int, threshold: int, chunk: int = 1 << 20) -> np.ndarray:
@@ -89,16 +95,22 @@ class RunLedger:
         self.untestable: str | None = None
         self.identical: list[tuple[str, str]] = []
         self._digests: dict[bytes, str] = {}
+        self._floor: np.ndarray | None = None
+        self._n_elements = 0
 
     def start(self, n_elements: int) -> np.ndarray:
         """Choose the candidates of a scorer of n_elements values (once); they are returned."""
         if self.threshold is None:
+            self._n_elements = n_elements
             self.threshold = candidate_threshold(n_elements, self.expected_runs)
             self.elements = all_candidates(n_elements, self.threshold)
         return self.elements
 
     def add(self, run: RunValues) -> None:
-        """Record one run (its arrays on this ledger's candidates)."""
+        """Record one run (its arrays on this ledger's candidates); its digest is made
+        here when it has none."""
+        if not run.digest:
+            run = replace(run, digest=self._digest(run))
         self._note_identical(run)
         run = replace(run, sums=np.asarray(run.sums, dtype=np.float32),
                       m2=None if run.m2 is None else np.asarray(run.m2, dtype=np.float32))
@@ -125,12 +137,24 @@ class RunLedger:
                              m2=None if run.m2 is None else run.m2[keep]))
 
     def _lower_threshold(self, threshold: int) -> None:
-        keep = element_hash(self.elements) < np.uint64(threshold)
+        keep = below(self.elements, threshold)
         self.threshold = threshold
+        self._floor = None
         self.elements = self.elements[keep]
         self.runs = [replace(run, sums=run.sums[keep],
                              m2=None if run.m2 is None else run.m2[keep])
                      for run in self.runs]
+
+    def _digest(self, run: RunValues) -> bytes:
+        """The run's histories and Sum at the candidates of the lowest threshold there is
+        (MIN_CANDIDATES of them, in every ledger of the scorer): the same in every merge,
+        block by block or not, so the same seed twice is seen even across partial merges."""
+        assert self.threshold is not None
+        if self._floor is None:
+            self._floor = below(self.elements, candidate_threshold(self._n_elements, 1 << 62))
+        digest = hashlib.blake2b(str(run.histories).encode(), digest_size=16)
+        digest.update(np.ascontiguousarray(run.sums, dtype=np.float64)[self._floor].tobytes())
+        return digest.digest()
 
     def _note_identical(self, run: RunValues) -> None:
         if not run.digest:

@@ -1,0 +1,189 @@
+"""Reading one run's scorer a block of rows at a time, for the merge that goes block by
+block over the voxels (blocks.py).
+
+A CSV is read in pieces of whole lines from where its header ends and parsed as it
+comes (tables.parse_rows), so a run never is in memory whole, and never as text whole.
+A binary `.bin` is float64 in a fixed layout (binary.py): a block of rows is a run of
+bytes, read with one call into a preallocated array, no text at all. Every reader gives
+the rows in its file's order; blocks.py checks that all runs share one order.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import BinaryIO, Sequence
+
+import numpy as np
+
+from common.errors import ToolError
+from common.topas.binary import binary_pair
+from common.topas.header import ScorerHeader, read_header_block
+from common.topas.scorer import statistic_columns
+from common.topas.tables import check_final_newline, may_hold_non_finite, parse_rows
+
+_FLOAT64 = np.dtype("<f8")
+
+
+class BlockReader:
+    """Rows of one run, block after block: `take(rows)` -> (index columns or None, values
+    per statistic). `close()` when done."""
+
+    path: Path
+    header: ScorerHeader
+
+    def take(self, rows: int) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    def exhausted(self) -> bool:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class BinaryBlocks(BlockReader):
+    """A `.bin`: voxels with i fastest, energy bins, then statistics innermost."""
+
+    def __init__(self, path: Path, header: ScorerHeader, wanted: Sequence[str]) -> None:
+        self.header = header
+        self.path = binary_pair(path)[1]
+        self._per_row = max(1, header.n_extra_bins) * len(header.statistics)
+        expected = header.n_bins * self._per_row * _FLOAT64.itemsize
+        try:
+            size = self.path.stat().st_size
+            self._handle: BinaryIO = open(self.path, "rb")
+        except FileNotFoundError:
+            raise ToolError(f"{self.path}: missing; the binary scorer's data file should be "
+                            "beside its .binheader") from None
+        except OSError as error:
+            raise ToolError(f"{self.path}: cannot read: {error.strerror or error}") from error
+        if size != expected:
+            self._handle.close()
+            raise ToolError(f"{self.path}: {size} bytes, but its header describes "
+                            f"{expected} ({header.n_bins} voxels x {self._per_row} float64 "
+                            "values); truncated or not this scorer's data?")
+        self._wanted = [(name, header.statistics.index(name)) for name in wanted]
+        self._left = header.n_bins
+
+    def take(self, rows: int) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        rows = min(rows, self._left)
+        block = np.empty(rows * self._per_row, dtype=_FLOAT64)
+        try:
+            got = self._handle.readinto(memoryview(block).cast("B"))
+        except OSError as error:
+            raise ToolError(f"{self.path}: cannot read: {error.strerror or error}") from error
+        if got != block.nbytes:
+            raise ToolError(f"{self.path}: cut while it was read (truncated?)")
+        self._left -= rows
+        tail = (self.header.n_extra_bins,) if self.header.n_extra_bins else ()
+        cube = block.reshape((rows,) + tail + (len(self.header.statistics),))
+        return None, {name: cube[..., position] for name, position in self._wanted}
+
+    def exhausted(self) -> bool:
+        return self._left == 0
+
+    def close(self) -> None:
+        self._handle.close()
+
+
+class CsvBlocks(BlockReader):
+    """A scorer CSV, parsed a piece of lines at a time."""
+
+    def __init__(self, path: Path, header: ScorerHeader, wanted: Sequence[str]) -> None:
+        self.path, self.header = Path(path), header
+        check_final_newline(self.path)
+        lines, offset = read_header_block(self.path)
+        self._header_lines = len(lines)
+        self._all = tuple(header.statistics)
+        # a file whose text may hold a NaN is read in every column, so it is found
+        self._wanted = self._all if may_hold_non_finite(self.path, offset) else tuple(wanted)
+        self._columns = header.n_index_columns + header.n_value_columns
+        try:
+            self._handle: BinaryIO = open(self.path, "rb")
+            size = self._handle.seek(0, 2)
+            self._handle.seek(offset)
+        except OSError as error:
+            raise ToolError(f"{self.path}: cannot read: {error.strerror or error}") from error
+        # a dense file: its rows share the body evenly, near enough to size the pieces
+        self._row_bytes = max(16, (size - offset) // max(1, header.n_bins))
+        self._pending = b""
+        self._parsed: list[list[np.ndarray | None]] = []
+        self._parsed_rows = 0
+        self._rows_read = 0
+        self._ended = False
+
+    def take(self, rows: int) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+        while self._parsed_rows < rows and not self._ended:
+            self._parse_more(rows - self._parsed_rows)
+        columns = self._pop(min(rows, self._parsed_rows))
+        count = next((c.shape[0] for c in columns if c is not None), 0)
+        first = self.header.n_index_columns
+        index = (np.column_stack(columns[:first]) if first  # type: ignore[arg-type]
+                 else np.zeros((count, 0)))
+        values = statistic_columns(columns[self.header.n_index_columns:], self.header,
+                                   self._wanted)
+        return index, values
+
+    def exhausted(self) -> bool:
+        if self._parsed_rows == 0 and not self._ended:
+            self._parse_more(1)
+        return self._parsed_rows == 0 and self._ended
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def _parse_more(self, rows: int) -> None:
+        try:
+            piece = self._handle.read(max(1 << 16, int(rows * self._row_bytes * 1.02) + 256))
+        except OSError as error:
+            raise ToolError(f"{self.path}: cannot read: {error.strerror or error}") from error
+        data = self._pending + piece
+        if not piece:
+            self._ended = True
+            cut = len(data)
+        else:
+            cut = data.rfind(b"\n") + 1
+        body, self._pending = data[:cut], data[cut:]
+        if not body:
+            return
+        wanted = self._wanted_columns()
+        columns = parse_rows(body, self._columns, wanted, self.path,
+                             self._header_lines + self._rows_read)
+        if len(columns) != self._columns:
+            raise ToolError(f"{self.path}: rows have {len(columns)} columns, the header "
+                            f"implies {self._columns}")
+        count = next((c.shape[0] for c in columns if c is not None), 0)
+        self._parsed.append(columns)
+        self._parsed_rows += count
+        self._rows_read += count
+
+    def _wanted_columns(self) -> list[int] | None:
+        if self._wanted == self._all:
+            return None
+        stats = self._all
+        per_row = [stats.index(name) for name in self._wanted]
+        first = self.header.n_index_columns
+        return list(range(first)) + sorted(
+            first + extra * len(stats) + position
+            for extra in range(max(1, self.header.n_extra_bins)) for position in per_row)
+
+    def _pop(self, rows: int) -> list[np.ndarray | None]:
+        """The next `rows` parsed rows; None for the columns not parsed."""
+        taken: list[list[np.ndarray | None]] = []
+        left = rows
+        while left > 0:
+            first = self._parsed[0]
+            size = next(c.shape[0] for c in first if c is not None)
+            if size <= left:
+                taken.append(self._parsed.pop(0))
+                left -= size
+            else:
+                taken.append([None if c is None else c[:left] for c in first])
+                self._parsed[0] = [None if c is None else c[left:] for c in first]
+                left = 0
+        self._parsed_rows -= rows
+        if not taken:
+            return [np.zeros(0) for _ in range(self._columns)]
+        if len(taken) == 1:
+            return taken[0]
+        return [None if parts[0] is None else np.concatenate(parts)  # type: ignore[arg-type]
+                for parts in zip(*taken)]
