@@ -61,6 +61,8 @@ class BinaryBlocks(BlockReader):
             raise ToolError(f"{self.path}: {size} bytes, but its header describes "
                             f"{expected} ({header.n_bins} voxels x {self._per_row} float64 "
                             "values); truncated or not this scorer's data?")
+        self._handle.close()  # opened for each block: a merge of 1,000 runs keeps none
+        self._offset = 0
         self._wanted = [(name, header.statistics.index(name)) for name in wanted]
         self._left = header.n_bins
 
@@ -68,11 +70,14 @@ class BinaryBlocks(BlockReader):
         rows = min(rows, self._left)
         block = np.empty(rows * self._per_row, dtype=_FLOAT64)
         try:
-            got = self._handle.readinto(memoryview(block).cast("B"))
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                got = handle.readinto(memoryview(block).cast("B"))
         except OSError as error:
             raise ToolError(f"{self.path}: cannot read: {error.strerror or error}") from error
         if got != block.nbytes:
             raise ToolError(f"{self.path}: cut while it was read (truncated?)")
+        self._offset += got
         self._left -= rows
         tail = (self.header.n_extra_bins,) if self.header.n_extra_bins else ()
         cube = block.reshape((rows,) + tail + (len(self.header.statistics),))
@@ -82,7 +87,7 @@ class BinaryBlocks(BlockReader):
         return self._left == 0
 
     def close(self) -> None:
-        self._handle.close()
+        pass
 
 
 class CsvBlocks(BlockReader):
@@ -98,13 +103,12 @@ class CsvBlocks(BlockReader):
         self._wanted = self._all if may_hold_non_finite(self.path, offset) else tuple(wanted)
         self._columns = header.n_index_columns + header.n_value_columns
         try:
-            self._handle: BinaryIO = open(self.path, "rb")
-            size = self._handle.seek(0, 2)
-            self._handle.seek(offset)
+            size = self.path.stat().st_size
         except OSError as error:
             raise ToolError(f"{self.path}: cannot read: {error.strerror or error}") from error
         # a dense file: its rows share the body evenly, near enough to size the pieces
         self._row_bytes = max(16, (size - offset) // max(1, header.n_bins))
+        self._offset = offset  # where the next piece starts (a file stays closed between)
         self._pending = b""
         self._parsed: list[list[np.ndarray | None]] = []
         self._parsed_rows = 0
@@ -129,11 +133,14 @@ class CsvBlocks(BlockReader):
         return self._parsed_rows == 0 and self._ended
 
     def close(self) -> None:
-        self._handle.close()
+        pass
 
     def _parse_more(self, rows: int) -> None:
         try:
-            piece = self._handle.read(max(1 << 16, int(rows * self._row_bytes * 1.02) + 256))
+            with open(self.path, "rb") as handle:
+                handle.seek(self._offset)
+                piece = handle.read(max(1 << 16, int(rows * self._row_bytes * 1.02) + 256))
+            self._offset += len(piece)
         except OSError as error:
             raise ToolError(f"{self.path}: cannot read: {error.strerror or error}") from error
         data = self._pending + piece
@@ -147,7 +154,7 @@ class CsvBlocks(BlockReader):
             return
         wanted = self._wanted_columns()
         columns = parse_rows(body, self._columns, wanted, self.path,
-                             self._header_lines + self._rows_read)
+                             self._rows_read)
         if len(columns) != self._columns:
             raise ToolError(f"{self.path}: rows have {len(columns)} columns, the header "
                             f"implies {self._columns}")

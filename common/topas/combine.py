@@ -152,6 +152,10 @@ class ScorerAccumulator:
             return ConsistencyReport(False, "no spread statistic", identical=identical)
         return test_runs(ledger.runs, self.pooled(ledger.elements), identical)
 
+    def spread_known(self) -> bool:
+        """Whether the pooled variance per history is known (the test needs it)."""
+        return self._within is not None and bool(self._histories)
+
     def pooled(self, elements: np.ndarray) -> Pooled:
         """The pooled statistics at these flat elements (bin x energy bins + energy bin)."""
         assert self._total is not None and self._within is not None

@@ -106,6 +106,22 @@ class RunLedger:
             self.elements = all_candidates(n_elements, self.threshold)
         return self.elements
 
+    def start_lazily(self, n_elements: int) -> None:
+        """Choose the threshold only: a merge block by block finds the candidates of
+        each block itself and gives them all with set_elements()."""
+        self._n_elements = n_elements
+        self.threshold = candidate_threshold(n_elements, self.expected_runs)
+
+    @property
+    def threshold_value(self) -> int:
+        assert self.threshold is not None
+        return self.threshold
+
+    def set_elements(self, elements: np.ndarray) -> None:
+        """The candidates (ascending), found block by block, before any run is added."""
+        self.elements = elements
+        self._floor = None
+
     def add(self, run: RunValues) -> None:
         """Record one run (its arrays on this ledger's candidates); its digest is made
         here when it has none."""
