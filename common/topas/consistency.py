@@ -17,11 +17,12 @@ denominator is the pooled one, not its own, which would be small exactly when it
 large deposits are missing). m_b and v_b are functions of the pooled histories, so bins
 chosen from them are chosen blind to how the histories fell into runs.
 
-Bins tested for run r: candidates (value-blind, ledger.py) where the run's own expected
-relative standard error sqrt(v_b / N_r) / m_b is at most MAX_RUN_RELATIVE_ERROR — a
-small run is tested on fewer bins (its z are then near normal: few enough rare deposits
-are missing that the mean of many is normal); with fewer than MIN_TEST_BINS it is
-named as not tested. Two statistics: the mean z (a bias of either sign) and the mean z^2
+Bins tested for run r: candidates (value-blind, ledger.py) where the expected relative
+standard error of the smaller side of the comparison, sqrt(v_b / min(N_r, N - N_r)) /
+m_b, is at most MAX_RUN_RELATIVE_ERROR — a small run is tested on fewer bins (its z are
+then near normal: enough deposits that the mean of many bins is normal; two runs are
+tested on the same bins, as their z are the same but for the sign); with fewer than
+MIN_TEST_BINS a run is named as not tested. Two statistics: the mean z (a bias of either sign) and the mean z^2
 (any change of shape; level 1). Neighbouring voxels are correlated (one history scores
 in several), so their standard errors are measured inside the run from blocks of
 neighbouring bins (batch means, Student t with blocks - 1 degrees of freedom). A run is
@@ -41,10 +42,10 @@ from common.topas.ledger import RunValues
 
 ALPHA = 1e-3
 MAX_RUN_RELATIVE_ERROR = 0.10
-MIN_TEST_BINS = 40
-_MAX_BLOCKS = 50
+MIN_TEST_BINS = 100
+_MAX_BLOCKS = 30
 _MIN_BLOCKS = 4
-_MIN_BLOCK_BINS = 10
+_MIN_BLOCK_BINS = 25
 
 
 @dataclass(frozen=True)
@@ -180,8 +181,10 @@ def _check(run: RunValues, sums: np.ndarray, n: float, pool: _Pool) -> RunCheck:
         return RunCheck(run.source, 0.0, 1.0, 1.0, histories=run.histories)
     mean = pool.total / total
     variance = pool.m2 / (total - 1)
+    # z compares the run with the rest: its skewness comes from the smaller of the two
+    judged = min(n, total - n)
     with np.errstate(invalid="ignore", divide="ignore"):
-        expected = np.sqrt(variance / n) / mean
+        expected = np.sqrt(variance / judged) / mean
         bins = pool.usable & (mean > 0) & (variance > 0) & (
             expected <= MAX_RUN_RELATIVE_ERROR)
     count = int(np.count_nonzero(bins))

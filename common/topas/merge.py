@@ -120,6 +120,10 @@ def merge_runs(run_dirs: Sequence[Path], out_dir: Path, *, histories: int | None
     found = {run: outputs(run) for run in runs}
     to_merge, skipped = classify(runs, found)
     notes: list[str] = []
+    if target is not None and not target.scorer:  # the runner's default: the only scorer
+        scorers = [relative for relative, kind in to_merge if kind != PHASE_SPACE]
+        options = replace(options, target=replace(target, scorer=str(scorers[0])) if len(
+            scorers) == 1 else None)
     if options.plots and any(kind != PHASE_SPACE for _, kind in to_merge):
         missing = matplotlib_missing()
         if missing:

@@ -77,7 +77,7 @@ def run_reducer(ctx: Context) -> Outcome:
     check_runs(ctx, store, runs)
     ctx.ui.step(f"Reducing {len(runs.complete)} run folder(s) of campaign {settings.sim.sim_id} "
                 f"with {describe(settings)}")
-    options = ("--allow-inconsistent",) if ctx.options.allow_inconsistent else ()
+    options = cp.merge_options(settings, ctx.options.allow_inconsistent)
     job = cp.reducer_job(settings, ids, leave_out=runs.incomplete, merge_options=options)
     run = Run(ctx, store, open_for_run(ctx), JobKind.REDUCER)
     record = run.record
