@@ -6,8 +6,9 @@ set of candidate bins. The candidates are chosen blind to every value: an elemen
 energy bin) is one when a fixed hash of its number is below a threshold, so every run,
 every partial merge of a reducer tree and every later merge chooses the same ones, and a
 lower threshold chooses a subset of a higher one (a merge of merges keeps the lowest).
-The threshold keeps the ledger small against the runs' own arrays: at most one candidate
-per (4 x runs) elements, at least 1,024, at most 65,536, two float32 each — so 100 runs of
+Every element is a candidate when that ledger stays under 16 MB (small grids, where the
+dose may cover a few percent of the voxels). Else the threshold keeps the ledger small
+against the runs' own arrays: at most one candidate per (4 x runs) elements, at least 1,024, at most 65,536, two float32 each — so 100 runs of
 100k voxels hold 8 kB each, 1,000 runs of 67 M voxels 0.5 MB each.
 
 Per run: its source, histories, Sum and Second_Moment at the candidates and a digest of
@@ -27,6 +28,7 @@ from common.errors import ToolError
 
 LEDGER_SUFFIX = ".merge.runs.npz"
 MIN_CANDIDATES = 1024
+SMALL_LEDGER_BYTES = 16 << 20  # a ledger of every element up to this size
 MAX_CANDIDATES = 65536
 _ELEMENTS_PER_RUN = 4  # the ledger holds at most 1 / (4 x runs) of the elements per run
 _ALL = 1 << 64  # a threshold above every hash: every element is a candidate
@@ -35,6 +37,8 @@ _KIND = "common.topas run ledger 1"
 
 def candidate_threshold(elements: int, runs: int) -> int:
     """The hash threshold for a scorer of `elements` values merged from `runs` runs."""
+    if elements * max(runs, 1) * 8 <= SMALL_LEDGER_BYTES:
+        return _ALL  # a small grid: every element, it costs nothing
     wanted = min(MAX_CANDIDATES, max(MIN_CANDIDATES, elements // (_ELEMENTS_PER_RUN *
                                                                   max(runs, 1))))
     if wanted >= elements:
