@@ -16,7 +16,7 @@ from common.topas.cli import main
 from common.topas.header import parse_header
 from common.topas.scorer import all_indices, write_scorer
 
-DATA = Path(__file__).parent / "data" / "topas" / "example_pair"
+DATA = Path(__file__).parent / "data" / "example_pair"
 
 HONEST = [
     Shape("10 x 1e5", (100000,) * 10),

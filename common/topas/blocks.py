@@ -220,6 +220,14 @@ class _Kept:
         else:
             parts.append(np.asarray(run.m2).reshape(-1)[chosen].astype(np.float32))
 
+    def take(self, r: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Run r's values, its pieces freed (so the ledger grows, not twice)."""
+        sums = np.concatenate(self.sums[r])
+        parts = self.m2[r]
+        m2 = None if parts is None else np.concatenate(parts)
+        self.sums[r], self.m2[r] = [], []
+        return sums, m2
+
     def pool(self, accumulator: ScorerAccumulator, chosen: np.ndarray,
              elements: np.ndarray) -> None:
         self.elements.append(elements[chosen])
@@ -243,10 +251,9 @@ def _consistency(ledger: RunLedger, kept: _Kept, inputs: Sequence[BlockInput],
             ledger.add_untestable("the files do not report their histories (nor were "
                                   "they given)", str(item.path), b"")
         else:
-            m2 = kept.m2[r]
-            ledger.add(RunValues(str(item.path), kept.histories[r],
-                                 np.concatenate(kept.sums[r])[order],
-                                 None if m2 is None else np.concatenate(m2)[order]))
+            sums, m2 = kept.take(r)
+            ledger.add(RunValues(str(item.path), kept.histories[r], sums[order],
+                                 None if m2 is None else m2[order]))
     if not test:
         return ConsistencyReport(False, "a partial merge (a first-level task of a reducer "
                                  "tree): the final merge tests every run")
