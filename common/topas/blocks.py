@@ -36,7 +36,7 @@ from common.topas.summary import ScorerView, grid_view
 _MIN_BLOCK_ROWS = 4096
 _BLOCKS_AT_LEAST = 8  # a grid is cut into at least this many blocks (memory ~ 1/8 grid)
 _ACCUMULATOR_BYTES = 80  # per value: the accumulator's arrays, the merged block
-_PARSE_BYTES = 60  # per value of a CSV block in flight: text, parsed columns, copies
+_PARSE_BYTES = 300  # per value of a CSV block in flight: text, polars buffers, columns
 _BINARY_BYTES = 8  # per value of a binary block in flight
 
 
