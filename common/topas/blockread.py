@@ -36,6 +36,10 @@ class BlockReader:
     def exhausted(self) -> bool:
         raise NotImplementedError
 
+    def all_finite(self) -> bool:
+        """Whether the last block is finite throughout (False: not known, check it)."""
+        return False
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -65,6 +69,7 @@ class BinaryBlocks(BlockReader):
         self._offset = 0
         self._wanted = [(name, header.statistics.index(name)) for name in wanted]
         self._left = header.n_bins
+        self._finite = False
 
     def take(self, rows: int) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
         rows = min(rows, self._left)
@@ -79,9 +84,16 @@ class BinaryBlocks(BlockReader):
             raise ToolError(f"{self.path}: cut while it was read (truncated?)")
         self._offset += got
         self._left -= rows
+        self._finite = bool(np.isfinite(block).all())  # one pass over every value
         tail = (self.header.n_extra_bins,) if self.header.n_extra_bins else ()
         cube = block.reshape((rows,) + tail + (len(self.header.statistics),))
-        return None, {name: cube[..., position] for name, position in self._wanted}
+        # each statistic copied out once: the many passes of the fold then run on
+        # contiguous memory, not with a stride of every statistic
+        return None, {name: np.ascontiguousarray(cube[..., position])
+                      for name, position in self._wanted}
+
+    def all_finite(self) -> bool:
+        return self._finite
 
     def exhausted(self) -> bool:
         return self._left == 0

@@ -132,20 +132,20 @@ def _merge(inputs: Sequence[BlockInput], readers: list[BlockReader], header: Sco
                     keys = _keys(header, order, start, count)
                     expected = indices_for_keys(header, keys) if not binary else None
                     elements = (keys[:, None] * per_row + np.arange(per_row)).ravel()
-                    chosen = below(elements, ledger.threshold_value)
+                    chosen = np.flatnonzero(below(elements, ledger.threshold_value))
                 item = inputs[r]
                 _check_block(readers[r], index, values, start, count, expected, header)
                 # named by its real bin here (the block's own numbering means nothing)
-                check_finite(Scorer(header, index, values), keys, item.path)
+                _check_finite(readers[r], Scorer(header, index, values), keys, item.path)
                 run = contribution(Scorer(block, np.zeros((count, 0)), values, True),
-                                   item.path, item.histories)
+                                   item.path, item.histories, finite_checked=True)
                 del values
                 accumulator.add_contribution(run, item.path)
                 if run.histories and item.nested is None:
                     kept.add(r, run, chosen)
                 del run
             assert keys is not None and elements is not None and chosen is not None
-            kept.pool(accumulator, chosen, elements)
+            kept.pool(accumulator, chosen, elements)  # chosen: positions in the block
             writer.write(keys, accumulator)
             if view is not None:
                 view.fill(keys, accumulator.result(), accumulator.batch(),
@@ -199,6 +199,14 @@ def _check_block(reader: BlockReader, index: np.ndarray | None,
         raise NotLockstep
 
 
+def _check_finite(reader: BlockReader, scorer: Scorer, keys: np.ndarray,
+                  source: Path) -> None:
+    """check_finite(), in one pass over a binary block's bytes when all is well."""
+    if reader.all_finite():
+        return
+    check_finite(scorer, keys, source)
+
+
 class _Kept:
     """Per run, its values at the block's candidates; the pool's too."""
 
@@ -232,7 +240,7 @@ class _Kept:
              elements: np.ndarray) -> None:
         self.elements.append(elements[chosen])
         if accumulator.spread_known():
-            self.pooled.append(accumulator.pooled(np.flatnonzero(chosen)))
+            self.pooled.append(accumulator.pooled(chosen))
 
 
 def _consistency(ledger: RunLedger, kept: _Kept, inputs: Sequence[BlockInput],

@@ -57,12 +57,14 @@ class BlockWriter:
         merged = accumulator.result()
         header = self._header
         columns = [merged.values[name] for name in header.statistics]
-        if self._binary:
-            stacked = np.stack([np.asarray(c, dtype=_FLOAT64) for c in columns], axis=-1)
-            self._data.write(np.ascontiguousarray(stacked).tobytes())
+        if self._binary:  # interleaved as TOPAS writes them, straight from one buffer
+            stacked = np.empty(columns[0].shape + (len(columns),), dtype=_FLOAT64)
+            for position, column in enumerate(columns):
+                stacked[..., position] = column
+            self._data.write(memoryview(stacked.reshape(-1)).cast("B"))
         else:
             write_rows(self._text, indices_for_keys(header, keys), columns)
-        batch = accumulator.batch()
+        batch = accumulator.batch() if self._batch is not None else None
         if self._batch is not None and batch is not None:
             if not self._batch_started:
                 self._batch.write(batch_header(header, batch.runs, batch.per_history,

@@ -173,6 +173,9 @@ class ScorerAccumulator:
         Its arrays may share memory with the accumulator: copy them before changing them.
         """
         header = self._started()
+        if self._order == K_FASTEST and self._present.all():  # no keys to sort
+            return Scorer(header=header, indices=all_indices(header), every_bin_in_order=True,
+                          values={name: self._final(name) for name in header.statistics})
         keys = sort_keys(header, np.flatnonzero(self._present), self._order)
         every_bin_in_order = keys.size == header.n_bins and bool(np.all(keys[1:] > keys[:-1]))
         if every_bin_in_order:  # no copies: the rows are the accumulator's arrays
