@@ -46,9 +46,9 @@ def test_a_small_run_is_tested_less_and_said_so() -> None:
     report = check(Shape("", (1000000,) * 4 + (1000,)), 7)
     small = report.runs[4]
     assert not small.tested and not small.inconsistent
-    assert "run4: not tested: its 1000 histories know 0 bins to 10%" in "\n".join(
+    assert "run4: not tested: its 1000 histories know 0 bins to 20%" in "\n".join(
         report.lines())
-    medium = check(Shape("", (100000,) * 9 + (10000,)), 7).runs
+    medium = check(Shape("", (100000,) * 9 + (3000,)), 7).runs
     assert 0 < medium[9].bins < medium[0].bins  # tested on fewer bins, not skipped
 
 

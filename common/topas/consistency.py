@@ -19,29 +19,35 @@ chosen from them are chosen blind to how the histories fell into runs.
 
 Bins tested for run r: candidates (value-blind, ledger.py) where the expected relative
 standard error of the smaller side of the comparison, sqrt(v_b / min(N_r, N - N_r)) /
-m_b, is at most MAX_RUN_RELATIVE_ERROR — a small run is tested on fewer bins (its z are
-then near normal: enough deposits that the mean of many bins is normal; two runs are
-tested on the same bins, as their z are the same but for the sign); with fewer than
-MIN_TEST_BINS a run is named as not tested. Two statistics: the mean z (a bias of either sign) and the mean z^2
-(any change of shape; level 1). Neighbouring voxels are correlated (one history scores
-in several), so their standard errors are measured inside the run from blocks of
-neighbouring bins (batch means, Student t with blocks - 1 degrees of freedom). A run is
-inconsistent when either p-value (two-sided for the mean z, upper tail for z^2) is below
-ALPHA / (2 x runs); the most extreme is removed from the pool and the rest tested
+m_b, is at most MAX_RUN_RELATIVE_ERROR — a small run is tested on fewer bins (two runs on
+the same bins: their z are the same but for the sign); with fewer than MIN_TEST_BINS a
+run is named as not tested. Two statistics:
+  * the run's relative deviation from the pool, (s_rb / N_r - m_b) / m_b averaged over
+    its bins weighted by their inverse relative variance (mean 0 exactly; the best
+    estimate of a bias of either sign, printed as "+2.80 % +- 0.08 %");
+  * the mean z^2 (any change of shape; level 1).
+Neighbouring voxels are correlated (one history scores in several), so standard errors
+are measured from blocks of neighbouring bins (batch means, Student t with blocks - 1
+degrees of freedom). For the deviation the inflation of its variance by the correlations
+is the same number for every run tested on the same bins (the bins' correlations and
+weights are alike under the permutation distribution), so it is pooled over the other
+runs tested on about as many bins, with all their degrees of freedom. A run is
+inconsistent when either p-value (two-sided for the deviation, upper tail for z^2) is
+below ALPHA / (2 x runs); the most extreme is removed from the pool and the rest tested
 again, so one bad run does not make the others look bad. Two runs that disagree cannot
 tell which is wrong: both are named.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from common.topas.ledger import RunValues
 
 ALPHA = 1e-3
-MAX_RUN_RELATIVE_ERROR = 0.10
+MAX_RUN_RELATIVE_ERROR = 0.20
 MIN_TEST_BINS = 100
 _MAX_BLOCKS = 30
 _MIN_BLOCKS = 4
@@ -69,6 +75,11 @@ class RunCheck:
     inconsistent: bool = False
     bins: int = 0
     histories: int = 0
+    deviation: float = 0.0  # (run - pool) / pool, weighted over its bins
+    deviation_error: float = 0.0  # its standard error
+    inflation: float = 1.0  # its variance / that of independent bins (measured, blocks)
+    dof: int = 0  # degrees of freedom of that measurement
+    p_spread: float = 1.0  # the p-value of the mean z^2 alone
 
     @property
     def tested(self) -> bool:
@@ -104,13 +115,15 @@ class ConsistencyReport:
         bad = self.inconsistent
         if bad:
             lines += [head + f"{len(bad)} of {len(tested)} INCONSISTENT"] + [
-                f"  {run.source}: mean z = {run.mean_z:+.2f} standard errors, z2/bin = "
+                f"  {run.source}: {run.deviation:+.2%} +- {run.deviation_error:.2%} from "
+                f"the pool (mean z = {run.mean_z:+.2f} standard errors), z2/bin = "
                 f"{run.chi2_per_bin:.3f} over {run.bins} bins (p = {run.p_value:.2g})"
                 for run in bad]
         else:
             worst = max(tested, key=lambda run: abs(run.mean_z))
-            lines.append(head + f"all {len(tested)} tested consistent (largest |mean z| "
-                         f"{abs(worst.mean_z):.2f} standard errors, largest z2/bin "
+            lines.append(head + f"all {len(tested)} tested consistent (largest deviation "
+                         f"{worst.deviation:+.2%} +- {worst.deviation_error:.2%}, "
+                         f"{abs(worst.mean_z):.2f} standard errors; largest z2/bin "
                          f"{max(run.chi2_per_bin for run in tested):.3f})")
         return lines + [f"  {run.source}: not tested: its {run.histories} histories know "
                         f"{run.bins} bins to {MAX_RUN_RELATIVE_ERROR:.0%} ({MIN_TEST_BINS} "
@@ -131,7 +144,7 @@ def test_runs(runs: list[RunValues], pooled: Pooled,
                  pooled.m2.astype(np.float64), pooled.usable)
     active, flagged = list(range(len(runs))), {}
     while len(active) >= 2:
-        checks = {r: _check(runs[r], sums[r], n[r], pool) for r in active}
+        checks = _pooled_inflation({r: _check(runs[r], sums[r], n[r], pool) for r in active})
         tested = [r for r in active if checks[r].tested]
         if not tested:
             break
@@ -146,7 +159,7 @@ def test_runs(runs: list[RunValues], pooled: Pooled,
             break
         pool = pool.without(sums[worst], m2[worst], n[worst])
         active.remove(worst)
-    final = {r: _check(runs[r], sums[r], n[r], pool) for r in active} if len(
+    final = _pooled_inflation({r: _check(runs[r], sums[r], n[r], pool) for r in active}) if len(
         active) >= 2 else {}
     results = tuple(flagged.get(r) or final.get(r) or RunCheck(
         runs[r].source, 0.0, 1.0, 1.0, histories=runs[r].histories) for r in range(len(runs)))
@@ -190,38 +203,75 @@ def _check(run: RunValues, sums: np.ndarray, n: float, pool: _Pool) -> RunCheck:
     count = int(np.count_nonzero(bins))
     if count < MIN_TEST_BINS:
         return RunCheck(run.source, 0.0, 1.0, 1.0, bins=count, histories=run.histories)
-    z = (sums[bins] / n - mean[bins]) / np.sqrt(variance[bins] * (1 / n - 1 / total))
-    shift, shift_error, dof = _block_mean(z)
-    spread, spread_error, _ = _block_mean(z * z)
-    t_shift = shift / shift_error if shift_error > 0 else 0.0
-    t_spread = (spread - 1) / spread_error if spread_error > 0 else 0.0
-    p_value = min(_two_sided(_t_as_normal(t_shift, dof)),
-                  _upper(_t_as_normal(t_spread, dof)))
-    return RunCheck(run.source, t_shift, spread, p_value, bins=count,
-                    histories=run.histories)
+    spread = np.sqrt(variance[bins] * (1 / n - 1 / total))
+    z = (sums[bins] / n - mean[bins]) / spread
+    # the run's relative deviation from the pool, each bin weighted by how well it is
+    # known (inverse variance): the best estimate of a common bias, and the test of it
+    relative_error = spread / mean[bins]
+    deviation, deviation_error, dof = _weighted_block_mean(z * relative_error,
+                                                           relative_error ** -2)
+    squares, squares_error, _ = _weighted_block_mean(z * z, np.ones(count))
+    t_spread = (squares - 1) / squares_error if squares_error > 0 else 0.0
+    independent = float(np.sum(relative_error ** -2)) ** -0.5  # the error were bins apart
+    check = RunCheck(run.source, 0.0, squares, 1.0, bins=count, histories=run.histories,
+                     deviation=deviation, deviation_error=deviation_error,
+                     inflation=(deviation_error / independent) ** 2 if independent else 1.0,
+                     dof=dof, p_spread=_upper(_t_as_normal(t_spread, dof)))
+    return _judged(check, check.inflation, dof)
+
+
+def _judged(check: RunCheck, inflation: float, dof: int) -> RunCheck:
+    """The run's p-value with this variance inflation (correlated bins) and its dof."""
+    independent = check.deviation_error / math.sqrt(check.inflation) if check.inflation else 0
+    error = independent * math.sqrt(inflation)
+    t_shift = check.deviation / error if error > 0 else 0.0
+    return replace(check, mean_z=t_shift, deviation_error=error, p_value=min(
+        _two_sided(_t_as_normal(t_shift, dof)), check.p_spread))
+
+
+def _pooled_inflation(checks: dict[int, RunCheck]) -> dict[int, RunCheck]:
+    """Each run's deviation judged with the variance inflation of the *other* runs tested
+    on about as many bins (within 1.5x): under the permutation distribution the bins'
+    correlations are the same in every run and the weights are too, so their inflation
+    is one number, known with the degrees of freedom of all of them — not of one run's
+    ~30 blocks (a run's own blocks would also carry its own bias). Fewer than two such
+    runs: its own."""
+    pooled = {}
+    for r, check in checks.items():
+        if not check.tested:
+            pooled[r] = check
+            continue
+        others = [other for s, other in checks.items() if s != r and other.tested
+                  and check.bins / 1.5 <= other.bins <= check.bins * 1.5]
+        if len(others) < 2:
+            pooled[r] = check
+            continue
+        dof = sum(other.dof for other in others)
+        inflation = sum(other.inflation * other.dof for other in others) / dof
+        pooled[r] = _judged(check, inflation, dof)
+    return pooled
 
 
 def _flag(check: RunCheck) -> RunCheck:
-    return RunCheck(check.source, check.mean_z, check.chi2_per_bin, check.p_value, True,
-                    check.bins, check.histories)
+    return replace(check, inconsistent=True)
 
 
-def _block_mean(values: np.ndarray) -> tuple[float, float, int]:
-    """(mean, its standard error, degrees of freedom) of per-bin values.
+def _weighted_block_mean(values: np.ndarray,
+                         weights: np.ndarray) -> tuple[float, float, int]:
+    """(weighted mean, its standard error, degrees of freedom) of per-bin values.
 
     Neighbouring bins are correlated (one history scores in several), so the standard
     error is measured: the bins, in bin order, are cut into blocks of neighbours and the
-    spread of the block means gives it (batch means); blocks much longer than the
-    correlation are nearly independent.
+    spread of the blocks' weighted sums about the mean gives it (batch means, as for a
+    ratio estimator); blocks much longer than the correlation are nearly independent.
     """
     blocks = max(_MIN_BLOCKS, min(_MAX_BLOCKS, values.size // _MIN_BLOCK_BINS))
     starts = np.linspace(0, values.size, blocks + 1).astype(np.int64)[:-1]
-    sizes = np.diff(np.append(starts, values.size))
-    means = np.add.reduceat(values, starts) / sizes
-    mean = float(values.mean())
-    # Blocks of unequal size: weighted, so the estimate is of the mean of all bins.
-    weights = sizes / sizes.sum()
-    variance = float(np.sum(weights ** 2 * (means - mean) ** 2)) * blocks / (blocks - 1)
+    total_weight = float(weights.sum())
+    mean = float(np.dot(values, weights)) / total_weight
+    # each block's weighted sum of deviations from the mean; their spread is the error
+    residuals = np.add.reduceat((values - mean) * weights, starts)
+    variance = float(np.sum(residuals ** 2)) / total_weight ** 2 * blocks / (blocks - 1)
     return mean, math.sqrt(variance), blocks - 1
 
 
