@@ -17,7 +17,7 @@ from common.topas.scorer import I_FASTEST, K_FASTEST, read_scorer
 from test_topas_merge import (ALL_STATS, assert_matches_truth, draw_histories, header_for,
                               topas_statistics, write_run)
 
-SHAPE = (32, 32, 16)  # 16,384 bins: 4 blocks of 4,096 rows with --memory-mb 16
+SHAPE = (48, 32, 16)  # 24,576 bins: too many for --memory-mb 16, 6 blocks of 4,096 rows
 SIZES = (40, 7, 25)
 
 

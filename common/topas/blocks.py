@@ -10,8 +10,8 @@ and a partial merge of a reducer tree keeps neither summary nor test, only the l
 The result is the same as folding whole runs: every bin's statistics depend only on the
 runs' values in that bin, folded in the same order.
 
-Used for dense outputs (CSV or binary, not sparse); a run whose rows are not in the
-first run's order (another TOPAS version's order, or rows missing) raises NotLockstep,
+Used for dense outputs (CSV or binary, not sparse) whose whole runs do not fit the budget
+(fits_whole); a run whose rows are not in the first run's order (another TOPAS version's order, or rows missing) raises NotLockstep,
 and merge.py then folds whole runs instead.
 """
 from __future__ import annotations
@@ -66,12 +66,22 @@ class BlockResult:
     view: ScorerView | None  # None for a partial merge, or without Sum/Mean
 
 
+def fits_whole(header: ScorerHeader, memory_bytes: int, readers_at_once: int,
+               binary: bool) -> bool:
+    """Whether whole runs fit the budget: then folding them whole is faster (a block has
+    its own costs: a parse call, a check, a write per run and block)."""
+    return block_rows(header, memory_bytes, readers_at_once, binary,
+                      whole=True) >= header.n_bins
+
+
 def block_rows(header: ScorerHeader, memory_bytes: int, readers_at_once: int,
-               binary: bool) -> int:
+               binary: bool, whole: bool = False) -> int:
     """Rows per block: what the budget holds, at most an eighth of the grid."""
     values_per_row = max(1, header.n_extra_bins) * len(header.statistics)
     in_flight = (_BINARY_BYTES if binary else _PARSE_BYTES) * readers_at_once
     per_row = values_per_row * (_ACCUMULATOR_BYTES + in_flight)
+    if whole:
+        return int(memory_bytes // per_row)
     rows = min(memory_bytes // per_row, -(-header.n_bins // _BLOCKS_AT_LEAST))
     return int(min(header.n_bins, max(_MIN_BLOCK_ROWS, rows)))
 

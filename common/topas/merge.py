@@ -9,10 +9,10 @@ Files that are none of these are skipped and reported; an output that some runs 
 an error naming them, never silently merged from fewer runs. A run folder's own
 merge-summary/ (an earlier merge's) is not an output.
 
-A dense scorer (CSV or binary) is merged block by block over its voxels, the runs read
-in lockstep (blocks.py), so memory is bounded by `memory_mb`, not by the grid; a sparse
-one, or runs whose rows are in different orders, are folded whole run after run
-(streams.py). Before the merged file is put in place, every original run is tested
+A dense scorer (CSV or binary) whose whole runs do not fit `memory_mb` is merged block
+by block over its voxels, the runs read in lockstep (blocks.py), so memory is bounded by
+the budget, not by the grid; smaller grids, sparse outputs, and runs whose rows are in
+different orders are folded whole run after run (streams.py), which is faster. Before the merged file is put in place, every original run is tested
 against all (consistency.py; through the ledgers of merged inputs too): an inconsistent
 run stops the merge unless `allow_inconsistent`. A `partial` merge (a first-level task
 of a reducer tree) tests nothing and writes no extras: it keeps each run's ledger for
@@ -29,7 +29,8 @@ from typing import Sequence
 
 from common.errors import ToolError, usage_error
 from common.topas.binary import write_binary_scorer
-from common.topas.blocks import BlockInput, BlockResult, NotLockstep, merge_in_blocks
+from common.topas.blocks import (BlockInput, BlockResult, NotLockstep, fits_whole,
+                                 merge_in_blocks)
 from common.topas.consistency import ConsistencyReport
 # SUMMARY_DIR is imported for callers too: they name the summary folder from here.
 from common.topas.extras import SUMMARY_DIR, extras_folder, write_extras  # noqa: F401
@@ -156,7 +157,10 @@ def _merge_one(runs: tuple[Path, ...], relative: Path, kind: str, out_dir: Path,
                           runs=len(runs), histories=header.original_histories,
                           statistics=(), rows=header.particles, kind=kind)
     inputs = [merge_input(source, options.histories) for source in sources]
-    if read_header(sources[0]).sparse is None:
+    header = read_header(sources[0])
+    binary = kind == SCORER_BINARY
+    if header.sparse is None and not fits_whole(header, options.memory_mb << 20,
+                                                1 if binary else options.workers, binary):
         try:
             return _merge_blocks(inputs, relative, kind, out_dir, options)
         except NotLockstep:  # rows in different orders: whole runs, as below
