@@ -2,7 +2,8 @@
 block over the voxels (blocks.py).
 
 A CSV is read in pieces of whole lines from where its header ends and parsed as it
-comes (tables.parse_rows), so a run never is in memory whole, and never as text whole.
+comes (tables.parse_rows), so a run never is in memory whole, and never as text whole;
+only the columns the merge folds are parsed, unless a piece's text may hold a NaN.
 A binary `.bin` is float64 in a fixed layout (binary.py): a block of rows is a run of
 bytes, read with one call into a preallocated array, no text at all. Every reader gives
 the rows in its file's order; blocks.py checks that all runs share one order.
@@ -17,8 +18,9 @@ import numpy as np
 from common.errors import ToolError
 from common.topas.binary import binary_pair
 from common.topas.header import ScorerHeader, read_header_block
-from common.topas.scorer import statistic_columns
-from common.topas.tables import check_final_newline, may_hold_non_finite, parse_rows
+from common.topas.runs import check_finite
+from common.topas.scorer import Scorer, bin_keys, statistic_columns
+from common.topas.tables import check_final_newline, parse_rows
 
 _FLOAT64 = np.dtype("<f8")
 
@@ -111,8 +113,7 @@ class CsvBlocks(BlockReader):
         lines, offset = read_header_block(self.path)
         self._header_lines = len(lines)
         self._all = tuple(header.statistics)
-        # a file whose text may hold a NaN is read in every column, so it is found
-        self._wanted = self._all if may_hold_non_finite(self.path, offset) else tuple(wanted)
+        self._wanted = tuple(wanted)
         self._columns = header.n_index_columns + header.n_value_columns
         try:
             size = self.path.stat().st_size
@@ -164,9 +165,14 @@ class CsvBlocks(BlockReader):
         body, self._pending = data[:cut], data[cut:]
         if not body:
             return
-        wanted = self._wanted_columns()
+        # a piece whose text may hold a NaN (every spelling has an n or an N) is parsed in
+        # every column, and the columns the merge skips are checked here, by bin
+        suspect = b"n" in body or b"N" in body
+        wanted = None if suspect else self._wanted_columns()
         columns = parse_rows(body, self._columns, wanted, self.path,
                              self._rows_read)
+        if suspect:
+            columns = self._checked_skipped(columns)
         if len(columns) != self._columns:
             raise ToolError(f"{self.path}: rows have {len(columns)} columns, the header "
                             f"implies {self._columns}")
@@ -174,6 +180,21 @@ class CsvBlocks(BlockReader):
         self._parsed.append(columns)
         self._parsed_rows += count
         self._rows_read += count
+
+    def _checked_skipped(self, columns: list[np.ndarray | None]) -> list[np.ndarray | None]:
+        """ToolError for a NaN or infinity in a column the merge does not read; those
+        columns are then dropped, as if never parsed."""
+        keep = self._wanted_columns()
+        if keep is None:
+            return columns
+        first = self.header.n_index_columns
+        index = (np.column_stack(columns[:first]).astype(np.int64)  # type: ignore[arg-type]
+                 if first else np.zeros((columns[0].shape[0], 0), dtype=np.int64))  # type: ignore[union-attr]
+        values = statistic_columns(columns[first:], self.header, self._all)  # type: ignore[arg-type]
+        check_finite(Scorer(self.header, index, values), bin_keys(self.header, index),
+                     self.path)
+        return [column if position in keep else None
+                for position, column in enumerate(columns)]
 
     def _wanted_columns(self) -> list[int] | None:
         if self._wanted == self._all:
