@@ -41,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                     "combined as one run of all histories (Sum, Mean, Count_in_Bin, "
                     "Second_Moment, Variance, Standard_Deviation, Min, Max); phase spaces "
                     "(.header + .phsp, ASCII, Binary or Limited) are concatenated with "
-                    "their header counts added. Runs that disagree with the others beyond "
-                    "their statistical errors stop the merge. A summary, a plot, run-to-run "
+                    "their header counts added; a scorer too large for --memory-mb goes "
+                    "block by block over its voxels. Runs that disagree with the others "
+                    "beyond their statistical errors stop the merge. A summary, a plot, run-to-run "
                     f"(batch) statistics and (3-D doses) DICOM RT Dose files per scorer go "
                     f"to OUTDIR/{SUMMARY_DIR}/.")
     merge.add_argument("--out", required=True, type=Path, metavar="OUTDIR",
@@ -60,8 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                             "depend on it")
     merge.add_argument(ALLOW_INCONSISTENT_FLAG, action="store_true",
                        help="merge even runs that disagree with the others (each run is "
-                            "tested against the rest; a consistent campaign is flagged "
-                            f"with a chance of about {ALPHA:g}); the summary names them")
+                            "tested against all runs pooled; a consistent campaign is "
+                            f"flagged with a chance of about {ALPHA:g}); the summary names "
+                            "them")
     merge.add_argument("--memory-mb", type=int, metavar="MB",
                        help="memory for the arrays of a merge that goes block by block over "
                             "the voxels (dense scorers, CSV or binary): bounds the merge's "
