@@ -11,8 +11,7 @@ false alarms) or the biased run was named (power), with a 95 % Clopper-Pearson i
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
+import functools
 import sys
 import tempfile
 import time
@@ -108,15 +107,30 @@ def measure(shape: Shape, campaigns: int) -> Line:
                 int(np.median(bins)), time.perf_counter() - started)
 
 
+@functools.lru_cache(maxsize=1)
+def _example_module():  # type: ignore[no-untyped-def]
+    """pencil_beam.py, imported once: a campaign's runs are made in this process."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("pencil_beam", EXAMPLE / "pencil_beam.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["pencil_beam"] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
+
+
 def example_runs(folder: Path, sizes: tuple[int, ...], seed: int) -> list[Path]:
+    """The example's runs of one campaign (seeds 100,000 + 10 x campaign + run), made as
+    `SIM_SEED=... EXAMPLE_HISTORIES=... python pencil_beam.py water_phantom.txt` does."""
+    beam = _example_module()
     runs = []
     for r, histories in enumerate(sizes):
         run = folder / f"c{seed}r{r}"
         run.mkdir(parents=True)
-        subprocess.run([sys.executable, str(EXAMPLE / "pencil_beam.py"),
-                        str(EXAMPLE / "water_phantom.txt")], cwd=run, check=True,
-                       capture_output=True, env={**os.environ, "SIM_SEED": str(
-                           100_000 + 10 * seed + r), "EXAMPLE_HISTORIES": str(histories)})
+        setup = beam.build_setup(str(EXAMPLE / "water_phantom.txt"), {
+            "SIM_SEED": str(100_000 + 10 * seed + r), "EXAMPLE_HISTORIES": str(histories)})
+        scorer, _ = beam.run(setup)
+        beam.write_topas_csv(str(run / "DoseAtPhantom.csv"), scorer, setup)
         runs.append(run)
     return runs
 
