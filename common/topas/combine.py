@@ -21,9 +21,9 @@ import numpy as np
 
 from common.errors import ToolError
 from common.topas.consistency import ConsistencyReport, Pooled, test_runs
-from common.topas.ledger import LedgerFile, RunLedger, RunValues
 from common.topas.header import (COUNT_IN_BIN, HISTORIES, MAX, MEAN, MIN, SECOND_MOMENT,
                                  SUM, VARIANCE, ScorerHeader)
+from common.topas.ledger import LedgerFile, RunLedger, RunValues
 from common.topas.runs import OUTSIDE_STRUCTURE, RunContribution, contribution
 from common.topas.scorer import (K_FASTEST, Scorer, all_indices, indices_for_keys,
                                  sort_keys)

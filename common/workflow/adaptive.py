@@ -22,8 +22,8 @@ from common.adaptive import (BATCH, HISTORY, Measure, Target, decide, law_curve,
 from common.errors import ToolError
 from common.model import BlobInfo, JobSpec, TaskCounts
 from common.topas import ScorerAccumulator, read_scorer
-from common.topas.summary import largest_in_region
 from common.topas.header import SECOND_MOMENT, STANDARD_DEVIATION, VARIANCE
+from common.topas.summary import largest_in_region
 from common.workflow.compute import LOG_NAMES
 from common.workflow.context import Context, Run
 
