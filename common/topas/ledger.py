@@ -222,7 +222,7 @@ def write_ledger(merged: Path, ledger: RunLedger) -> Path | None:
 
 def read_ledger(merged: Path, runs: int, histories: int | None) -> LedgerFile | None:
     """The ledger beside a merged input, None if there is none or it does not stand for
-    the `runs` and `histories` of the input's record (then the input counts as one run).
+    the `histories` of the input's record (then the input counts as one run).
     ToolError if it is unreadable."""
     path = ledger_path(merged)
     if not path.exists():
@@ -238,8 +238,10 @@ def read_ledger(merged: Path, runs: int, histories: int | None) -> LedgerFile | 
     except (OSError, ValueError, KeyError) as error:
         raise ToolError(f"{path}: unreadable run ledger ({error}); delete it to merge "
                         "the file beside it as one run") from error
-    if len(sources) != runs or histories is None or int(counts.sum()) != histories or \
-            sums.shape != (runs, elements.size) or m2.shape != sums.shape:
+    # its entries may be fewer than the runs: an input of that merge without a ledger
+    # (an older merged output) is one entry of all its histories
+    if histories is None or int(counts.sum()) != histories or not 0 < len(sources) <= runs \
+            or sums.shape != (len(sources), elements.size) or m2.shape != sums.shape:
         return None
     return LedgerFile(threshold=threshold, elements=elements, runs=tuple(
         RunValues(str(source), int(n), sums[r], m2[r], bytes.fromhex(str(digest)))
