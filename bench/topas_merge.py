@@ -1,5 +1,6 @@
-"""Benchmark: merging R runs of a TOPAS scorer CSV, against pandas and against `cat`;
-and the false-alarm rate and power of the merge's consistency test.
+"""Benchmark: merging R runs of a TOPAS scorer CSV, against pandas and against `cat`
+(the consistency test's false alarms and power: bench/topas_consistency.py; patient-sized
+grids in CSV and binary: bench/topas_merge_large.py).
 
 Generates R run folders of one 3D scorer (default 100 runs of 100x100x10 voxels with
 7 statistics, ~8.7 MB of CSV per run) from a known per-history model, then runs, each in
@@ -24,7 +25,6 @@ score b_v. Each run's TOPAS statistics follow exactly; so do those of all histor
 together (computed directly from the pooled counts, not with the merge's formulas).
 
     python -m bench.topas_merge [--runs 100] [--shape 100,100,10] [--data DIR] [--repeat 3]
-    python -m bench.topas_merge --consistency [--campaigns 1000]
     pip install -r bench/requirements.txt   # pandas, for the comparison only
 """
 from __future__ import annotations
@@ -414,77 +414,6 @@ def report(setup: Setup, rows: list[Measured], run_megabytes: float) -> None:
           "relative error of any statistic against the pooled truth.")
 
 
-# ------------------------------------------------------------------ consistency test
-
-CHECK_SHAPE, CHECK_RUNS, TRACK = (20, 20, 10), 10, 5
-
-
-def campaign_report(seed: int, bias: float, tracks: bool,
-                    histories: int) -> tuple[bool, bool, int]:
-    """One generated campaign through the merge's test: (any run flagged, run 3 - the
-    biased one - flagged, bins tested). With `tracks` each scoring history scores in
-    TRACK voxels along Z, so neighbouring voxels are correlated as in real dose grids."""
-    from common.topas.consistency import RunLedger
-    from common.topas.header import parse_header
-    from common.topas.runs import contribution
-    from common.topas.scorer import Scorer, all_indices
-    setup = Setup(runs=CHECK_RUNS, shape=CHECK_SHAPE, stats=("Sum", "Count_in_Bin",
-                  "Second_Moment", "Histories_with_Scorer_Active"),
-                  histories=histories, seed=seed)
-    header = parse_header(header_lines(setup))
-    ledger = RunLedger()
-    for r in range(CHECK_RUNS):
-        c, a, d, b = run_model(setup, r, bias if r == 3 else 1.0)
-        n = setup.run_histories(r)
-        if tracks:
-            p = voxel_model(setup.shape, setup.seed)[0]
-            c, d = (_along_z(setup, r, n * chance / TRACK, salt)
-                    for chance, salt in ((p, 1), (p / 3, 2)))
-        stats = topas_statistics(n, c, a, d, b)
-        scorer = Scorer(header, all_indices(header), {s: stats[s] for s in setup.stats},
-                        every_bin_in_order=True)
-        ledger.record(contribution(scorer, f"run{r}"), f"run{r}")
-    report = ledger.check()
-    flagged = {run.source for run in report.inconsistent}
-    return bool(flagged), "run3" in flagged, report.bins
-
-
-def _along_z(setup: Setup, r: int, expected_starts: np.ndarray, salt: int) -> np.ndarray:
-    """Hits per voxel when each history starting in a voxel also scores in the next
-    TRACK - 1 voxels along Z (a Poisson number of starts per voxel)."""
-    rng = np.random.default_rng([setup.seed, r, salt])
-    starts = rng.poisson(expected_starts).reshape(setup.shape)
-    hits = np.zeros(setup.shape)
-    for step in range(TRACK):
-        hits[:, :, step:] += starts[:, :, :setup.shape[2] - step]
-    return hits.ravel()
-
-
-def consistency_report(campaigns: int) -> None:
-    print(f"Consistency test on generated campaigns of {CHECK_RUNS} runs of "
-          f"{'x'.join(map(str, CHECK_SHAPE))} voxels, {campaigns} campaigns per case; in "
-          "the biased cases run 3 scores (1 + bias) times the others.")
-    for histories in (100000, 10000):
-        for tracks in (False, True):
-            model = (f"{histories} histories/run, " + (
-                f"correlated voxels ({TRACK} along Z)" if tracks else "independent voxels"))
-            for bias in (1.0, 1.02, 1.03, 1.05):
-                results = [campaign_report(seed, bias, tracks, histories)
-                           for seed in range(campaigns)]
-                _print_case(model, bias, results, campaigns)
-
-
-def _print_case(model: str, bias: float, results: list[tuple[bool, bool, int]],
-                campaigns: int) -> None:
-    rate = sum(result[0] if bias == 1.0 else result[1] for result in results)
-    bins = int(np.median([result[2] for result in results]))
-    what = ("false alarms (any run flagged)" if bias == 1.0 else
-            f"bias {bias - 1:+.0%}: biased run named")
-    bound = f" (95 % upper bound {3 / campaigns:.2%})" if rate == 0 and bias == 1.0 else ""
-    print(f"  {model:52} {what:32} {rate:5d} / {campaigns} = {rate / campaigns:6.1%}"
-          f"{bound}; median bins tested {bins}", flush=True)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=100)
@@ -498,11 +427,6 @@ def main() -> int:
     parser.add_argument("--skip-pandas", action="store_true")
     parser.add_argument("--skip-numpy", action="store_true",
                         help="leave out the merge with numpy alone (the slowest)")
-    parser.add_argument("--consistency", action="store_true",
-                        help="measure the consistency test's false-alarm rate and power "
-                             "instead of the speed")
-    parser.add_argument("--campaigns", type=int, default=1000,
-                        help="campaigns per case for --consistency (default 1000)")
     parser.add_argument("--baseline-tree", type=Path,
                         help="also time the merge of this source tree (e.g. `git archive "
                              "REV common | tar -x -C DIR`): the merge before a change")
@@ -513,9 +437,6 @@ def main() -> int:
     args = parser.parse_args()
     if args.approach:
         child(args)
-        return 0
-    if args.consistency:
-        consistency_report(args.campaigns)
         return 0
     setup = Setup(runs=args.runs, shape=tuple(int(n) for n in args.shape.split(",")),
                   stats=tuple(args.stats.split(",")), histories=args.histories)
@@ -529,8 +450,8 @@ def main() -> int:
         measure_cat(folder, 1)  # warm the page cache for everyone
         rows = [measure_cat(folder, args.repeat)]
         plans = [] if args.skip_pandas else [("pandas", "pandas", 1, None)]
-        from common.topas.merge import _default_workers  # what a user gets on this machine
-        default = _default_workers()
+        from common.topas.streams import default_workers  # what a user gets on this machine
+        default = default_workers()
         plans += [(f"merge polars, {default} workers (default)", "merge", default, "polars"),
                   ("merge polars, 2 workers", "merge", 2, "polars"),
                   ("merge polars, 1 worker", "merge", 1, "polars")]

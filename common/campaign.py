@@ -199,6 +199,20 @@ def worker_job(settings: Settings, ids: CampaignIds, indices: tuple[int, ...] | 
     return replace(job, setup=run_setup(settings))
 
 
+def merge_options(settings: Settings, allow_inconsistent: bool) -> tuple[str, ...]:
+    """The options of the built-in merge that writes results/ (the last level of a reducer
+    tree, or its only task): --allow-inconsistent, and an adaptive campaign's target so
+    the summary states the runner's measure of it."""
+    options = ["--allow-inconsistent"] if allow_inconsistent else []
+    goals = settings.sim.goals
+    if goals.target_percent is not None:
+        if goals.target_scorer:
+            options += ["--target-scorer", goals.target_scorer]
+        options += ["--target-percent", repr(goals.target_percent),
+                    "--target-region-percent", repr(goals.region_percent)]
+    return tuple(options)
+
+
 def reducer_command(reducer_script: str, leave_out: tuple[int, ...] = (),
                     merge_options: tuple[str, ...] = ()) -> str:
     """Merge every run folder (but those left out: failed, or not wanted) into

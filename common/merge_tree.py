@@ -25,7 +25,9 @@ from common.model import SUCCESS, InputFile, JobSpec, OutputFile, TaskSpec
 
 PARTIALS_PREFIX = f"{cp.OUTPUT_PREFIX}partials/"
 ROOT_TASK_ID = "reducer"  # the flat reducer's task id: its logs are results/reducer_*.txt
-PARTIAL_OPTIONS = ("--no-plots",)  # nobody looks at a partial merge's pictures
+# A partial merge tests nothing and writes no summary or picture; it keeps each run's
+# statistics (<file>.merge.runs.npz) so that the last merge tests every run against all.
+PARTIAL_OPTIONS = ("--partial",)
 # What the merge writes (common/topas/record.py, extras.py), named here because importing
 # common.topas loads polars, whose threads would then take a Ctrl-C meant for a question.
 RECORD_SUFFIX = ".merge.json"
@@ -141,7 +143,8 @@ def node_count(plan: TreePlan, wanted: int) -> int:
     return max(1, min(wanted, plan.widest))
 
 
-def tree_task(task: TreeTask, index: int, sim_id: str, merge_options: tuple[str, ...]) -> TaskSpec:
+def tree_task(task: TreeTask, index: int, sim_id: str, merge_options: tuple[str, ...],
+              partial_options: tuple[str, ...] = ()) -> TaskSpec:
     """The Batch task of one merge: its inputs are exactly the folders it merges, so the
     command names them with a glob (no command line grows with the fan-in)."""
     if task.level == 1:
@@ -150,7 +153,7 @@ def tree_task(task: TreeTask, index: int, sim_id: str, merge_options: tuple[str,
     else:
         inputs = tuple(InputFile(child.output) for child in task.children)
         sources = f"{PARTIALS_PREFIX}*/"  # its own output folder does not exist yet
-    options = merge_options if task.final else merge_options + PARTIAL_OPTIONS
+    options = merge_options if task.final else partial_options + PARTIAL_OPTIONS
     command = "\n".join(cp.reducer_start_lines() + [cp.builtin_merge(options, task.output, sources)])
     return TaskSpec(task_id=task.task_id, index=index, command=command, inputs=inputs,
                     outputs=(OutputFile(f"{task.output}**/*", task.output, SUCCESS),
@@ -159,10 +162,10 @@ def tree_task(task: TreeTask, index: int, sim_id: str, merge_options: tuple[str,
 
 
 def tree_job(settings: Settings, ids: cp.CampaignIds, plan: TreePlan,
-             merge_options: tuple[str, ...]) -> JobSpec:
+             merge_options: tuple[str, ...], partial_options: tuple[str, ...] = ()) -> JobSpec:
     """The reducer job of a tree: leaves first, so a service that schedules in order of
     submission starts them first."""
-    tasks = tuple(tree_task(t, i, settings.sim.sim_id, merge_options)
+    tasks = tuple(tree_task(t, i, settings.sim.sim_id, merge_options, partial_options)
                   for i, t in enumerate(plan.tasks))
     return cp.reducer_job_spec(settings, ids, tasks, node_count(plan, settings.sim.reducer_node_count),
                                task_dependencies=True)
@@ -177,11 +180,13 @@ def wanted_plan(settings: Settings, runs: tuple[int, ...], dependencies: bool) -
 
 
 def reduction_job(settings: Settings, ids: cp.CampaignIds, plan: TreePlan | None,
-                  leave_out: tuple[int, ...], merge_options: tuple[str, ...]) -> JobSpec:
-    """The reducer's job: the tree when there is one, else one task as ever."""
+                  leave_out: tuple[int, ...], merge_options: tuple[str, ...],
+                  partial_options: tuple[str, ...] = ()) -> JobSpec:
+    """The reducer's job: the tree when there is one, else one task as ever. `merge_options`
+    for the merge that writes results/, `partial_options` for a tree's partial merges."""
     if plan is None:
         return cp.reducer_job(settings, ids, leave_out=leave_out, merge_options=merge_options)
-    return tree_job(settings, ids, plan, merge_options)
+    return tree_job(settings, ids, plan, merge_options, partial_options)
 
 
 # ---------------------------------------------------------------------------- after a failure

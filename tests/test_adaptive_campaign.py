@@ -104,6 +104,10 @@ def test_the_target_is_met_with_about_as_many_tasks_as_the_law_says(adaptive, sc
     for folder in runs:
         again.add(read_scorer(folder / "DoseAtPhantom.csv"), folder)
     assert 100 * measure(again, 0.5).relative_error == pytest.approx(reported, rel=2e-3)
+    # and its summary states the runner's own figure, to the printed digit
+    runner_says = result.stdout.split("  uncertainty (")[1].splitlines()[0]
+    summary = next(adaptive.rglob("merge-summary/DoseAtPhantom.csv.summary.txt"))
+    assert "Target of the adaptive campaign: uncertainty (" + runner_says in summary.read_text()
 
 
 def test_max_task_count_reached_ends_with_exit_1_saying_what_was_reached(adaptive, script_env):

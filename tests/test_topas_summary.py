@@ -141,7 +141,7 @@ def test_summary_files_stay_out_of_the_merged_tree(tmp_path: Path) -> None:
     files = sorted(p.relative_to(campaign.out).as_posix() for p in campaign.out.rglob("*")
                    if p.is_file())
     assert [f for f in files if not f.startswith(f"{SUMMARY_DIR}/a/b/Dose.csv.")] == [
-        "a/b/Dose.csv", "a/b/Dose.csv.merge.json"]
+        "a/b/Dose.csv", "a/b/Dose.csv.merge.json", "a/b/Dose.csv.merge.runs.npz"]
     assert f"{SUMMARY_DIR}/a/b/Dose.csv.summary.txt" in files
 
 

@@ -34,10 +34,13 @@ merge.py. A running merge, one run at a time (earlier runs are never read again)
 Modules: header (the '#' header of scorers), tables (the numbers of CSV rows: polars, or
 numpy alone), scorer (CSV scorers, the Scorer object), binary (.bin/.binheader scorers),
 runs (what one run adds, and the checks that refuse a bad run), combine (the statistics
-of merged runs), consistency (runs tested against each other), record (what a merged
+of merged runs), ledger (what the test keeps of each run, and its file beside a merged
+output), consistency (each run tested against all runs pooled), record (what a merged
 file stands for), phasespace (.header/.phsp), geometry (bin positions), summary, plots
-and dicom (what a merge writes beside its results), extras, merge (run folders ->
-results folder), cli. The package is uploaded to the reducer node with
+and dicom (what a merge writes beside its results), extras, folders (which outputs the
+run folders share), streams (whole runs read and folded in order), blockread, blocks and
+blockwrite (a dense scorer merged block by block over its voxels, in bounded memory),
+merge (run folders -> results folder), cli. The package is uploaded to the reducer node with
 common/__init__.py and common/errors.py only, so it needs only the standard library and
 numpy; polars (faster), matplotlib (plots) and pydicom (RT Dose) are used when present.
 """

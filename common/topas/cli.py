@@ -13,8 +13,11 @@ from typing import Sequence
 
 from common.errors import EXIT_FAILED, EXIT_OK, ToolError, usage_error
 from common.topas.consistency import ALPHA
-from common.topas.merge import (ALLOW_INCONSISTENT_FLAG, PHASE_SPACE, SUMMARY_DIR,
-                                MergedFile, MergeReport, merge_runs)
+from common.topas.merge import (ALLOW_INCONSISTENT_FLAG, PARTIAL_FLAG, PHASE_SPACE,
+                                SUMMARY_DIR, MergedFile, MergeReport, merge_runs)
+from common.topas.summary import Target
+
+TARGET_FLAGS = ("--target-scorer", "--target-percent", "--target-region-percent")
 
 _PROG = "python -m common.topas"
 
@@ -38,8 +41,9 @@ def _parser() -> argparse.ArgumentParser:
                     "combined as one run of all histories (Sum, Mean, Count_in_Bin, "
                     "Second_Moment, Variance, Standard_Deviation, Min, Max); phase spaces "
                     "(.header + .phsp, ASCII, Binary or Limited) are concatenated with "
-                    "their header counts added. Runs that disagree with the others beyond "
-                    "their statistical errors stop the merge. A summary, a plot, run-to-run "
+                    "their header counts added; a scorer too large for --memory-mb goes "
+                    "block by block over its voxels. Runs that disagree with the others "
+                    "beyond their statistical errors stop the merge. A summary, a plot, run-to-run "
                     f"(batch) statistics and (3-D doses) DICOM RT Dose files per scorer go "
                     f"to OUTDIR/{SUMMARY_DIR}/.")
     merge.add_argument("--out", required=True, type=Path, metavar="OUTDIR",
@@ -57,8 +61,26 @@ def _parser() -> argparse.ArgumentParser:
                             "depend on it")
     merge.add_argument(ALLOW_INCONSISTENT_FLAG, action="store_true",
                        help="merge even runs that disagree with the others (each run is "
-                            "tested against the rest; a consistent campaign is flagged "
-                            f"with a chance of about {ALPHA:g}); the summary names them")
+                            "tested against all runs pooled; a consistent campaign is "
+                            f"flagged with a chance of about {ALPHA:g}); the summary names "
+                            "them")
+    merge.add_argument("--memory-mb", type=int, metavar="MB",
+                       help="memory for the arrays of a merge that goes block by block over "
+                            "the voxels (dense scorers, CSV or binary): bounds the merge's "
+                            "memory whatever the grid (default: a quarter of the available "
+                            "memory, 64 to 1024 MB)")
+    merge.add_argument(PARTIAL_FLAG, action="store_true",
+                       help="a partial merge of a reducer tree: test nothing and write no "
+                            "summary; keep each run's statistics (<file>.merge.runs.npz) so "
+                            "the final merge of the partials tests every run")
+    merge.add_argument(TARGET_FLAGS[0], metavar="FILE",
+                       help="an adaptive campaign's TARGET_SCORER (relative to a run "
+                            "folder; default: the only scorer): its summary states the "
+                            "target's measure as the runner took it")
+    merge.add_argument(TARGET_FLAGS[1], type=float, metavar="PERCENT",
+                       help="an adaptive campaign's TARGET_UNCERTAINTY_PERCENT")
+    merge.add_argument(TARGET_FLAGS[2], type=float, metavar="PERCENT", default=50.0,
+                       help="TARGET_REGION_PERCENT_OF_MAX (default 50)")
     merge.add_argument("runs", nargs="+", type=Path, metavar="RUNDIR",
                        help="one output folder per run (independent seeds)")
     return parser
@@ -70,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = _parser().parse_args(argv)
         report = merge_runs(args.runs, args.out, histories=args.histories,
                             plots=not args.no_plots, workers=args.workers,
-                            allow_inconsistent=args.allow_inconsistent)
+                            allow_inconsistent=args.allow_inconsistent,
+                            memory_mb=args.memory_mb, partial=args.partial,
+                            target=_target(args))
     except SystemExit as done:  # --help prints and exits through argparse
         return int(done.code or EXIT_OK)
     except ToolError as error:
@@ -83,6 +107,19 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"{len(report.run_dirs)} run folders", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _target(args: argparse.Namespace) -> Target | None:
+    if args.target_percent is None:
+        if args.target_scorer is not None:
+            raise usage_error(f"{TARGET_FLAGS[0]} needs {TARGET_FLAGS[1]} (the campaign's "
+                              "TARGET_UNCERTAINTY_PERCENT)")
+        return None
+    for flag, value in ((TARGET_FLAGS[1], args.target_percent),
+                        (TARGET_FLAGS[2], args.target_region_percent)):
+        if not 0 < value <= 100:
+            raise usage_error(f"{flag} {value:g}: must be a percentage above 0, at most 100")
+    return Target(args.target_scorer or "", args.target_percent, args.target_region_percent)
 
 
 def summary(report: MergeReport) -> str:

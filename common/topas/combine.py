@@ -14,14 +14,16 @@ structure) stay -1. Format-neutral: works on Scorer objects from any reader.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from common.errors import ToolError
-from common.topas.consistency import ConsistencyReport, RunLedger
+from common.topas.consistency import ConsistencyReport, Pooled, test_runs
 from common.topas.header import (COUNT_IN_BIN, HISTORIES, MAX, MEAN, MIN, SECOND_MOMENT,
                                  SUM, VARIANCE, ScorerHeader)
+from common.topas.ledger import LedgerFile, RunLedger, RunValues
 from common.topas.runs import OUTSIDE_STRUCTURE, RunContribution, contribution
 from common.topas.scorer import (K_FASTEST, Scorer, all_indices, indices_for_keys,
                                  sort_keys)
@@ -54,12 +56,16 @@ class ScorerAccumulator:
     would shrink the batch standard error); `empty_runs` names such runs.
     """
 
-    def __init__(self, histories_per_run: int | None = None) -> None:
-        """`histories_per_run`: N of each run, for files that do not report it."""
+    def __init__(self, histories_per_run: int | None = None,
+                 expected_runs: int | None = None, keep_ledger: bool = True) -> None:
+        """`histories_per_run`: N of each run, for files that do not report it;
+        `expected_runs`: the original runs the merge will hold (sizes the ledger);
+        `keep_ledger` False: no consistency test (a block of a merge that keeps its own)."""
         self.runs = 0
+        self._keep_ledger = keep_ledger
         self.empty_runs: list[str] = []
         self._histories_per_run = histories_per_run
-        self._ledger = RunLedger()
+        self.ledger = RunLedger(expected_runs)
         self._header: ScorerHeader | None = None
         self._first_source: object = None
         self._order = K_FASTEST
@@ -96,8 +102,10 @@ class ScorerAccumulator:
         given = self._histories_per_run if histories is None else histories
         self.add_contribution(contribution(scorer, source, given), source)
 
-    def add_contribution(self, run: RunContribution, source: object) -> None:
-        """Fold in a contribution made by `contribution()`."""
+    def add_contribution(self, run: RunContribution, source: object,
+                         nested: LedgerFile | None = None) -> None:
+        """Fold in a contribution made by `contribution()`; `nested`: the ledger of the
+        original runs a merged input stands for (they are tested instead of it)."""
         if self._header is None:
             self._start(run, source)
         self._check_same_layout(run.header, source)
@@ -107,7 +115,8 @@ class ScorerAccumulator:
             self.empty_runs.append(str(source))
             return
         self._fold(run)
-        self._ledger.record(run, source)
+        if self._keep_ledger:
+            self._record(run, source, nested)
         if run.keys is None:
             self._present[:] = True
         else:
@@ -134,8 +143,29 @@ class ScorerAccumulator:
             return relative
 
     def consistency(self) -> ConsistencyReport:
-        """Each run tested against the others (consistency.py)."""
-        return self._ledger.check()
+        """Each run tested against all runs pooled (consistency.py)."""
+        ledger = self.ledger
+        identical = tuple(ledger.identical)
+        if ledger.untestable is not None:
+            return ConsistencyReport(False, ledger.untestable, identical=identical)
+        if self._total is None or self._within is None or not self._histories:
+            return ConsistencyReport(False, "no spread statistic", identical=identical)
+        return test_runs(ledger.runs, self.pooled(ledger.elements), identical)
+
+    def spread_known(self) -> bool:
+        """Whether the pooled variance per history is known (the test needs it)."""
+        return self._within is not None and bool(self._histories)
+
+    def pooled(self, elements: np.ndarray) -> Pooled:
+        """The pooled statistics at these flat elements (bin x energy bins + energy bin)."""
+        assert self._total is not None and self._within is not None
+        assert self._between is not None and self._histories is not None
+        usable = np.ones(elements.shape, dtype=bool)
+        if self._outside is not None:
+            usable = ~self._outside.ravel()[elements]
+        return Pooled(self._histories, self._total.ravel()[elements],
+                      self._within.ravel()[elements] + self._between.ravel()[elements],
+                      usable)
 
     def result(self) -> Scorer:
         """The combined scorer: the first run's header, rows in its order convention.
@@ -143,6 +173,9 @@ class ScorerAccumulator:
         Its arrays may share memory with the accumulator: copy them before changing them.
         """
         header = self._started()
+        if self._order == K_FASTEST and self._present.all():  # no keys to sort
+            return Scorer(header=header, indices=all_indices(header), every_bin_in_order=True,
+                          values={name: self._final(name) for name in header.statistics})
         keys = sort_keys(header, np.flatnonzero(self._present), self._order)
         every_bin_in_order = keys.size == header.n_bins and bool(np.all(keys[1:] > keys[:-1]))
         if every_bin_in_order:  # no copies: the rows are the accumulator's arrays
@@ -180,6 +213,7 @@ class ScorerAccumulator:
         self._first_source = source
         self._order = run.order
         grid = (header.n_bins,) + ((header.n_extra_bins,) if header.n_extra_bins else ())
+        self.ledger.start(header.n_bins * max(1, header.n_extra_bins))
         self._present = np.zeros(header.n_bins, dtype=bool)
         if run.histories is not None:
             self._histories = 0
@@ -197,6 +231,23 @@ class ScorerAccumulator:
             self._maximum = np.full(grid, -np.inf)
         if run.outside is not None:
             self._outside = np.ones(grid, dtype=bool)
+
+    def _record(self, run: RunContribution, source: object,
+                nested: LedgerFile | None) -> None:
+        """What the consistency test keeps of this run (a few kB, ledger.py)."""
+        if not run.histories:
+            self.ledger.add_untestable("the files do not report their histories (nor "
+                                       "were they given)", str(source), run_digest(run))
+            return
+        if nested is not None:
+            self.ledger.add_nested(nested)
+            return
+        elements = self.ledger.elements
+        n = float(run.histories)
+        sums = (run.at(run.total, elements) if run.total is not None else
+                run.at(run.mean, elements) * n)  # type: ignore[arg-type]
+        m2 = None if run.m2 is None else run.at(run.m2, elements)
+        self.ledger.add(RunValues(str(source), run.histories, sums, m2))
 
     def _check_same_layout(self, header: ScorerHeader, source: object) -> None:
         assert self._header is not None
@@ -321,3 +372,12 @@ class ScorerAccumulator:
     def _grid_tail(self) -> tuple[int, ...]:
         header = self._started()
         return (header.n_extra_bins,) if header.n_extra_bins else ()
+
+
+def run_digest(run: RunContribution) -> bytes:
+    """A digest of a run's first moments: runs with other seeds differ in nearly every
+    bin, so equal digests are the same seed twice."""
+    digest = hashlib.blake2b(str(run.histories).encode(), digest_size=16)
+    for array in (run.keys, run.total if run.total is not None else run.mean):
+        digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
+    return digest.digest()

@@ -1,64 +1,89 @@
-"""Do the runs of a campaign agree? Each run against the rest, with its own standard errors.
+"""Do the runs of a campaign agree? Each run against all runs pooled, on the bins it knows.
 
 A run from a node with a wrong image, another TOPAS version or a changed parameter
-differs systematically from the others, and merging it silently biases the result. The
-test, per run r, over the bins that every run knows well:
+differs systematically from the others, and merging it silently biases the result. Per
+run r (N_r histories, Sum s_rb) and candidate bin b (ledger.py), with the pooled
+N = sum N_r, mean m_b = Sum_b / N and variance per history v_b = M2_b / (N - 1):
 
-    z_b = (x_rb - x_-rb) / sqrt(se_rb^2 + se_-rb^2)
+    z_rb = (s_rb / N_r - m_b) / sqrt(v_b (1 / N_r - 1 / N))
 
-x_rb is the run's mean per history in bin b and se_rb its history-by-history standard
-error (from Second_Moment, Variance or Standard_Deviation); x_-rb and se_-rb are those of
-all other runs together. Two statistics: the mean z (a bias of either sign in many bins)
-and the mean z^2, a chi^2 per bin (any change of shape). Each is compared with the
-same statistic of the other runs, which gives the level of a consistent run (with
-estimated standard errors, the mean z^2 lies a little above 1, alike for every run).
-Neighbouring voxels of real dose grids are correlated (one history scores in several),
-which widens both far beyond their textbook spreads, so their standard errors are
-measured inside each run, from blocks of neighbouring bins (batch means, Student t
-with blocks - 1 degrees of freedom); a shift common to all bins does not widen that
-spread. A run is inconsistent when either p-value (two-sided for the mean z, upper tail
-for chi^2: runs that agree too well are no bias) is below ALPHA / (2 x runs): a
-consistent campaign is flagged with a chance of about ALPHA, whatever its number of
-runs (measured: bench/topas_merge.py --consistency). The most extreme run is removed and
-the rest tested again, so one bad run does not make the others look bad. Identical runs
-(the same seed twice) are named too.
+Why this is exact: if the runs are consistent, every history of a bin comes from one
+distribution, and given the pooled histories (their multiset) the split into runs of
+N_1, N_2, ... histories is a uniformly random partition. Under that permutation
+distribution s_rb / N_r is the mean of N_r histories drawn without replacement, so
+E[z_rb] = 0 and E[z_rb^2] = 1 exactly, whatever the skewness of the deposits, the sizes
+of the runs or their ratios (a small run's z is not shifted: the variance in its
+denominator is the pooled one, not its own, which would be small exactly when its rare
+large deposits are missing). m_b and v_b are functions of the pooled histories, so bins
+chosen from them are chosen blind to how the histories fell into runs.
 
-Bins tested: those where the typical run's relative standard error is at most 10 %
-(judged from all runs together, so no run's own fluctuation chooses its bins); to keep
-memory small, each run keeps only its values in up to 4096 candidate bins chosen when
-the first run arrives (bins it hit at least 20 times, or known to 30 % without
-Count_in_Bin), a value-blind random subset if there are more.
+Bins tested for run r: candidates (value-blind, ledger.py) where the expected relative
+standard error of the smaller side of the comparison, sqrt(v_b / min(N_r, N - N_r)) /
+m_b, is at most MAX_RUN_RELATIVE_ERROR — a small run is tested on fewer bins (two runs on
+the same bins: their z are the same but for the sign); with fewer than MIN_TEST_BINS a
+run is named as not tested. Two statistics:
+  * the run's relative deviation from the pool, (s_rb / N_r - m_b) / m_b averaged over
+    its bins weighted by their inverse relative variance (mean 0 exactly; the best
+    estimate of a bias of either sign, printed as "+2.80 % +- 0.08 %");
+  * the mean z^2 (any change of shape; level 1).
+Neighbouring voxels are correlated (one history scores in several), so standard errors
+are measured from blocks of neighbouring bins (batch means, Student t with blocks - 1
+degrees of freedom). For the deviation the inflation of its variance by the correlations
+is the same number for every run tested on the same bins (the bins' correlations and
+weights are alike under the permutation distribution), so it is pooled over the other
+runs tested on about as many bins, with all their degrees of freedom. A run is
+inconsistent when either p-value (two-sided for the deviation, upper tail for z^2) is
+below ALPHA / (2 x runs); the most extreme is removed from the pool and the rest tested
+again, so one bad run does not make the others look bad. Two runs that disagree cannot
+tell which is wrong: both are named.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from common.topas.runs import RunContribution
+from common.topas.ledger import RunValues
 
 ALPHA = 1e-3
-MAX_RUN_RELATIVE_ERROR = 0.10
-MIN_TEST_BINS = 10
-_MIN_CANDIDATE_COUNT = 20
-_MAX_CANDIDATE_RELATIVE_ERROR = 0.30
-_MAX_CANDIDATES = 4096
-_MAX_BLOCKS = 50
-_MIN_BLOCKS = 8
-_MIN_BLOCK_BINS = 10
+MAX_RUN_RELATIVE_ERROR = 0.20
+MIN_TEST_BINS = 100
+_MAX_BLOCKS = 30
+_MIN_BLOCKS = 4
+_MIN_BLOCK_BINS = 25
+
+
+@dataclass(frozen=True)
+class Pooled:
+    """The pooled statistics of all runs at the candidate elements."""
+
+    histories: int
+    total: np.ndarray  # Sum
+    m2: np.ndarray  # Second_Moment of all histories
+    usable: np.ndarray  # False outside an RT structure
 
 
 @dataclass(frozen=True)
 class RunCheck:
-    """One run's statistics against the rest."""
+    """One run's statistics against the pool. `bins` 0: not tested (`histories` too few)."""
 
     source: str
-    mean_z: float
-    chi2_per_bin: float
+    mean_z: float  # the mean z over its bins, in units of its standard error
+    chi2_per_bin: float  # the mean z^2 (about 1 for a consistent run)
     p_value: float  # the smaller of the two tests' p-values, uncorrected
     inconsistent: bool = False
+    bins: int = 0
+    histories: int = 0
+    deviation: float = 0.0  # (run - pool) / pool, weighted over its bins
+    deviation_error: float = 0.0  # its standard error
+    inflation: float = 1.0  # its variance / that of independent bins (measured, blocks)
+    dof: int = 0  # degrees of freedom of that measurement
+    p_spread: float = 1.0  # the p-value of the mean z^2 alone
+
+    @property
+    def tested(self) -> bool:
+        return self.bins >= MIN_TEST_BINS
 
 
 @dataclass(frozen=True)
@@ -67,7 +92,7 @@ class ConsistencyReport:
 
     tested: bool
     reason: str
-    bins: int = 0
+    bins: int = 0  # the most bins any run was tested on
     threshold: float = 0.0  # a run is inconsistent below this p-value
     runs: tuple[RunCheck, ...] = ()
     identical: tuple[tuple[str, str], ...] = ()
@@ -83,191 +108,171 @@ class ConsistencyReport:
                  for a, b in self.identical]
         if not self.tested:
             return lines + [f"Consistency of the runs not tested: {self.reason}"]
-        head = (f"Consistency of the runs, each against the others over {self.bins} "
-                f"bins (inconsistent below p = {self.threshold:.2g}): ")
+        tested = [run for run in self.runs if run.tested]
+        head = (f"Consistency of the runs, each against all runs pooled over up to "
+                f"{self.bins} bins (those it knows to {MAX_RUN_RELATIVE_ERROR:.0%}; "
+                f"inconsistent below p = {self.threshold:.2g}): ")
         bad = self.inconsistent
-        if not bad:
-            worst = max(self.runs, key=lambda run: abs(run.mean_z))
-            return lines + [head + f"all {len(self.runs)} consistent (largest |mean z| "
-                            f"{abs(worst.mean_z):.2f}, largest chi2/bin "
-                            f"{max(run.chi2_per_bin for run in self.runs):.3f})"]
-        return lines + [head + f"{len(bad)} of {len(self.runs)} INCONSISTENT"] + [
-            f"  {run.source}: mean z = {run.mean_z:+.2f}, chi2/bin = "
-            f"{run.chi2_per_bin:.3f} (p = {run.p_value:.2g})" for run in bad]
-
-
-class RunLedger:
-    """Each run's values in the candidate bins, kept while runs are folded in order."""
-
-    def __init__(self) -> None:
-        self._candidates: np.ndarray | None = None
-        self._sources: list[str] = []
-        self._weights: list[float] = []
-        self._estimates: list[np.ndarray] = []
-        self._variances: list[np.ndarray] = []
-        self._digests: dict[bytes, str] = {}
-        self._identical: list[tuple[str, str]] = []
-        self._untestable: str | None = None
-
-    def record(self, run: RunContribution, source: object) -> None:
-        """Remember what the test needs of one run (a few kB)."""
-        self._note_identical(run, str(source))
-        if self._untestable is not None:
-            return
-        if (run.total is None and run.mean is None) or run.m2 is None or not run.histories:
-            self._untestable = ("the files hold no Second_Moment, Variance or "
-                                "Standard_Deviation with their histories, so the runs' own "
-                                "standard errors are unknown")
-            return
-        n = float(run.histories)
-        if self._candidates is None:
-            self._candidates = _candidates(run)
-        mean = (run.at(run.mean, self._candidates) if run.mean is not None else
-                run.at(run.total, self._candidates) / n)
-        variance = run.at(run.m2, self._candidates) / (n * (n - 1)) if n > 1 else mean * 0
-        self._sources.append(str(source))
-        self._weights.append(n)
-        self._estimates.append(mean.astype(np.float32))
-        self._variances.append(variance.astype(np.float32))
-
-    def check(self) -> ConsistencyReport:
-        """Test every run against the rest."""
-        identical = tuple(self._identical)
-        if self._untestable is not None:
-            return ConsistencyReport(False, self._untestable, identical=identical)
-        if len(self._sources) < 2:
-            return ConsistencyReport(False, "fewer than two runs", identical=identical)
-        x = np.array(self._estimates, dtype=np.float64)
-        v = np.array(self._variances, dtype=np.float64)
-        w = np.array(self._weights)
-        tested = _well_known_bins(x, v, w)
-        if tested.size < MIN_TEST_BINS:
-            return ConsistencyReport(False, f"only {tested.size} bins are known to "
-                                     f"{MAX_RUN_RELATIVE_ERROR:.0%} by a typical run "
-                                     f"(at least {MIN_TEST_BINS} needed)", identical=identical)
-        threshold = ALPHA / (2 * len(w))
-        checks = _flag_runs(x[:, tested], v[:, tested], w, self._sources, threshold)
-        return ConsistencyReport(True, "", bins=int(tested.size), threshold=threshold,
-                                 runs=checks, identical=identical)
-
-    def _note_identical(self, run: RunContribution, source: str) -> None:
-        # Runs with other seeds differ in nearly every bin: the first moments suffice.
-        digest = hashlib.blake2b(str(run.histories).encode(), digest_size=16)
-        for array in (run.keys, run.total if run.total is not None else run.mean):
-            digest.update(b"-" if array is None else np.ascontiguousarray(array).tobytes())
-        key = digest.digest()
-        if key in self._digests:
-            self._identical.append((self._digests[key], source))
+        if bad:
+            lines += [head + f"{len(bad)} of {len(tested)} INCONSISTENT"] + [
+                f"  {run.source}: {run.deviation:+.2%} +- {run.deviation_error:.2%} from "
+                f"the pool (mean z = {run.mean_z:+.2f} standard errors), z2/bin = "
+                f"{run.chi2_per_bin:.3f} over {run.bins} bins (p = {run.p_value:.2g})"
+                for run in bad]
         else:
-            self._digests[key] = source
+            worst = max(tested, key=lambda run: abs(run.mean_z))
+            lines.append(head + f"all {len(tested)} tested consistent (largest deviation "
+                         f"{worst.deviation:+.2%} +- {worst.deviation_error:.2%}, "
+                         f"{abs(worst.mean_z):.2f} standard errors; largest z2/bin "
+                         f"{max(run.chi2_per_bin for run in tested):.3f})")
+        return lines + [f"  {run.source}: not tested: its {run.histories} histories know "
+                        f"{run.bins} bins to {MAX_RUN_RELATIVE_ERROR:.0%} ({MIN_TEST_BINS} "
+                        "needed)" for run in self.runs if not run.tested]
 
 
-def _candidates(run: RunContribution) -> np.ndarray:
-    mean = run.on_all_bins(run.mean_per_history()).ravel()  # type: ignore[arg-type]
-    if run.count is not None:
-        chosen = run.on_all_bins(run.count).ravel() >= _MIN_CANDIDATE_COUNT
-    else:
-        assert run.m2 is not None and run.histories
-        n = float(run.histories)
-        variance = run.on_all_bins(run.m2).ravel() / (n * max(n - 1, 1))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            chosen = np.sqrt(variance) <= _MAX_CANDIDATE_RELATIVE_ERROR * mean
-    chosen &= mean > 0
-    if run.outside is not None:
-        chosen &= ~run.on_all_bins(run.outside).ravel()
-    candidates = np.flatnonzero(chosen)
-    if candidates.size > _MAX_CANDIDATES:  # a subset blind to the values
-        generator = np.random.default_rng(candidates.size)
-        candidates = np.sort(generator.choice(candidates, _MAX_CANDIDATES, replace=False))
-    return candidates
-
-
-def _well_known_bins(x: np.ndarray, v: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Bins whose typical run relative error is at most MAX_RUN_RELATIVE_ERROR, judged
-    from all runs together."""
-    total = w.sum()
-    pooled = (w[:, None] * x).sum(axis=0) / total
-    pooled_variance = (w[:, None] ** 2 * v).sum(axis=0) / total ** 2
-    with np.errstate(invalid="ignore", divide="ignore"):
-        typical = np.sqrt(pooled_variance * len(w)) / pooled
-    return np.flatnonzero((pooled > 0) & (typical <= MAX_RUN_RELATIVE_ERROR))
-
-
-def _flag_runs(x: np.ndarray, v: np.ndarray, w: np.ndarray, sources: list[str],
-               threshold: float) -> tuple[RunCheck, ...]:
-    """Flag the most extreme run while it is below the threshold, then test the rest
-    without it."""
-    active = list(range(len(w)))
-    flagged: dict[int, RunCheck] = {}
+def test_runs(runs: list[RunValues], pooled: Pooled,
+              identical: tuple[tuple[str, str], ...] = ()) -> ConsistencyReport:
+    """Test every run against the pool of all; flag the worst while it is below the
+    threshold and test the rest without it."""
+    if len(runs) < 2:
+        return ConsistencyReport(False, "fewer than two runs", identical=identical)
+    sums = np.array([run.sums for run in runs], dtype=np.float64)
+    m2 = np.array([run.m2 for run in runs], dtype=np.float64)
+    n = np.array([run.histories for run in runs], dtype=np.float64)
+    threshold = ALPHA / (2 * len(runs))
+    pool = _Pool(float(n.sum()), pooled.total.astype(np.float64),
+                 pooled.m2.astype(np.float64), pooled.usable)
+    active, flagged = list(range(len(runs))), {}
     while len(active) >= 2:
-        checks = _statistics(x[active], v[active], w[active])
-        worst = int(np.argmin([check[2] for check in checks]))
-        if checks[worst][2] >= threshold:
+        checks = _pooled_inflation({r: _check(runs[r], sums[r], n[r], pool) for r in active})
+        tested = [r for r in active if checks[r].tested]
+        if not tested:
             break
-        # Two runs that disagree cannot tell which one is wrong: both are named.
-        for position in (range(2) if len(active) == 2 else (worst,)):
-            flagged[active[position]] = RunCheck(sources[active[position]],
-                                                 *checks[position], inconsistent=True)
-        active = [] if len(active) == 2 else active[:worst] + active[worst + 1:]
-    final = dict(zip(active, _statistics(x[active], v[active], w[active]))) if len(
+        worst = min(tested, key=lambda r: checks[r].p_value)
+        if checks[worst].p_value >= threshold:
+            break
+        named = active if len(active) == 2 else [worst]
+        for r in named:
+            flagged[r] = _flag(checks[r])
+        if len(active) == 2:
+            active = []
+            break
+        pool = pool.without(sums[worst], m2[worst], n[worst])
+        active.remove(worst)
+    final = _pooled_inflation({r: _check(runs[r], sums[r], n[r], pool) for r in active}) if len(
         active) >= 2 else {}
-    return tuple(flagged[r] if r in flagged else
-                 RunCheck(sources[r], *final.get(r, (0.0, 1.0, 1.0))) for r in range(len(w)))
+    results = tuple(flagged.get(r) or final.get(r) or RunCheck(
+        runs[r].source, 0.0, 1.0, 1.0, histories=runs[r].histories) for r in range(len(runs)))
+    if not any(run.tested for run in results):
+        most = max(run.bins for run in results)
+        return ConsistencyReport(False, f"no run knows {MIN_TEST_BINS} bins to "
+                                 f"{MAX_RUN_RELATIVE_ERROR:.0%} (at most {most})",
+                                 identical=identical)
+    return ConsistencyReport(True, "", bins=max(run.bins for run in results),
+                             threshold=threshold, runs=results, identical=identical)
 
 
-def _statistics(x: np.ndarray, v: np.ndarray, w: np.ndarray) -> list[tuple[float, float,
-                                                                           float]]:
-    """(mean z, chi2 per bin, p-value) of each run against the others."""
-    weighted, weighted_variance, total = (w[:, None] * x).sum(axis=0), (
-        w[:, None] ** 2 * v).sum(axis=0), w.sum()
-    shifts, spreads = [], []
-    for r in range(len(w)):
-        rest_weight = total - w[r]
-        rest = (weighted - w[r] * x[r]) / rest_weight
-        rest_variance = (weighted_variance - w[r] ** 2 * v[r]) / rest_weight ** 2
-        scale = np.sqrt(np.maximum(v[r] + rest_variance, 0))
-        z = (x[r] - rest)[scale > 0] / scale[scale > 0]
-        shifts.append(_block_mean(z))
-        spreads.append(_block_mean(z ** 2))
-    return [(mean * math.sqrt(bins), spread,
-             min(_two_sided(_against_others(shifts, r)), _upper(_against_others(spreads, r))))
-            for r, ((mean, _, _, bins), (spread, _, _, _)) in enumerate(zip(shifts, spreads))]
+@dataclass(frozen=True)
+class _Pool:
+    histories: float
+    total: np.ndarray
+    m2: np.ndarray
+    usable: np.ndarray
+
+    def without(self, sums: np.ndarray, m2: np.ndarray, n: float) -> _Pool:
+        """The pool less one run (Chan's combination of two groups, undone)."""
+        rest = self.histories - n
+        mean_rest = (self.total - sums) / rest
+        spread = n * rest / self.histories * (sums / n - mean_rest) ** 2
+        return _Pool(rest, self.total - sums, np.maximum(self.m2 - m2 - spread, 0.0),
+                     self.usable)
 
 
-def _block_mean(values: np.ndarray) -> tuple[float, float, int, int]:
-    """(mean, its standard error, degrees of freedom, values) of per-bin values.
+def _check(run: RunValues, sums: np.ndarray, n: float, pool: _Pool) -> RunCheck:
+    total = pool.histories
+    if n >= total:
+        return RunCheck(run.source, 0.0, 1.0, 1.0, histories=run.histories)
+    mean = pool.total / total
+    variance = pool.m2 / (total - 1)
+    # z compares the run with the rest: its skewness comes from the smaller of the two
+    judged = min(n, total - n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        expected = np.sqrt(variance / judged) / mean
+        bins = pool.usable & (mean > 0) & (variance > 0) & (
+            expected <= MAX_RUN_RELATIVE_ERROR)
+    count = int(np.count_nonzero(bins))
+    if count < MIN_TEST_BINS:
+        return RunCheck(run.source, 0.0, 1.0, 1.0, bins=count, histories=run.histories)
+    spread = np.sqrt(variance[bins] * (1 / n - 1 / total))
+    z = (sums[bins] / n - mean[bins]) / spread
+    # the run's relative deviation from the pool, each bin weighted by how well it is
+    # known (inverse variance): the best estimate of a common bias, and the test of it
+    relative_error = spread / mean[bins]
+    deviation, deviation_error, dof = _weighted_block_mean(z * relative_error,
+                                                           relative_error ** -2)
+    squares, squares_error, _ = _weighted_block_mean(z * z, np.ones(count))
+    t_spread = (squares - 1) / squares_error if squares_error > 0 else 0.0
+    independent = float(np.sum(relative_error ** -2)) ** -0.5  # the error were bins apart
+    check = RunCheck(run.source, 0.0, squares, 1.0, bins=count, histories=run.histories,
+                     deviation=deviation, deviation_error=deviation_error,
+                     inflation=(deviation_error / independent) ** 2 if independent else 1.0,
+                     dof=dof, p_spread=_upper(_t_as_normal(t_spread, dof)))
+    return _judged(check, check.inflation, dof)
+
+
+def _judged(check: RunCheck, inflation: float, dof: int) -> RunCheck:
+    """The run's p-value with this variance inflation (correlated bins) and its dof."""
+    independent = check.deviation_error / math.sqrt(check.inflation) if check.inflation else 0
+    error = independent * math.sqrt(inflation)
+    t_shift = check.deviation / error if error > 0 else 0.0
+    return replace(check, mean_z=t_shift, deviation_error=error, p_value=min(
+        _two_sided(_t_as_normal(t_shift, dof)), check.p_spread))
+
+
+def _pooled_inflation(checks: dict[int, RunCheck]) -> dict[int, RunCheck]:
+    """Each run's deviation judged with the variance inflation of the *other* runs tested
+    on about as many bins (within 1.5x): under the permutation distribution the bins'
+    correlations are the same in every run and the weights are too, so their inflation
+    is one number, known with the degrees of freedom of all of them — not of one run's
+    ~30 blocks (a run's own blocks would also carry its own bias). Fewer than two such
+    runs: its own."""
+    pooled = {}
+    for r, check in checks.items():
+        if not check.tested:
+            pooled[r] = check
+            continue
+        others = [other for s, other in checks.items() if s != r and other.tested
+                  and check.bins / 1.5 <= other.bins <= check.bins * 1.5]
+        if len(others) < 2:
+            pooled[r] = check
+            continue
+        dof = sum(other.dof for other in others)
+        inflation = sum(other.inflation * other.dof for other in others) / dof
+        pooled[r] = _judged(check, inflation, dof)
+    return pooled
+
+
+def _flag(check: RunCheck) -> RunCheck:
+    return replace(check, inconsistent=True)
+
+
+def _weighted_block_mean(values: np.ndarray,
+                         weights: np.ndarray) -> tuple[float, float, int]:
+    """(weighted mean, its standard error, degrees of freedom) of per-bin values.
 
     Neighbouring bins are correlated (one history scores in several), so the standard
     error is measured: the bins, in bin order, are cut into blocks of neighbours and the
-    spread of the block means gives it (batch means); blocks much longer than the
-    correlation are nearly independent. With too few bins for blocks, the bins are
-    taken as independent.
+    spread of the blocks' weighted sums about the mean gives it (batch means, as for a
+    ratio estimator); blocks much longer than the correlation are nearly independent.
     """
-    size = max(values.size, 1)
-    blocks = min(_MAX_BLOCKS, values.size // _MIN_BLOCK_BINS)
-    if blocks < _MIN_BLOCKS:
-        error = float(np.std(values, ddof=1)) / math.sqrt(size) if size > 1 else 1.0
-        return float(values.mean()) if values.size else 0.0, error, max(size - 1, 1), size
+    blocks = max(_MIN_BLOCKS, min(_MAX_BLOCKS, values.size // _MIN_BLOCK_BINS))
     starts = np.linspace(0, values.size, blocks + 1).astype(np.int64)[:-1]
-    means = np.add.reduceat(values, starts) / np.diff(np.append(starts, values.size))
-    return float(values.mean()), math.sqrt(float(np.var(means, ddof=1)) / blocks), \
-        blocks - 1, size
-
-
-def _against_others(statistics: list[tuple[float, float, int, int]], r: int) -> float:
-    """Run r's statistic against the mean of the other runs', as a standard normal value.
-
-    The others give the level a consistent run has (with estimated standard errors the
-    mean of z^2 is a little above 1, and z of skewed scores a little off 0, alike for
-    every run); their own uncertainty is part of the standard error.
-    """
-    others = [statistic for position, statistic in enumerate(statistics) if position != r]
-    level = sum(mean for mean, _, _, _ in others) / len(others)
-    variance = statistics[r][1] ** 2 + sum(error ** 2 for _, error, _, _ in others) / len(
-        others) ** 2
-    if variance <= 0:
-        return 0.0
-    return _t_as_normal((statistics[r][0] - level) / math.sqrt(variance), statistics[r][2])
+    total_weight = float(weights.sum())
+    mean = float(np.dot(values, weights)) / total_weight
+    # each block's weighted sum of deviations from the mean; their spread is the error
+    residuals = np.add.reduceat((values - mean) * weights, starts)
+    variance = float(np.sum(residuals ** 2)) / total_weight ** 2 * blocks / (blocks - 1)
+    return mean, math.sqrt(variance), blocks - 1
 
 
 def _t_as_normal(t: float, dof: int) -> float:

@@ -17,7 +17,7 @@ from common.topas.dicom import dicom_missing, is_dose_grid, write_rt_dose
 from common.topas.header import ScorerHeader
 from common.topas.plots import plot_scorer
 from common.topas.scorer import Scorer, indices_for_keys
-from common.topas.summary import ScorerView, scorer_view, summary_text
+from common.topas.summary import ScorerView, Target, scorer_view, summary_text
 from common.topas.tables import write_rows
 
 SUMMARY_DIR = "merge-summary"
@@ -42,23 +42,35 @@ def extras_folder(relative: Path) -> Path:
 def write_extras(out_dir: Path, relative: Path, merged: Scorer,
                  batch: BatchStatistics | None, runs: int, histories: int | None,
                  plots: bool, consistency: ConsistencyReport | None = None,
-                 warnings: tuple[str, ...] = ()) -> Extras | None:
+                 warnings: tuple[str, ...] = (), target: Target | None = None
+                 ) -> Extras | None:
     """Write the summary, batch file, plot and DICOM files of one merged scorer; None if
     it has neither Sum nor Mean (nothing to summarise)."""
     view = scorer_view(merged, runs, batch, histories)
     if view is None:
         return None
+    batch_path = None
+    if batch is not None:
+        batch_path = extras_folder(relative) / f"{relative.name}.batch.csv"
+        write_batch(out_dir / batch_path, merged.header, batch, relative)
+    return write_view_extras(out_dir, relative, view, plots, consistency, warnings,
+                             batch_path, target)
+
+
+def write_view_extras(out_dir: Path, relative: Path, view: ScorerView, plots: bool,
+                      consistency: ConsistencyReport | None, warnings: tuple[str, ...],
+                      batch_path: Path | None, target: Target | None = None) -> Extras:
+    """The summary, plot and DICOM files of a merged scorer's view (its batch file,
+    `batch_path`, written already)."""
     folder = extras_folder(relative)
     name = relative.name
     listed: dict[str, Path] = {}
-    batch_path = None
-    if batch is not None:
-        batch_path = listed["Batch statistics per bin"] = folder / f"{name}.batch.csv"
-        write_batch(out_dir / batch_path, merged.header, batch, relative)
+    if batch_path is not None:
+        listed["Batch statistics per bin"] = batch_path
     plot = None
     if plots:
-        title = f"{merged.header.scorer_name}: {relative} ({runs} runs" + (
-            f", {histories} histories)" if histories else ")")
+        title = f"{view.header.scorer_name}: {relative} ({view.runs} runs" + (
+            f", {view.histories} histories)" if view.histories else ")")
         if plot_scorer(view, title, out_dir / folder / f"{name}.png") is None:
             plot = listed["Plot"] = folder / f"{name}.png"
     dicom, dicom_note = _dicom(out_dir, folder, name, view)
@@ -67,7 +79,7 @@ def write_extras(out_dir: Path, relative: Path, merged: Scorer,
     summary = folder / f"{name}.summary.txt"
     notes = [*warnings, *(consistency.lines() if consistency else [])]
     notes += [dicom_note] if dicom_note else []
-    text = summary_text(view, str(relative), listed, tuple(dict.fromkeys(notes)))
+    text = summary_text(view, str(relative), listed, tuple(dict.fromkeys(notes)), target)
     (out_dir / summary).parent.mkdir(parents=True, exist_ok=True)
     (out_dir / summary).write_text(text + "\n", encoding="utf-8")
     return Extras(summary=summary, text=text, plot=plot, batch=batch_path, dicom=dicom)
@@ -88,19 +100,24 @@ def _dicom(out_dir: Path, folder: Path, name: str,
 def write_batch(path: Path, header: ScorerHeader, batch: BatchStatistics,
                 relative: Path) -> None:
     """Per bin: the estimate and its standard error from the spread between runs."""
-    what = ("mean per history (Sum / histories)" if batch.per_history else
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(batch_header(header, batch.runs, batch.per_history, relative))
+        write_rows(handle, indices_for_keys(header, batch.keys),
+                   [batch.estimate, batch.standard_error])
+
+
+def batch_header(header: ScorerHeader, runs: int, per_history: bool, relative: Path) -> str:
+    """The '#' lines of a batch file."""
+    what = ("mean per history (Sum / histories)" if per_history else
             "Sum per run (runs assumed to have equal histories)")
     unit = f" ( {header.unit} )" if header.unit else ""
     lines = [f"# Batch (run-to-run) statistics of {relative} (scorer {header.scorer_name}) "
-             f"over {batch.runs} runs",
+             f"over {runs} runs",
              f"# Estimate: {what}",
              "# Batch_Standard_Error: standard error of Estimate from the spread between "
              "runs: sqrt(sum_r w_r (x_r - x)^2 / ((R - 1) sum_r w_r)), w_r = histories "
              "of run r (or 1)",
              *(f"# {line}" for line in header.binning + header.extra_binning),
              f"# {header.quantity}{unit} : Estimate   Batch_Standard_Error"]
-    indices = indices_for_keys(header, batch.keys)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        handle.write("".join(line + "\n" for line in lines))
-        write_rows(handle, indices, [batch.estimate, batch.standard_error])
+    return "".join(line + "\n" for line in lines)

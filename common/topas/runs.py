@@ -74,19 +74,21 @@ class RunContribution:
         return full
 
 
-def contribution(scorer: Scorer, source: object,
-                 histories: int | None = None) -> RunContribution:
+def contribution(scorer: Scorer, source: object, histories: int | None = None,
+                 finite_checked: bool = False) -> RunContribution:
     """Turn one run's scorer into what the accumulator folds in.
 
     `histories` is the run's N when the file does not report it (--histories, or the
     record of an earlier merge); a file's own Histories_with_Scorer_Active wins.
-    ToolError if what is needed is missing or a value is not finite.
+    ToolError if what is needed is missing or a value is not finite (`finite_checked`:
+    the caller checked that already, naming the bins as it knows them).
     """
     header = scorer.header
     keys = scorer.bin_keys()
     if not scorer.every_bin_in_order:
         _check_rows(header, keys, source)
-    check_finite(scorer, keys, source)
+    if not finite_checked:
+        check_finite(scorer, keys, source)
     order = K_FASTEST if scorer.every_bin_in_order else row_order(header, keys)
     n = _histories(scorer, source, histories)
     _check_enough_reported(header.statistics, n, source)
@@ -190,7 +192,11 @@ def _outside(values: dict[str, np.ndarray]) -> np.ndarray | None:
     reported = [array for name, array in values.items() if name != HISTORIES]
     if not reported:
         return None
-    return np.logical_and.reduce([array == OUTSIDE_STRUCTURE for array in reported])
+    first = reported[0] == OUTSIDE_STRUCTURE
+    if not first.any():  # the usual case: no RT structure, one pass instead of several
+        return first
+    return np.logical_and.reduce([first] + [array == OUTSIDE_STRUCTURE
+                                            for array in reported[1:]])
 
 
 def _check_enough_reported(stats: tuple[str, ...], n: int | None, source: object) -> None:

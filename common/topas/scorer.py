@@ -168,7 +168,7 @@ def read_scorer(path: Path, statistics: Sequence[str] | None = None) -> Scorer:
     if wanted != header.statistics and may_hold_non_finite(path, offset):
         wanted = header.statistics
     columns = _read_columns(path, offset, header, len(header_lines), wanted)
-    values = _statistic_columns(columns[header.n_index_columns:], header, wanted)
+    values = statistic_columns(columns[header.n_index_columns:], header, wanted)
     index_columns = [column for column in columns[:header.n_index_columns]
                      if column is not None]
     if _every_bin_in_order(index_columns, header):
@@ -258,7 +258,7 @@ def _index_limits(header: ScorerHeader) -> np.ndarray:
     return np.array([header.n_bins] * header.n_index_columns, dtype=np.int64)
 
 
-def _statistic_columns(columns: list[np.ndarray], header: ScorerHeader,
+def statistic_columns(columns: list[np.ndarray], header: ScorerHeader,
                        wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
     """The value columns as one array per wanted statistic: the columns themselves (no
     copy: a large file is not held twice) unless binned by energy or time."""

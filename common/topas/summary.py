@@ -10,6 +10,7 @@ something; faint bins always have large relative errors.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,16 +77,59 @@ def scorer_view(merged: Scorer, runs: int, batch: BatchStatistics | None,
                       relative_batch_error=_on_grid(header, keys, batch_relative))
 
 
+@dataclass(frozen=True)
+class Target:
+    """An adaptive campaign's target (simconfig.json), for the summary of its scorer."""
+
+    scorer: str  # TARGET_SCORER: the scorer file, relative to a run folder
+    percent: float  # TARGET_UNCERTAINTY_PERCENT
+    region_percent: float  # TARGET_REGION_PERCENT_OF_MAX
+
+
+def largest_in_region(estimate: np.ndarray, relative: np.ndarray,
+                      fraction: float) -> tuple[float | None, int]:
+    """The target's measure, as the adaptive runner takes it (common/workflow/adaptive.py
+    calls this too): the largest relative standard error over the bins whose estimate
+    (summed over energy/time bins, in absolute value) is at least `fraction` of the
+    largest; and how many bins that is. `estimate` and `relative` are (bins, ...)."""
+    per_bin = np.abs(estimate.reshape(estimate.shape[0], -1).sum(axis=1))
+    top = np.nanmax(per_bin) if np.isfinite(per_bin).any() else 0.0
+    if not top > 0:
+        return None, 0
+    region = per_bin >= fraction * top
+    values = relative.reshape(relative.shape[0], -1)[region]
+    worst = np.nanmax(values) if np.isfinite(values).any() else math.nan
+    return (float(worst) if math.isfinite(worst) else None), int(region.sum())
+
+
+def target_line(view: ScorerView, target: Target) -> str:
+    """The target's measure on the merged result, worded and rounded as the runner says it."""
+    relative, method = ((view.relative_error, "history") if view.relative_error is not None
+                        else (view.relative_batch_error, "batch"))
+    bins = view.header.n_bins
+    value = None
+    if relative is not None:
+        value, _ = largest_in_region(view.estimate.reshape(bins, -1),
+                                     relative.reshape(bins, -1), target.region_percent / 100)
+    reached = "not measured" if value is None else f"{100 * value:.3g} %"
+    met = value is not None and value <= target.percent / 100
+    return (f"Target of the adaptive campaign: uncertainty ({method} method, bins >= "
+            f"{target.region_percent:g} % of the maximum of {target.scorer}): {reached}; "
+            f"target {target.percent:g} %: " + ("met" if met else "NOT met"))
+
+
 def summary_text(view: ScorerView, name: str, extras: dict[str, Path],
-                 notes: tuple[str, ...] = ()) -> str:
+                 notes: tuple[str, ...] = (), target: Target | None = None) -> str:
     """A few lines for one merged scorer; `extras` names the files written beside it,
-    `notes` are what the merge found about the runs (left out, identical, consistency)."""
+    `notes` are what the merge found about the runs (left out, identical, consistency),
+    `target` the adaptive campaign's target when this is its scorer."""
     header = view.header
     lines = [f"Scorer {header.scorer_name} ({name}), merged from {view.runs} runs",
              f"  {header.quantity}{f' ({header.unit})' if header.unit else ''}: "
              f"{_grid_story(header)}; statistics {' '.join(header.statistics)}",
              "  " + _histories_line(view)]
     lines += ["  " + line for line in _value_lines(view)]
+    lines += ["  " + target_line(view, target)] if target is not None else []
     lines += ["  " + note for note in notes]
     lines += [f"  {what}: {path}" for what, path in extras.items()]
     return "\n".join(lines)
@@ -233,3 +277,55 @@ def _bin_name(header: ScorerHeader, where: tuple[int, ...]) -> str:
     if header.n_extra_bins:
         name += f", energy/time bin {where[3]} (0 = underflow)"
     return name
+
+
+# ------------------------------------------------------------------ block by block
+
+class GridView:
+    """A ScorerView built a block of rows at a time (blocks.py): the estimate and its
+    relative error in float64, the batch relative error in float32 (20 bytes a value)."""
+
+    def __init__(self, header: ScorerHeader) -> None:
+        self.header = header
+        self._tail = (header.n_extra_bins,) if header.n_extra_bins else ()
+        self._width = max(1, header.n_extra_bins)
+        self._estimate = np.full((header.n_bins, self._width), np.nan)
+        self._relative: np.ndarray | None = None
+        self._batch: np.ndarray | None = None
+        self._per_history = True
+        self._histories: int | None = None
+        self._filled = False
+
+    def fill(self, keys: np.ndarray, merged: Scorer, batch: BatchStatistics | None,
+             histories: int | None) -> None:
+        """One merged block (rows for bins `keys`)."""
+        block = scorer_view(merged, 0, batch, histories)
+        if block is None:
+            return
+        self._filled, self._per_history = True, block.per_history
+        self._histories = block.histories
+        self._estimate[keys] = block.estimate.reshape(keys.size, -1)
+        if block.relative_error is not None:
+            if self._relative is None:
+                self._relative = np.full(self._estimate.shape, np.nan)
+            self._relative[keys] = block.relative_error.reshape(keys.size, -1)
+        if block.relative_batch_error is not None:
+            if self._batch is None:
+                self._batch = np.full(self._estimate.shape, np.nan, dtype=np.float32)
+            self._batch[keys] = block.relative_batch_error.reshape(keys.size, -1)
+
+    def finish(self, runs: int) -> ScorerView | None:
+        if not self._filled:
+            return None
+        shape = (self.header.shape or (1, 1, 1)) + self._tail
+
+        def grid(array: np.ndarray | None) -> np.ndarray | None:
+            return None if array is None else array.reshape(shape)
+        return ScorerView(header=self.header, runs=runs, histories=self._histories,
+                          per_history=self._per_history, estimate=self._estimate.reshape(shape),
+                          relative_error=grid(self._relative),
+                          relative_batch_error=grid(self._batch))
+
+
+def grid_view(header: ScorerHeader) -> GridView:
+    return GridView(header)

@@ -10,10 +10,12 @@ the environment variable TOPAS_MERGE_ENGINE=numpy forces the numpy path.
 Either way every value is bit for bit what float() gives for its text, and a written
 value reads back to the same double (TOPAS's own "%.16g" does not for 43.5 % of doubles,
 so the merge does not imitate it). Rows are written "i, j, k, v1, v2, ..." with ", "
-between values as TOPAS does, so scripts that split on ", " keep working.
+between values as TOPAS does, so scripts that split on ", " keep working, and whole
+numbers without a ".0" (Count_in_Bin 308, not 308.0), as TOPAS writes them.
 """
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import warnings
@@ -98,6 +100,30 @@ def read_columns(path: Path, offset: int, n_columns: int, header_lines: int,
     return [table[:, column] for column in range(table.shape[1])]
 
 
+def parse_rows(data: bytes, n_columns: int, wanted: Sequence[int] | None, source: Path,
+               first_row: int) -> list[np.ndarray | None]:
+    """The columns of these whole rows (bytes cut after a newline), as read_columns();
+    a merge that goes block by block reads a file this way, a piece at a time. Errors
+    name `source` and the data row counted from the file's first (`first_row` + 1)."""
+    if not data.strip():
+        return [np.empty(0) for _ in range(n_columns)]
+    if engine() == POLARS:
+        columns = _polars_columns(io.BytesIO(data), n_columns, 0, wanted)
+        if columns is not None:
+            return columns
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(io.BytesIO(data), delimiter=",", dtype=np.float64, ndmin=2,
+                               comments=None)
+    except ValueError:
+        table = None
+    if table is None or table.shape[1] != n_columns:
+        _name_the_bad_row(source, data.decode("utf-8", "replace"), n_columns, first_row)
+        raise ToolError(f"{source}: unreadable data rows")
+    return [table[:, column] for column in range(n_columns)]
+
+
 def may_hold_non_finite(path: Path, offset: int) -> bool:
     """Whether the text after byte `offset` could hold a NaN or an infinity.
 
@@ -114,7 +140,7 @@ def may_hold_non_finite(path: Path, offset: int) -> bool:
         raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
 
 
-def _polars_columns(path: Path, n_columns: int, header_lines: int,
+def _polars_columns(path: Path | io.BytesIO, n_columns: int, header_lines: int,
                     wanted: Sequence[int] | None) -> list[np.ndarray | None] | None:
     """The columns, or None if polars found anything unusual (the numpy path then reads
     the file again and names the problem, or reads what polars would not)."""
@@ -166,10 +192,10 @@ def _read_body(path: Path, offset: int) -> str:
         raise ToolError(f"{path}: cannot read: {error.strerror or error}") from error
 
 
-def _name_the_bad_row(path: Path, body: str, n_columns: int) -> None:
+def _name_the_bad_row(path: Path, body: str, n_columns: int, first_row: int = 0) -> None:
     """Raise a ToolError for the first row that is not n_columns numbers."""
     for number, line in enumerate((line for line in body.splitlines() if line.strip()),
-                                  start=1):
+                                  start=first_row + 1):
         tokens = line.split(",")
         if len(tokens) != n_columns:
             raise ToolError(f"{path}: rows have {len(tokens)} columns, the header implies "
@@ -205,7 +231,7 @@ def _polars_block(indices: np.ndarray, values: np.ndarray) -> str:
     data.update({f"v{n}": values[:, n] for n in range(values.shape[1])})
     text = _polars.DataFrame(data).write_csv(include_header=False)
     # Numbers hold no comma, so this gives TOPAS's ", " between values.
-    return text.replace(",", ", ")
+    return _as_topas_integers(text.replace(",", ", "))
 
 
 def _numpy_block(indices: np.ndarray, values: np.ndarray) -> str:
@@ -214,4 +240,13 @@ def _numpy_block(indices: np.ndarray, values: np.ndarray) -> str:
     # tolist() gives Python ints and floats, whose %r is the shortest exact text.
     numbers: list[Any] = np.hstack([indices.astype(object), values.astype(object)]
                                    ).ravel().tolist()
-    return (row * indices.shape[0]) % tuple(numbers)
+    return _as_topas_integers((row * indices.shape[0]) % tuple(numbers))
+
+
+def _as_topas_integers(text: str) -> str:
+    """Whole numbers as TOPAS (a C++ stream) prints them: 308, not 308.0.
+
+    The shortest round-trip text of a double ends in ".0" only when it is a whole number
+    (then the digits before it read back to the same double), so cutting ".0" at the end
+    of a value changes no value: Count_in_Bin, the histories and zeros read as TOPAS's."""
+    return text.replace(".0,", ",").replace(".0\n", "\n")

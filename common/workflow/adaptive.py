@@ -12,12 +12,9 @@ MAX_TASK_COUNT, MAX_COST, too many failures or the timeout end it too.
 """
 from __future__ import annotations
 
-import math
 import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-import numpy as np
 
 from common import campaign as cp
 from common.adaptive import (BATCH, HISTORY, Measure, Target, decide, law_curve,
@@ -26,6 +23,7 @@ from common.errors import ToolError
 from common.model import BlobInfo, JobSpec, TaskCounts
 from common.topas import ScorerAccumulator, read_scorer
 from common.topas.header import SECOND_MOMENT, STANDARD_DEVIATION, VARIANCE
+from common.topas.summary import largest_in_region
 from common.workflow.compute import LOG_NAMES
 from common.workflow.context import Context, Run
 
@@ -51,15 +49,11 @@ def measure(accumulator: ScorerAccumulator, region_fraction: float) -> Measure:
     batch = accumulator.batch()
     if batch is None or batch.keys.size == 0:
         return Measure(accumulator.runs, None, method)
-    estimate = np.abs(batch.estimate.reshape(batch.keys.size, -1).sum(axis=1))
-    top = np.nanmax(estimate) if np.isfinite(estimate).any() else 0.0
-    if not top > 0:
-        return Measure(accumulator.runs, None, method)
-    region = batch.keys[estimate >= region_fraction * top]
-    relative = accumulator.relative_standard_error()[region].reshape(region.size, -1)
-    worst = np.nanmax(relative) if np.isfinite(relative).any() else math.nan
-    return Measure(accumulator.runs, float(worst) if math.isfinite(worst) else None, method,
-                   int(region.size))
+    # the same function states the target in the reducer's summary (common/topas/summary.py)
+    worst, bins = largest_in_region(batch.estimate,
+                                    accumulator.relative_standard_error()[batch.keys],
+                                    region_fraction)
+    return Measure(accumulator.runs, worst, method, bins)
 
 
 @dataclass

@@ -66,7 +66,7 @@ def _reduction(ctx: Context) -> tuple[PoolSpec, JobSpec, list[str]]:
     runs = tuple(expected) or tuple(settings.sim.task_indices)
     source = "the manifest expects" if expected else "the simconfig names (TASK_COUNT)"
     plan = mt.wanted_plan(settings, runs, ctx.backend.capabilities.task_dependencies)
-    job = mt.reduction_job(settings, ids, plan, (), ())
+    job = mt.reduction_job(settings, ids, plan, (), cp.merge_options(settings, ctx.options.allow_inconsistent))
     if plan is None:
         return cp.reducer_pool(settings, ids), job, [
             f"  one reducer task merges all {len(runs)} runs {source} "

@@ -91,12 +91,13 @@ def histories_option(ctx: Context, manifest: Manifest | None, merged: tuple[int,
     return ("--histories", str(histories))
 
 
-def merge_options(ctx: Context, manifest: Manifest | None = None,
-                  merged: tuple[int, ...] = ()) -> tuple[str, ...]:
-    """The built-in merge's options, the same for the one reducer task and a tree's tasks:
-    --allow-inconsistent when asked, --histories N when every run merged was told N."""
-    options = ("--allow-inconsistent",) if ctx.options.allow_inconsistent else ()
-    return options + histories_option(ctx, manifest, merged)
+def merge_options(ctx: Context, manifest: Manifest | None = None, merged: tuple[int, ...] = ()
+                  ) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the options of the merge that writes results/, those of a tree's partial merges):
+    --histories N at every level when every run merged was told N; the runs' test, with
+    --allow-inconsistent and an adaptive campaign's target, only where results/ is made."""
+    histories = histories_option(ctx, manifest, merged)
+    return cp.merge_options(ctx.settings, ctx.options.allow_inconsistent) + histories, histories
 
 
 def run_reducer(ctx: Context) -> Outcome:
@@ -110,7 +111,7 @@ def run_reducer(ctx: Context) -> Outcome:
                 f"with {describe(settings)}")
     plan = mt.wanted_plan(settings, runs.complete, ctx.backend.capabilities.task_dependencies)
     job = mt.reduction_job(settings, ids, plan, runs.incomplete,
-                           merge_options(ctx, manifest, runs.complete))
+                           *merge_options(ctx, manifest, runs.complete))
     nodes = mt.node_count(plan, settings.sim.reducer_node_count) if plan else 1
     if plan is not None:
         ctx.ui.info(f"the merge runs as {plan.text(nodes)}")
