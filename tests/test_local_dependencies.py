@@ -17,6 +17,8 @@ from common.errors import ToolError
 from common.model import JobSpec, PoolSpec, TaskSpec
 from conftest import stop_local_pools
 
+pytestmark = pytest.mark.slow  # pool agents are real processes
+
 
 @pytest.fixture
 def backend(tmp_path: Path):
