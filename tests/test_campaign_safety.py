@@ -198,6 +198,15 @@ def test_a_second_reduction_leaves_no_file_of_the_first_beside_its_own(campaign,
     assert kept and kept[0].read_text() == "old\n"  # from storage, verified, before deletion
 
 
+def in_process_run(campaign) -> Run:
+    """The runner's Run for this campaign, in this process, asking nothing."""
+    settings = load_settings(campaign.simconfig)
+    ctx = Context(settings=settings, backend=LocalBackend(settings.app.local_storage_path),
+                  prompter=Prompter(NO_INPUT, ask=input, say=lambda _: None, is_terminal=False),
+                  ui=Ui(Console(file=io.StringIO())))
+    return Run(ctx, ctx.backend.blob_store(ctx.ids.container), existing(ctx), JobKind.WORKERS)
+
+
 def test_the_earlier_merged_result_stays_in_storage_when_no_copy_could_be_made(
         campaign, script_env, monkeypatch):
     listing_reducer(campaign)
@@ -207,11 +216,7 @@ def test_the_earlier_merged_result_stays_in_storage_when_no_copy_could_be_made(
     monkeypatch.setattr(runner, "download_prefix", lambda *a, **k: DownloadReport(
         downloaded=(), skipped=(), failed=(("nodes_output/results/runs.txt", "disk full"),),
         bytes=0))
-    settings = load_settings(campaign.simconfig)
-    ctx = Context(settings=settings, backend=LocalBackend(settings.app.local_storage_path),
-                  prompter=Prompter(NO_INPUT, ask=input, say=lambda _: None, is_terminal=False),
-                  ui=Ui(Console(file=io.StringIO())))
-    step = Run(ctx, ctx.backend.blob_store(ctx.ids.container), existing(ctx), JobKind.WORKERS)
+    step = in_process_run(campaign)
     with pytest.raises(ToolError, match=r"could not keep a copy of the earlier merged result "
                                         r"\(nodes_output/results/runs.txt: disk full\); it stays"):
         runner.set_aside_merged_result(step)

@@ -56,16 +56,20 @@ def test_scan_leaves_other_entries_alone_and_names_what_topas_lacks(data):
     assert folder.missing_for_topas() == ()
 
 
+def small_simconfig(root: Path) -> Path:
+    (root / "sim").mkdir()
+    (root / "sim" / "run.sh").write_text("#!/bin/sh\n")
+    return write_json(root / "simconfig.json", {
+        "SIM_ID": "g4-test", "POOL_NODE_COUNT": 1, "LOCAL_SIM_PATH": "sim", "RUN_SCRIPT": "run.sh",
+        "OUTPUT_FILE_PATTERNS": ["*.csv"]})
+
+
 @pytest.mark.parametrize("missing", ["G4ENSDFSTATE3.0", "G4EMLOW8.6.1"])
 def test_a_folder_without_what_every_run_reads_is_refused_at_config(tmp_path, data, missing):
     import shutil
     shutil.rmtree(data / missing)
     write_json(tmp_path / "appconfig.json", {"BACKEND": "local", "GEANT4_DATA_DIR": str(data)})
-    (tmp_path / "sim").mkdir()
-    (tmp_path / "sim" / "run.sh").write_text("#!/bin/sh\n")
-    simconfig = write_json(tmp_path / "simconfig.json", {
-        "SIM_ID": "g4-test", "POOL_NODE_COUNT": 1, "LOCAL_SIM_PATH": "sim", "RUN_SCRIPT": "run.sh",
-        "OUTPUT_FILE_PATTERNS": ["*.csv"]})
+    simconfig = small_simconfig(tmp_path)
     with pytest.raises(ToolError) as refused:
         load_settings(simconfig)
     assert refused.value.exit_code == 2
@@ -83,11 +87,7 @@ def test_a_folder_without_what_every_run_reads_is_refused_at_config(tmp_path, da
 def test_bad_data_settings_are_one_line_each(tmp_path, data, app, words):
     values = {"BACKEND": "local", "GEANT4_DATA_DIR": str(data), **app}
     write_json(tmp_path / "appconfig.json", {k: v for k, v in values.items() if v is not None})
-    (tmp_path / "sim").mkdir()
-    (tmp_path / "sim" / "run.sh").write_text("#!/bin/sh\n")
-    simconfig = write_json(tmp_path / "simconfig.json", {
-        "SIM_ID": "g4-test", "POOL_NODE_COUNT": 1, "LOCAL_SIM_PATH": "sim", "RUN_SCRIPT": "run.sh",
-        "OUTPUT_FILE_PATTERNS": ["*.csv"]})
+    simconfig = small_simconfig(tmp_path)
     with pytest.raises(ToolError) as refused:
         load_settings(simconfig)
     assert any(words in line for line in refused.value.lines), refused.value.lines

@@ -3,7 +3,6 @@ through the real scripts (local backend): nothing the next step needs is deleted
 every way on is a command that runs as printed, and no message sends the user in a loop."""
 from __future__ import annotations
 
-import io
 import os
 import re
 import shutil
@@ -15,18 +14,13 @@ from pathlib import Path
 
 import pexpect
 import pytest
-from rich.console import Console
 
-from common.backends.local.backend import LocalBackend
-from common.config import load_settings
 from common.errors import ToolError
-from common.model import JobKind
-from common.prompts import NO_INPUT, Prompter
 from common.transfer import DownloadReport
-from common.ui import Ui
-from common.workflow import Context, Run, runner
-from common.workflow.records import existing
+from common.workflow import runner
 from conftest import REPO, stop_local_pools
+from test_campaign_later import start_and_kill
+from test_campaign_safety import in_process_run
 
 RUNNER = str(REPO / "batch_simulation_runner.py")
 REDUCER = str(REPO / "batch_data_reducer.py")
@@ -133,11 +127,7 @@ def test_overwrite_deletes_nothing_when_no_copy_can_be_made(campaign, script_env
     monkeypatch.setattr(runner, "download_prefix", lambda *a, **k: DownloadReport(
         downloaded=(), skipped=(), failed=(("nodes_output/run1/out_1.txt", "disk full"),),
         bytes=0))
-    settings = load_settings(campaign.simconfig)
-    ctx = Context(settings=settings, backend=LocalBackend(settings.app.local_storage_path),
-                  prompter=Prompter(NO_INPUT, ask=input, say=lambda _: None, is_terminal=False),
-                  ui=Ui(Console(file=io.StringIO())))
-    step = Run(ctx, ctx.backend.blob_store(ctx.ids.container), existing(ctx), JobKind.WORKERS)
+    step = in_process_run(campaign)
     with pytest.raises(ToolError, match=r"could not keep a copy of run1/out_1.txt \(disk full\) "
                                         r"before replacing it; nothing was deleted from storage"):
         runner.set_aside_old_results(step, [1, 2])
@@ -190,15 +180,7 @@ def test_rerun_failed_after_cleanup_finishes_what_the_deleted_job_never_ran(camp
     slow.touch()
     campaign.sim_dir.joinpath("run.sh").write_text(
         f'#!/bin/bash\nif [ -f {slow} ]; then sleep 60; fi\necho "value $1" > "out_$1.txt"\n')
-    proc = subprocess.Popen([sys.executable, RUNNER, str(campaign.simconfig)], cwd=campaign.root,
-                            env=script_env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not list(campaign.storage.glob("pools/*/jobs/*/tasks/*/state.json")):
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    start_and_kill(campaign, script_env)
     assert run(campaign, RUNNER, script_env, "--cleanup", "--no-input").returncode == 0
     slow.unlink()
     rerun = run(campaign, RUNNER, script_env, "--rerun-failed", "--no-input")
