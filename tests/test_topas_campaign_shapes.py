@@ -162,3 +162,7 @@ def test_a_tree_equals_the_flat_merge(tmp_path: Path,
     assert consistency and consistency == [line for line in tree_out.splitlines()
                                            if "Consistency" in line]
     assert "all 64 tested consistent" in consistency[0]
+    # the summary counts the runs the partial merges stand for, not the partials
+    assert "Merged 1 file(s) from 8 folders standing for 64 runs" in tree_out
+    assert "merged from 64 runs" in tree_out and "over 64 runs" in tree_out
+    assert "merged from 64 runs" in flat_out and "Merged 1 file(s) from 64 runs" in flat_out

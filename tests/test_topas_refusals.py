@@ -116,7 +116,7 @@ def test_merged_sum_only_outputs_remerge_with_their_histories(
     merge_runs(campaign.runs, direct, histories=80, plots=False)
     assert_matches_truth(read_scorer(both / "dose" / "Dose.csv"), campaign.everything)
     summary = (both / SUMMARY_DIR / "dose" / "Dose.csv.summary.txt").read_text()
-    assert "Histories: 480 in total over 2 runs" in summary
+    assert "Histories: 480 in total over 6 runs" in summary  # the runs the halves stand for
     # Weighted by the 240 histories each stands for, the mean per history is right
     # (weighted as single 80-history runs it was three times too large).
     by_halves = np.loadtxt(both / SUMMARY_DIR / "dose" / "Dose.csv.batch.csv",

@@ -124,7 +124,10 @@ def _target(args: argparse.Namespace) -> Target | None:
 
 def summary(report: MergeReport) -> str:
     """What was merged and skipped, then each scorer's summary."""
-    lines = [f"Merged {len(report.merged)} file(s) from {len(report.run_dirs)} runs "
+    stood_for = max((merged.runs for merged in report.merged), default=len(report.run_dirs))
+    inputs = (f"{len(report.run_dirs)} runs" if stood_for == len(report.run_dirs) else
+              f"{len(report.run_dirs)} folders standing for {stood_for} runs")
+    lines = [f"Merged {len(report.merged)} file(s) from {inputs} "
              f"into {report.out_dir} (numbers read and written with {report.engine})"]
     for merged in report.merged:
         lines.append("  " + _one_line(merged))

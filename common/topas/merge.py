@@ -33,7 +33,7 @@ from common.topas.blocks import (BlockInput, BlockResult, NotLockstep, fits_whol
                                  merge_in_blocks)
 from common.topas.consistency import ConsistencyReport
 # SUMMARY_DIR is imported for callers too: they name the summary folder from here.
-from common.topas.extras import (SUMMARY_DIR, extras_folder, write_extras,  # noqa: F401
+from common.topas.extras import (extras_folder, write_extras,  # noqa: F401
                                  write_view_extras)
 from common.topas.folders import (PHASE_SPACE, SCORER_BINARY, SCORER_CSV,  # noqa: F401
                                   SkippedFile, checked_run_dirs, classify, outputs)
@@ -189,13 +189,14 @@ def _merge_blocks(inputs: list[MergeInput], relative: Path, kind: str, out_dir: 
     _write_record(out_dir / relative, inputs, result.empty_runs, result.histories,
                   consistency)
     write_ledger(out_dir / relative, result.ledger)
-    report = MergedFile(path=relative, scorer_name=result.header.scorer_name, runs=result.runs,
+    runs = _runs_stood_for(inputs, result.empty_runs)
+    report = MergedFile(path=relative, scorer_name=result.header.scorer_name, runs=runs,
                         histories=result.histories, statistics=result.header.statistics,
                         rows=result.rows, kind=kind, warnings=warnings)
     if result.view is None:
         return report
-    written = write_view_extras(out_dir, relative, result.view, options.plots, consistency,
-                                warnings, batch, _target_for(relative, options))
+    written = write_view_extras(out_dir, relative, replace(result.view, runs=runs), options.plots,
+                                consistency, warnings, batch, _target_for(relative, options))
     return replace(report, summary=written.summary, plot=written.plot, batch=written.batch,
                    dicom=written.dicom, summary_text=written.text)
 
@@ -214,13 +215,14 @@ def _merge_whole(inputs: list[MergeInput], relative: Path, kind: str, out_dir: P
     _write(merged, out_dir / relative)
     _write_record(out_dir / relative, inputs, empty, histories, consistency)
     write_ledger(out_dir / relative, accumulator.ledger)
+    runs = _runs_stood_for(inputs, empty)
     report = MergedFile(path=relative, scorer_name=merged.header.scorer_name,
-                        runs=accumulator.runs, histories=histories,
+                        runs=runs, histories=histories,
                         statistics=merged.header.statistics, rows=merged.rows, kind=kind,
                         warnings=warnings)
     if options.partial:
         return report
-    written = write_extras(out_dir, relative, merged, accumulator.batch(), accumulator.runs,
+    written = write_extras(out_dir, relative, merged, accumulator.batch(), runs,
                            histories, options.plots, consistency, warnings,
                            _target_for(relative, options))
     if written is None:
@@ -256,12 +258,17 @@ def _stop_if_inconsistent(consistency: ConsistencyReport, relative: Path,
 
 def _write_record(path: Path, inputs: Sequence[MergeInput], empty_runs: Sequence[str],
                   histories: int | None, consistency: ConsistencyReport) -> None:
-    """The record: the original runs behind the merged file (an input that is a merged
-    file counts as the runs its record names; empty runs not at all)."""
-    runs = sum(item.runs for item in inputs if str(item.path) not in empty_runs)
+    """The record: the original runs behind the merged file."""
     write_record(path, MergeRecord(
-        runs=runs, histories=histories,
+        runs=_runs_stood_for(inputs, empty_runs), histories=histories,
         inconsistent_runs=tuple(run.source for run in consistency.inconsistent)))
+
+
+def _runs_stood_for(inputs: Sequence[MergeInput], empty_runs: Sequence[str]) -> int:
+    """The original runs behind a merged file: an input that is a merged file (a partial
+    merge of a tree, a merge merged again) counts as the runs its record names, an empty
+    run not at all. What the summary and the report say, whatever the inputs were."""
+    return sum(item.runs for item in inputs if str(item.path) not in empty_runs)
 
 
 def _write(merged: Scorer, path: Path) -> None:
