@@ -33,7 +33,7 @@ from common.topas.blocks import (BlockInput, BlockResult, NotLockstep, fits_whol
                                  merge_in_blocks)
 from common.topas.consistency import ConsistencyReport
 # SUMMARY_DIR is imported for callers too: they name the summary folder from here.
-from common.topas.extras import (extras_folder, write_extras,  # noqa: F401
+from common.topas.extras import (SUMMARY_DIR, extras_folder, write_extras,  # noqa: F401
                                  write_view_extras)
 from common.topas.folders import (PHASE_SPACE, SCORER_BINARY, SCORER_CSV,  # noqa: F401
                                   SkippedFile, checked_run_dirs, classify, outputs)
