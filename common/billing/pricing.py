@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 from common.billing.cost import PriceUnknown, Prices, Unknown, price_in_range
 from common.billing.price_list import (BadAnswer, Meter, PriceKey, choose_prices, parse_page, price_key,
                                query_url, region_from_batch_url, same_origin)
+from common.cache import default_cache_dir
 
 DEFAULT_PRICES_URL = "https://prices.azure.com/api/retail/prices"
 PRICES_URL_ENV = "BATCH_TOOL_PRICES_URL"
@@ -95,17 +96,6 @@ def prices_url(options: LookupOptions) -> str | PriceUnknown:
 
 
 # ---------------------------------------------------------------------------- cache
-
-
-def default_cache_dir(environ: Mapping[str, str]) -> Path | None:
-    """$XDG_CACHE_HOME/batch-campaigns, else ~/.cache/batch-campaigns; None without a home."""
-    xdg = environ.get("XDG_CACHE_HOME", "")
-    if xdg and os.path.isabs(xdg):  # the XDG spec says to ignore a relative path
-        return Path(xdg) / "batch-campaigns"
-    try:
-        return Path.home() / ".cache" / "batch-campaigns"
-    except RuntimeError:
-        return None
 
 
 def cache_path(folder: Path, key: PriceKey) -> Path:

@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 from common.errors import ToolError, usage_error
 from common.geant4.stage import REQUIRED, TOPAS_DEFAULT_PHYSICS, dataset_of, tree_digest
 from common.packaging import NotAllowed, SecretScan, open_inside, safe_files
-from common.billing.pricing import default_cache_dir
+from common.cache import default_cache_dir
 
 KEYS_CACHE = "geant4-data-keys.json"
 CHUNK = 1 << 20
